@@ -1,0 +1,3 @@
+from deltatune.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,297 @@
+"""Read data files into rows: JSON Lines, JSON, CSV and TSV.
+
+Every :class:`Row` remembers the file and the 1-based line it starts on, so later checks (a missing
+field, an unseen label) can point at the exact place. A file is read once as bytes and decoded
+strictly as UTF-8 (a leading byte-order mark is allowed). Anything malformed raises one
+:class:`~deltatune.errors.DataError` naming the file, the line and how to fix it.
+
+Formats (picked from the extension, or forced with ``fmt`` / ``format:`` in the config):
+
+- ``jsonl`` (``.jsonl``, ``.ndjson``): one JSON object per line; blank lines are skipped.
+- ``json`` (``.json``): one list of objects; each row's line is where its object starts.
+- ``csv`` (``.csv``): a header row, then standard quoting (``"a, b"`` holds a comma).
+- ``tsv`` (``.tsv``): a header row, tab-separated, *no* quoting: ``"`` is an ordinary character,
+  because sentences in GLUE/SST-2 style files contain unbalanced quotes.
+
+CSV/TSV values arrive as strings; header names are stripped of surrounding whitespace.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import re
+from pathlib import Path
+from typing import Callable
+
+from deltatune.errors import DataError
+
+FORMATS = ("jsonl", "json", "csv", "tsv")
+_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
+               ".tsv": "tsv"}
+_EXAMPLE_OBJECT = '{"text": "a great film", "label": 1}'
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+class Row(dict):
+    """One record: its fields as a dict, plus ``path`` (the file) and ``line`` (1-based)."""
+
+    __slots__ = ("path", "line")
+    path: str
+    line: int
+
+    @classmethod
+    def make(cls, fields, path: str, line: int) -> Row:
+        """A Row of ``fields`` (a mapping or key/value pairs) read from ``path`` at ``line``."""
+        row = cls(fields)
+        row.path, row.line = path, line
+        return row
+
+    def __repr__(self) -> str:
+        return f"Row({dict.__repr__(self)}, path={self.path!r}, line={self.line})"
+
+
+def read_rows(path: str | Path, fmt: str | None = None) -> list[Row]:
+    """Read every record of ``path`` as a :class:`Row`.
+
+    ``fmt`` is one of :data:`FORMATS`; when None it comes from the file extension. Raises
+    :class:`DataError` for a missing file, an empty file, bad UTF-8, malformed JSON, a JSON value
+    that is not an object, a CSV/TSV row with the wrong number of columns, or an unknown format.
+    """
+    path = str(path)
+    fmt = _resolve_format(path, fmt)
+    text = _decode(_read_bytes(path), path)
+    if not text.strip():
+        raise DataError(f"the file is empty; a {fmt} file needs at least one row "
+                        f"({_FORMAT_HINTS[fmt]}).", path=path)
+    rows = _READERS[fmt](text, path)
+    if not rows:
+        raise DataError(f"no rows found; a {fmt} file needs at least one row "
+                        f"({_FORMAT_HINTS[fmt]}).", path=path)
+    return rows
+
+
+def _resolve_format(path: str, fmt: str | None) -> str:
+    """The format named by ``fmt``, or guessed from the extension of ``path``."""
+    supported = ", ".join(FORMATS)
+    if fmt is not None:
+        name = fmt.lower().lstrip(".")
+        if name not in FORMATS:
+            raise DataError(f"unknown format '{fmt}'; supported formats are {supported}. "
+                            f"Set `format:` to one of them.", path=path)
+        return name
+    suffix = Path(path).suffix.lower()
+    if suffix in _EXTENSIONS:
+        return _EXTENSIONS[suffix]
+    shown = f"extension '{suffix}'" if suffix else "no file extension"
+    raise DataError(f"cannot tell the format from {shown}; supported formats are {supported} "
+                    f"(.jsonl, .json, .csv, .tsv). Rename the file, or set `format:` "
+                    f"(e.g. `format: jsonl`) in the config.", path=path)
+
+
+def _read_bytes(path: str) -> bytes:
+    """The whole file as bytes, or a DataError saying why it cannot be read."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"file not found (looked for {p.resolve()}). Check the path in the "
+                        f"config; relative paths are resolved from the current directory.",
+                        path=path)
+    if p.is_dir():
+        raise DataError("this is a directory, not a data file. Point the config at a "
+                        ".jsonl, .json, .csv or .tsv file.", path=path)
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read the file: {e.strerror}.", path=path) from None
+
+
+def _decode(data: bytes, path: str) -> str:
+    """Strict UTF-8 decode; a bad byte is reported with its line and column."""
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]  # Excel writes a BOM; it is not part of the data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(f"byte 0x{data[e.start]:02x} at column {column} is not valid UTF-8. "
+                        f"Re-encode the file as UTF-8 (for example `iconv -f latin1 -t utf-8 "
+                        f"in.csv > out.csv`, or 'Save as UTF-8' in your editor).",
+                        path=path, line=line) from None
+
+
+def _read_jsonl(text: str, path: str) -> list[Row]:
+    """One JSON object per line; blank lines are skipped."""
+    rows = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            hint = " Each line must be one complete JSON object, e.g. " + _EXAMPLE_OBJECT + "."
+            if not rows and line.lstrip().startswith("["):
+                hint = (" This looks like a JSON list: name the file .json or set "
+                        "`format: json`.")
+            raise DataError(f"not valid JSON: {e.msg} (column {e.colno}).{hint}",
+                            path=path, line=number) from None
+        if not isinstance(value, dict):
+            raise DataError(f"expected a JSON object like {_EXAMPLE_OBJECT}, got "
+                            f"{_json_type(value)}.", path=path, line=number)
+        rows.append(Row.make(value, path, number))
+    return rows
+
+
+def _read_json(text: str, path: str) -> list[Row]:
+    """A single JSON list of objects; each object is decoded in place to learn its line."""
+    decoder = json.JSONDecoder()
+    pos = _WHITESPACE.match(text).end()
+    if text[pos] != "[":
+        _reject_non_list(text, path)
+    rows: list[Row] = []
+    line, counted = 1, 0  # ``line`` is the line number of offset ``counted``
+    pos = _WHITESPACE.match(text, pos + 1).end()
+    while pos < len(text) and text[pos] != "]":
+        line += text.count("\n", counted, pos)
+        counted = pos
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise DataError(f"not valid JSON: {e.msg} (column {e.colno}) in item "
+                            f"{len(rows) + 1} of the list.", path=path, line=e.lineno) from None
+        if not isinstance(value, dict):
+            raise DataError(f"item {len(rows) + 1} of the list should be a JSON object like "
+                            f"{_EXAMPLE_OBJECT}, got {_json_type(value)}.", path=path, line=line)
+        rows.append(Row.make(value, path, line))
+        pos = _WHITESPACE.match(text, end).end()
+        if pos < len(text) and text[pos] == ",":
+            pos = _WHITESPACE.match(text, pos + 1).end()
+        elif pos < len(text) and text[pos] != "]":
+            _json_error(text, pos, f"expected ',' or ']' after item {len(rows)}", path)
+    if pos >= len(text):
+        _json_error(text, pos, "the list is never closed: add the final ']'", path)
+    pos = _WHITESPACE.match(text, pos + 1).end()
+    if pos < len(text):
+        _json_error(text, pos, "extra data after the closing ']' (one list of objects per "
+                    "file; for one object per line use .jsonl or `format: jsonl`)", path)
+    return rows
+
+
+def _reject_non_list(text: str, path: str) -> None:
+    """Raise the right DataError for a .json file whose top level is not a list."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        hint = ""
+        if e.msg == "Extra data":
+            hint = " This looks like JSON Lines: name the file .jsonl or set `format: jsonl`."
+        raise DataError(f"not valid JSON: {e.msg} (column {e.colno}).{hint}",
+                        path=path, line=e.lineno) from None
+    raise DataError(f"expected a JSON list of objects like [{_EXAMPLE_OBJECT}, ...], got "
+                    f"{_json_type(value)} at the top level. Wrap the records in [ ], or write "
+                    f"one object per line as .jsonl.", path=path, line=1)
+
+
+def _json_error(text: str, pos: int, what: str, path: str) -> None:
+    """Raise a DataError for a structural problem at offset ``pos`` of a JSON text."""
+    line = text.count("\n", 0, pos) + 1
+    column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    raise DataError(f"not valid JSON: {what} (column {column}).", path=path, line=line)
+
+
+def _json_type(value) -> str:
+    """How a JSON value reads in a message: 'a list', 'a string', ..."""
+    names = {list: "a list", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _read_csv(text: str, path: str) -> list[Row]:
+    """Comma-separated with a header row and standard ``"`` quoting."""
+    return _read_delimited(text, path, ",", csv.QUOTE_MINIMAL,
+                           'put fields that contain commas in double quotes, '
+                           'e.g. "good, not great",1')
+
+
+def _read_tsv(text: str, path: str) -> list[Row]:
+    """Tab-separated with a header row and no quoting (``"`` is a plain character)."""
+    return _read_delimited(text, path, "\t", csv.QUOTE_NONE,
+                           "a tab inside a value splits it in two: replace tabs inside "
+                           "values with spaces")
+
+
+def _read_delimited(text: str, path: str, delimiter: str, quoting: int, fix: str) -> list[Row]:
+    """Shared CSV/TSV reader: header row, then one Row per record (blank lines skipped)."""
+    # Long documents (legal, code) easily pass csv's default 128 KiB field limit.
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting,
+                        strict=True)
+    rows: list[Row] = []
+    start = 1  # a record starts on the line after the previous record ended
+    try:
+        header, header_line = None, 0
+        for values in reader:  # the first non-blank record is the header
+            line, start = start, reader.line_num + 1
+            if values and (len(values) > 1 or values[0].strip()):
+                header, header_line = _check_header(values, path, line), line
+                break
+        if header is None:
+            return rows
+        width = len(header)
+        for values in reader:
+            line, start = start, reader.line_num + 1
+            if len(values) == width:  # the fast path: no Python-level __init__
+                row = Row(zip(header, values))
+                row.path, row.line = path, line
+                rows.append(row)
+            elif values and (len(values) > 1 or values[0].strip()):
+                _wrong_width(values, header, header_line, path, line, fix)
+    except csv.Error as e:
+        raise DataError(f"malformed row: {e}. Check the quoting on this line; {fix}.",
+                        path=path, line=start) from None
+    if not rows:
+        raise DataError(f"has a header row ({', '.join(header)}) but no data rows below it.",
+                        path=path)
+    return rows
+
+
+def _check_header(values: list[str], path: str, line: int) -> list[str]:
+    """Header names, stripped; empty or repeated names are errors."""
+    names = [v.strip() for v in values]
+    for i, name in enumerate(names):
+        if not name:
+            raise DataError(f"column {i + 1} of the header row has no name. Give every column "
+                            f"a name (the first row of the file is the header).",
+                            path=path, line=line)
+        if name in names[:i]:
+            raise DataError(f"the header row names column '{name}' twice; column names must be "
+                            f"unique.", path=path, line=line, field=name)
+    return names
+
+
+def _wrong_width(values: list[str], header: list[str], header_line: int, path: str,
+                 line: int, fix: str) -> None:
+    """Raise a DataError for a row with too few or too many columns, naming the column."""
+    plural = "" if len(values) == 1 else "s"
+    counts = (f"this row has {len(values)} column{plural} but the header (line {header_line}) "
+              f"has {len(header)} ({', '.join(header)})")
+    if len(values) < len(header):
+        field = header[len(values)]
+        raise DataError(f"{counts}: no value for column '{field}'. Add the missing values; "
+                        f"{fix}.", path=path, line=line, field=field)
+    extra = values[len(header)]
+    shown = extra if len(extra) <= 40 else extra[:37] + "..."
+    raise DataError(f"{counts}: unexpected extra value {shown!r} after the last column "
+                    f"'{header[-1]}'. Remove it; {fix}.", path=path, line=line, field=header[-1])
+
+
+_READERS: dict[str, Callable[[str, str], list[Row]]] = {
+    "jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "tsv": _read_tsv}
+_FORMAT_HINTS = {
+    "jsonl": f"one JSON object per line, e.g. {_EXAMPLE_OBJECT}",
+    "json": f"a list of objects, e.g. [{_EXAMPLE_OBJECT}]",
+    "csv": "a header row such as text,label followed by one row per example",
+    "tsv": "a header row such as text<TAB>label followed by one row per example",
+}

@@ -1,0 +1,32 @@
+"""User-facing errors: one clear message, no traceback.
+
+Anything a user can cause (bad config, bad data, missing file, unknown model) raises
+:class:`UserError`; the CLI prints its message and exits with status 2.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """An error caused by user input; the message says where (file, line, key) and how to fix it."""
+
+
+class ConfigError(UserError):
+    """Invalid configuration: names the key and the fix."""
+
+
+class DataError(UserError):
+    """Invalid data: names the file, line and field."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
+                 field: str | None = None):
+        where = ""
+        if path is not None:
+            where = str(path)
+            if line is not None:
+                where += f", line {line}"
+            if field is not None:
+                where += f", field '{field}'"
+            where += ": "
+        super().__init__(where + message)
+        self.path, self.line, self.field = path, line, field

@@ -1,0 +1,185 @@
+"""LoRA: low-rank adaptation (Hu et al. 2021, https://arxiv.org/abs/2106.09685).
+
+A frozen linear layer ``W`` (out x in) gets a trainable low-rank update::
+
+    h = W x + (alpha / r) * B A dropout(x)        A: r x in (Kaiming-uniform),  B: out x r (zeros)
+
+      x ──┬──────────── W (frozen) ─────────────┐
+          └─ dropout ─ A (r x in) ─ B (out x r) ─ * alpha/r ─ (+) ─> h
+
+``B = 0`` at init, so training starts from the pretrained function. Merging folds ``scale * B A``
+into ``W`` for zero-overhead inference. GPT-2's ``Conv1D`` stores ``W`` transposed (in x out);
+the update is transposed accordingly.
+
+Files are written in the PEFT format (``adapter_config.json`` + ``adapter_model.safetensors``),
+so ``peft.PeftModel.from_pretrained`` loads them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from pydantic import Field
+from safetensors.torch import load_file
+
+from deltatune.methods.registry import MethodOptions, MethodSpec, ModelContext, register
+from deltatune.methods.saving import (head_state, load_head_and_layers, save_safetensors_atomic,
+                                      set_trainable_heads, write_json_atomic)
+from deltatune.models.targets import (compact_target_list, find_targets, get_submodule_parent,
+                                      linear_features)
+from transformers.pytorch_utils import Conv1D
+
+
+class LoraOptions(MethodOptions):
+    name: Literal["lora"] = "lora"
+    r: int = Field(16, gt=0, description="rank of the update; higher = more capacity and memory")
+    alpha: float = Field(32, gt=0, description="scale numerator: update is scaled by alpha/r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter input")
+    target_modules: str | list[str] = Field(
+        "auto", description="'auto' (attention + MLP), 'all-linear', a list of names, or a regex")
+    use_rslora: bool = Field(False, description="scale by alpha/sqrt(r) (rank-stabilised LoRA)")
+
+
+class LoraLinear(nn.Module):
+    """Wraps an ``nn.Linear`` or ``Conv1D`` with a LoRA update. Parameters: ``lora_A``, ``lora_B``."""
+
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float, use_rslora: bool = False):
+        super().__init__()
+        in_features, out_features = linear_features(base)
+        self.base_layer = base
+        self.fan_in_fan_out = isinstance(base, Conv1D)
+        self.r = r
+        self.scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_A = nn.Linear(in_features, r, bias=False)
+        self.lora_B = nn.Linear(r, out_features, bias=False)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+        self.merged = False
+        self.disabled = False
+
+    def adapter_params(self) -> list[nn.Parameter]:
+        return [self.lora_A.weight, self.lora_B.weight]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        if self.merged or self.disabled:
+            return out
+        update = self.lora_B(self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype))))
+        return out + (update * self.scaling).to(out.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        """``scale * B A`` in the base weight's layout (out x in, or in x out for Conv1D)."""
+        delta = (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+        return delta.T if self.fan_in_fan_out else delta
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            w = self.base_layer.weight
+            w.add_(self.delta_weight().to(w.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            w = self.base_layer.weight
+            w.sub_(self.delta_weight().to(w.dtype))
+            self.merged = False
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
+
+
+def set_lora_enabled(model: nn.Module, enabled: bool) -> None:
+    """Disable (base model only) or re-enable every LoRA update."""
+    for layer in lora_layers(model).values():
+        layer.disabled = not enabled
+
+
+def merge_lora(model: nn.Module) -> None:
+    for layer in lora_layers(model).values():
+        layer.merge()
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    for layer in lora_layers(model).values():
+        layer.unmerge()
+
+
+def apply_lora(model: nn.Module, opts: LoraOptions, ctx: ModelContext) -> nn.Module:
+    """Freeze the model, wrap the target layers, make the task head trainable."""
+    model.requires_grad_(False)
+    for name in find_targets(model, opts.target_modules):
+        parent, child = get_submodule_parent(model, name)
+        base = getattr(parent, child)
+        layer = LoraLinear(base, opts.r, opts.alpha, opts.dropout, opts.use_rslora)
+        layer.to(device=base.weight.device)  # adapter weights stay float32 (master weights)
+        setattr(parent, child, layer)
+        for p in layer.adapter_params():
+            p.requires_grad_(True)
+    set_trainable_heads(model, ctx.head_modules)
+    return model
+
+
+def _peft_config(model: nn.Module, opts: LoraOptions, ctx: ModelContext) -> dict:
+    layers = lora_layers(model)
+    return {
+        "peft_type": "LORA",
+        "task_type": ctx.task_type,
+        "base_model_name_or_path": ctx.base_model,
+        "r": opts.r,
+        "lora_alpha": opts.alpha,
+        "lora_dropout": opts.dropout,
+        "target_modules": compact_target_list(model, list(layers)),
+        "modules_to_save": ctx.head_modules or None,
+        "fan_in_fan_out": any(layer.fan_in_fan_out for layer in layers.values()),
+        "bias": "none",
+        "use_rslora": opts.use_rslora,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "library": "deltatune",
+    }
+
+
+def save_lora(model: nn.Module, opts: LoraOptions, ctx: ModelContext, out_dir: Path) -> None:
+    """PEFT layout: ``base_model.model.<module>.lora_A.weight`` and the head's weights."""
+    state = {}
+    for name, layer in lora_layers(model).items():
+        state[f"base_model.model.{name}.lora_A.weight"] = layer.lora_A.weight
+        state[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B.weight
+    state.update(head_state(model, ctx.head_modules))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_safetensors_atomic(state, out_dir / "adapter_model.safetensors")
+    write_json_atomic(_peft_config(model, opts, ctx), out_dir / "adapter_config.json")
+
+
+def load_lora(model: nn.Module, adapter_dir: Path) -> None:
+    state = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    load_head_and_layers(model, state, adapter_dir)
+
+
+def options_from_peft(adapter_dir: Path) -> LoraOptions:
+    """Read a PEFT ``adapter_config.json`` (ours or PEFT's) into LoRA options."""
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    return LoraOptions(r=cfg["r"], alpha=cfg["lora_alpha"], dropout=cfg.get("lora_dropout", 0.0),
+                       target_modules=cfg["target_modules"], use_rslora=cfg.get("use_rslora", False))
+
+
+LORA = register(MethodSpec(
+    name="lora",
+    description="low-rank update B·A on attention and MLP projections (mergeable)",
+    options=LoraOptions,
+    apply=apply_lora,
+    save=save_lora,
+    load=load_lora,
+    default_lr=1e-3,
+    mergeable=True,
+))

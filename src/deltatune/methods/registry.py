@@ -1,0 +1,131 @@
+"""The single extension point for fine-tuning methods.
+
+A method is one module that calls :func:`register` with a :class:`MethodSpec`: its options class
+(validated from the ``method:`` section of the config), how to inject itself into a model, and how
+to save and load what it trains. Nothing else in deltatune knows the list of methods.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from deltatune.errors import ConfigError
+
+# Modules that register methods; imported lazily so `import deltatune` stays cheap.
+_METHOD_MODULES = ("deltatune.methods.full", "deltatune.methods.lora")
+
+
+class MethodOptions(BaseModel):
+    """Base class of every method's options: ``name`` plus the method's own keys."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+@dataclass
+class ModelContext:
+    """What a method needs to know about the model it adapts."""
+
+    base_model: str                      # name or path recorded in adapter_config.json
+    task_type: str                       # PEFT task type: "SEQ_CLS" or "CAUSAL_LM"
+    head_modules: list[str] = field(default_factory=list)  # trained and saved in full (e.g. classifier)
+
+
+class AdapterLayer(Protocol):
+    """An injected layer declares its own trainable parameters (never selected by name)."""
+
+    def adapter_params(self) -> list[nn.Parameter]: ...
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    description: str
+    options: type[MethodOptions]
+    apply: Callable[[nn.Module, Any, ModelContext], nn.Module]
+    """Inject the method in place, freeze what it does not train; returns the model."""
+    save: Callable[[nn.Module, Any, ModelContext, Path], None]
+    """Write what was trained into a directory (PEFT format where PEFT knows the method)."""
+    load: Callable[[nn.Module, Path], None]
+    """Load saved weights into a model that ``apply`` already adapted."""
+    default_lr: float
+    saved_dir: str = "adapter"           # run-dir subfolder written by ``save``
+    mergeable: bool = False
+
+    @property
+    def config_cls(self) -> type[MethodOptions]:
+        return self.options
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+# PEFT's spellings of our option names, for "did you mean" hints.
+PEFT_ALIASES = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+                "target": "target_modules", "targets": "target_modules"}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"method '{spec.name}' registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _ensure_loaded() -> None:
+    for mod in _METHOD_MODULES:
+        importlib.import_module(mod)
+
+
+def available() -> dict[str, MethodSpec]:
+    _ensure_loaded()
+    return dict(_REGISTRY)
+
+
+def get_method(name: str) -> MethodSpec:
+    methods = available()
+    if name not in methods:
+        from deltatune.config import suggest_key
+
+        raise ConfigError(f"method.name: unknown method '{name}'"
+                          f"{suggest_key(name, sorted(methods))}")
+    return methods[name]
+
+
+def validate_method_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """Validate the ``method:`` section with the method's options class; returns it with defaults."""
+    if not isinstance(raw, dict):
+        raise ConfigError("method: expected a mapping like {name: lora, r: 16}")
+    raw = {"name": "lora", **raw}
+    spec = get_method(str(raw["name"]))
+    try:
+        opts = spec.options.model_validate(raw)
+    except ValidationError as exc:
+        from deltatune.config import suggest_key
+
+        msgs = []
+        for err in exc.errors():
+            key = "method." + ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                given = str(err["loc"][-1])
+                hint = (f"; did you mean `{PEFT_ALIASES[given]}`?"
+                        if PEFT_ALIASES.get(given) in spec.options.model_fields
+                        else suggest_key(given, list(spec.options.model_fields)))
+                msgs.append(f"{key}: unknown option for method '{spec.name}'{hint}")
+            else:
+                msgs.append(f"{key}: {err['msg'].removeprefix('Value error, ')}"
+                            f" (got {err.get('input')!r})")
+        raise ConfigError("invalid config\n  " + "\n  ".join(msgs)) from None
+    return opts.model_dump()
+
+
+def trainable_report(model: nn.Module) -> dict[str, float]:
+    """Trainable / total parameter counts and the trainable percentage."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": trainable, "total": total, "percent": 100.0 * trainable / max(total, 1)}

@@ -1,0 +1,91 @@
+"""Shared helpers for methods that save adapters: atomic writes, task heads, PEFT key layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+
+from deltatune.errors import UserError
+
+PEFT_PREFIX = "base_model.model."
+
+
+def _atomic_target(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    return tmp
+
+
+def save_safetensors_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write a safetensors file via a temp name + rename: a crash never leaves a half file."""
+    tmp = _atomic_target(path)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp,
+                  metadata={"format": "pt"})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text_atomic(text: str, path: Path) -> None:
+    tmp = _atomic_target(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json_atomic(obj, path: Path) -> None:
+    write_text_atomic(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)
+
+
+def set_trainable_heads(model: nn.Module, head_modules: list[str]) -> None:
+    """Task heads (e.g. the new classifier) are trained in full next to any adapter."""
+    for name in head_modules:
+        model.get_submodule(name).requires_grad_(True)
+
+
+def head_state(model: nn.Module, head_modules: list[str]) -> dict[str, torch.Tensor]:
+    """Head weights under PEFT's saved names (``base_model.model.classifier.weight``)."""
+    state = {}
+    for name in head_modules:
+        for pname, p in model.get_submodule(name).named_parameters():
+            state[f"{PEFT_PREFIX}{name}.{pname}"] = p
+    return state
+
+
+def load_head_and_layers(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load a PEFT-layout state dict into an adapted model; every key must land, every
+    trainable parameter must be covered (otherwise the adapter does not fit this model)."""
+    own = {}
+    for key, value in state.items():
+        if not key.startswith(PEFT_PREFIX):
+            raise UserError(f"{source}: unexpected tensor '{key}' (not in PEFT layout)")
+        own[key[len(PEFT_PREFIX):]] = value
+    params = dict(model.named_parameters())
+    unknown = [k for k in own if k not in params]
+    if unknown:
+        raise UserError(f"{source}: adapter tensors do not fit this model, e.g. '{unknown[0]}' "
+                        f"({len(unknown)} unknown). Was it trained on another base model or method?")
+    missing = [n for n, p in params.items() if p.requires_grad and n not in own]
+    if missing:
+        raise UserError(f"{source}: adapter lacks trained tensors, e.g. '{missing[0]}' "
+                        f"({len(missing)} missing)")
+    with torch.no_grad():
+        for key, value in own.items():
+            target = params[key]
+            if target.shape != value.shape:
+                raise UserError(f"{source}: '{key}' has shape {tuple(value.shape)}, "
+                                f"the model expects {tuple(target.shape)}")
+            target.copy_(value.to(target.dtype))

@@ -1,0 +1,61 @@
+"""Run logging: ``metrics.jsonl`` lines, a progress bar, peak memory."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to ``metrics.jsonl`` (flushed, so a crash keeps the log)."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+class Progress:
+    """tqdm bar over optimizer steps showing loss, learning rate and training tokens/s; tqdm
+    gives the ETA."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.bar = tqdm(total=total, disable=not enabled, unit="step", dynamic_ncols=True,
+                        file=sys.stderr, desc="train")
+        self.tokens, self.start = 0, time.perf_counter()
+        self.extra: dict[str, str] = {}
+
+    def update(self, loss: float, lr: float, tokens: int) -> None:
+        self.tokens += tokens
+        rate = self.tokens / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}", **self.extra,
+                             refresh=False)
+        self.bar.update(1)
+
+    def note(self, metrics: dict[str, float]) -> None:
+        key = next(iter(metrics), None)
+        if key is not None:
+            self.extra = {f"val_{key}": f"{metrics[key]:.4f}"}
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process: max allocated on CUDA, else the peak resident set size."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -1,0 +1,131 @@
+"""Classification end to end through the real CLI on a tiny model: train -> eval -> predict,
+reload, PEFT loading, error messages."""
+
+import json
+
+import pytest
+import torch
+
+from deltatune.cli import main
+from deltatune.models import make_tiny_model_dir
+
+POS = ["a great film", "wonderful acting", "i loved it", "superb and moving", "a joy to watch",
+       "brilliant story", "funny and warm", "truly excellent"]
+NEG = ["a dull mess", "terrible acting", "i hated it", "boring and long", "a waste of time",
+       "awful story", "flat and cold", "truly bad"]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    return make_tiny_model_dir("bert", tmp_path_factory.mktemp("m") / "bert", task="classify")
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture()
+def files(tmp_path):
+    train = [{"text": t, "label": "pos"} for t in POS * 4] + [{"text": t, "label": "neg"} for t in NEG * 4]
+    val = [{"text": t, "label": "pos"} for t in POS] + [{"text": t, "label": "neg"} for t in NEG]
+    return write_jsonl(tmp_path / "train.jsonl", train), write_jsonl(tmp_path / "val.jsonl", val)
+
+
+def train_args(tiny_bert, files, out, *extra):
+    train, val = files
+    return ["train", f"model.name={tiny_bert}", f"data.train={train}", f"data.validation={val}",
+            "train.epochs=6", "train.batch_size=8", "train.learning_rate=5e-3", "train.progress=false",
+            "train.precision=fp32", "--output-dir", str(out), *extra]
+
+
+def test_train_eval_predict_round_trip(tiny_bert, files, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_bert, files, out, "--json")) == 0
+    summary = json.loads(capsys.readouterr().out)
+    for name in ("config.yaml", "metrics.jsonl", "eval_report.json", "eval_report.md",
+                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "labels.json"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "eval_report.json").read_text())
+    assert report["labels"] == ["neg", "pos"]
+    assert report["validation"]["accuracy"] >= 0.75  # learnable toy task
+    assert report["validation"]["confusion_matrix"]["labels"] == ["neg", "pos"]
+    assert "| neg |" in (out / "eval_report.md").read_text()
+    assert summary["train_tokens_per_s"] > 0
+
+    assert main(["eval", str(out), "--data", str(files[1]), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["accuracy"] == pytest.approx(report["validation"]["accuracy"])
+
+    assert main(["predict", str(out), "wonderful acting", "terrible acting", "--json"]) == 0
+    preds = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [p["label"] for p in preds] == ["pos", "neg"]
+    assert all(0.5 <= p["probability"] <= 1 for p in preds)
+
+    # a finished run is never overwritten silently
+    assert main(train_args(tiny_bert, files, out)) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+
+
+def test_adapter_loads_in_peft_with_same_logits(tiny_bert, files, tmp_path):
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForSequenceClassification
+
+    from deltatune.recipes.classify import load_trained
+
+    out = tmp_path / "run"
+    assert main(train_args(tiny_bert, files, out, "train.epochs=1")) == 0
+    ours, tokenizer, _, _ = load_trained(out)
+    batch = tokenizer(["a great film", "truly bad and long"], padding=True, return_tensors="pt")
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    pm = peft.PeftModel.from_pretrained(base, out / "adapter")
+    pm.eval()
+    with torch.no_grad():
+        assert torch.allclose(ours(**batch).logits, pm(**batch).logits, atol=1e-5)
+
+
+def test_full_finetune_saves_a_plain_hf_model(tiny_bert, files, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from deltatune.recipes.classify import load_trained
+
+    out = tmp_path / "full"
+    assert main(train_args(tiny_bert, files, out, "method.name=full", "train.epochs=1")) == 0
+    hf = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    ours, tokenizer, _, labels = load_trained(out)
+    assert hf.config.id2label == {0: "neg", 1: "pos"}
+    batch = tokenizer(["a great film"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(ours(**batch).logits, hf(**batch).logits, atol=1e-6)
+
+
+def test_user_errors_are_one_line(tiny_bert, files, tmp_path, capsys):
+    train, val = files
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok", "label": "pos"}\n{"text": "broken", "label": \n')
+    assert main(["train", f"model.name={tiny_bert}", f"data.train={bad}", "--output-dir",
+                 str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl, line 2" in err and "Traceback" not in err
+
+    unseen = write_jsonl(tmp_path / "v2.jsonl", [{"text": "meh", "label": "neutral"}])
+    assert main(["train", f"model.name={tiny_bert}", f"data.train={train}",
+                 f"data.validation={unseen}", "--output-dir", str(tmp_path / "y")]) == 2
+    assert "never seen in training" in capsys.readouterr().err
+
+    assert main(["train", "train.learnig_rate=1"]) == 2
+    assert "did you mean `learning_rate`" in capsys.readouterr().err
+
+    assert main(["train", f"model.name={tiny_bert}", f"data.train={train}", "method.target_modules=[q_proj]",
+                 "--output-dir", str(tmp_path / "z")]) == 2
+    assert "query" in capsys.readouterr().err
+
+    assert main(["predict", str(tmp_path / "nowhere"), "hello"]) == 2
+    assert "not a finished deltatune run" in capsys.readouterr().err
+
+
+def test_train_help_documents_keys(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "train.learning_rate" in out and "data.text_field" in out

@@ -1,0 +1,73 @@
+"""Config: defaults, overrides, and one clear message per mistake."""
+
+import pytest
+
+from deltatune.config import config_reference, load_config
+from deltatune.errors import ConfigError
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_and_overrides(tmp_path):
+    p = write(tmp_path, "data: {train: t.jsonl}\nmethod: {name: lora, r: 8}\n")
+    cfg = load_config(p, ["train.learning_rate=3e-4", "method.target_modules=[query, value]",
+                          "train.group_by_length=false"])
+    assert cfg.train.learning_rate == 3e-4
+    assert cfg.method["r"] == 8 and cfg.method["target_modules"] == ["query", "value"]
+    assert cfg.method["alpha"] == 32  # method default filled in
+    assert cfg.train.group_by_length is False
+    assert cfg.model.name == "minilm-l6"
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path):
+    p = write(tmp_path, "train: {learnig_rate: 1e-3}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    msg = str(err.value)
+    assert "train.learnig_rate" in msg and "did you mean `learning_rate`" in msg
+
+
+def test_unknown_method_option_and_method(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["method.name=lora", "method.rank=4"])
+    assert "method.rank" in str(err.value) and "`r`" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["method.name=lorra"])
+    assert "lorra" in str(err.value) and "did you mean `lora`" in str(err.value)
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["train.batch_size=many"])
+    assert "train.batch_size" in str(err.value) and "'many'" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["train.precision=fp8"])
+    assert "train.precision" in str(err.value)
+
+
+def test_impossible_combination(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["data.validation=v.jsonl", "data.validation_split=0.1"])
+    assert "choose one" in str(err.value)
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "train: {epochs: 1\n  bad"))
+    assert "c.yaml" in str(err.value) and "line" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "nope.yaml")
+    assert "nope.yaml" in str(err.value)
+    with pytest.raises(ConfigError):
+        load_config(None, ["no_equals_sign"])
+
+
+def test_reference_documents_every_key():
+    ref = config_reference()
+    for key in ("train.learning_rate", "data.text_field", "model.name", "train.grad_accum",
+                "data.validation_split", "train.precision"):
+        assert key in ref

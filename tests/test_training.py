@@ -1,0 +1,114 @@
+"""The training loop: exact gradient accumulation, determinism, schedule, NaN handling."""
+
+from functools import partial
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from transformers import BertConfig, BertForSequenceClassification
+
+from deltatune.config import TrainConfig
+from deltatune.data.batching import LengthGroupedBatchSampler, pad_collate
+from deltatune.methods.lora import LoraOptions, apply_lora
+from deltatune.methods.registry import ModelContext
+from deltatune.recipes.classify import loss_fn
+from deltatune.training.loop import make_accelerator, train
+from deltatune.training.optim import lr_factor
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, num_labels=2, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
+    model = BertForSequenceClassification(cfg)
+    apply_lora(model, LoraOptions(r=2, alpha=4, dropout=0.0), ModelContext("x", "SEQ_CLS", ["classifier"]))
+    return model
+
+
+def features(n=32):
+    g = torch.Generator().manual_seed(3)
+    feats = []
+    for i in range(n):
+        length = int(torch.randint(3, 12, (1,), generator=g))
+        feats.append({"input_ids": torch.randint(1, 50, (length,), generator=g).tolist(), "label": i % 2})
+    return feats
+
+
+def run(tmp_path, batch_size, grad_accum, steps=4, **kw):
+    model = tiny_model()
+    feats = features()
+    sampler = LengthGroupedBatchSampler([len(f["input_ids"]) for f in feats], batch_size,
+                                        group_by_length=False, seed=1)
+    loader = DataLoader(feats, batch_sampler=sampler, collate_fn=partial(pad_collate, pad_token_id=0))
+    cfg = TrainConfig(batch_size=batch_size, grad_accum=grad_accum, max_steps=steps, precision="fp32",
+                      progress=False, warmup_ratio=0.0, **kw)
+    res = train(model, loader, loss_fn, cfg, 1e-2, tmp_path, make_accelerator("fp32"))
+    return model, res
+
+
+def trainable(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_accumulation_is_exact(tmp_path):
+    a, _ = run(tmp_path / "a", batch_size=8, grad_accum=1)
+    b, _ = run(tmp_path / "b", batch_size=2, grad_accum=4)
+    pa, pb = trainable(a), trainable(b)
+    for name in pa:
+        assert torch.allclose(pa[name], pb[name], atol=1e-5), name
+    c, _ = run(tmp_path / "c", batch_size=4, grad_accum=1)  # a different batch: different result
+    assert not all(torch.allclose(pa[n], trainable(c)[n], atol=1e-5) for n in pa)
+
+
+def test_same_seed_same_weights_bit_for_bit(tmp_path):
+    a, _ = run(tmp_path / "a", batch_size=4, grad_accum=2)
+    b, _ = run(tmp_path / "b", batch_size=4, grad_accum=2)
+    for (n, x), y in zip(trainable(a).items(), trainable(b).values()):
+        assert torch.equal(x, y), n
+
+
+def test_metrics_log_written(tmp_path):
+    _, res = run(tmp_path, batch_size=4, grad_accum=1, steps=6, log_every=2)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4  # steps 2, 4, 6 and the end record
+    assert res.steps == 6 and res.train_tokens > 0 and res.tokens_per_s > 0
+
+
+def test_nan_steps_are_skipped_then_stop(tmp_path, monkeypatch):
+    import deltatune.training.loop as loop
+
+    model = tiny_model()
+    before = trainable(model)
+    feats = features(8)
+    loader = DataLoader(feats, batch_size=4, collate_fn=partial(pad_collate, pad_token_id=0))
+    nan_loss = lambda m, b: (loss_fn(m, b)[0] * float("nan"), 4, 10)
+    cfg = TrainConfig(batch_size=4, max_steps=3, precision="fp32", progress=False)
+    res = train(model, loader, nan_loss, cfg, 1e-2, tmp_path, make_accelerator("fp32"))
+    assert res.skipped_steps == 3
+    for n, p in trainable(model).items():
+        assert torch.equal(p, before[n])  # no update from a NaN step
+    monkeypatch.setattr(loop, "MAX_CONSECUTIVE_BAD_STEPS", 2)
+    from deltatune.errors import UserError
+    with pytest.raises(UserError, match="NaN"):
+        train(tiny_model(), loader, nan_loss, cfg, 1e-2, tmp_path, make_accelerator("fp32"))
+
+
+def test_schedule_shapes():
+    assert lr_factor(0, 100, 10, "linear") == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "linear") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "linear") == pytest.approx(0.5)
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(99, 100, 10, "constant") == 1.0
+
+
+def test_length_grouped_batches_cover_everything_and_reduce_padding():
+    lengths = [int(x) for x in torch.randint(1, 100, (1000,), generator=torch.Generator().manual_seed(0))]
+    grouped = list(LengthGroupedBatchSampler(lengths, 16, seed=0))
+    plain = list(LengthGroupedBatchSampler(lengths, 16, seed=0, group_by_length=False))
+    assert sorted(i for b in grouped for i in b) == list(range(1000))
+    pad = lambda batches: sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert pad(grouped) < 0.7 * pad(plain)
+    s = LengthGroupedBatchSampler(lengths, 16, seed=0)
+    s.set_epoch(1)
+    assert list(s) != grouped  # reshuffled each epoch
