@@ -129,3 +129,26 @@ def test_train_help_documents_keys(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "train.learning_rate" in out and "data.text_field" in out
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_merge_equals_unmerged(tiny_bert, files, tmp_path, method):
+    from transformers import AutoModelForSequenceClassification
+
+    from deltatune.recipes.classify import load_trained
+
+    out = tmp_path / "run"
+    assert main(train_args(tiny_bert, files, out, f"method.name={method}", "train.epochs=2")) == 0
+    assert main(["merge", str(out), "--out", str(tmp_path / "merged")]) == 0
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
+    ours, tokenizer, _, _ = load_trained(out)
+    batch = tokenizer(["a great film", "truly bad and long"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(ours(**batch).logits, merged(**batch).logits, atol=1e-5)
+
+
+def test_merge_refuses_unmergeable(tiny_bert, files, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_bert, files, out, "method.name=adapters", "train.epochs=1")) == 0
+    assert main(["merge", str(out), "--out", str(tmp_path / "m")]) == 2
+    assert "cannot be merged" in capsys.readouterr().err

@@ -141,3 +141,29 @@ def test_same_outputs_and_gradients_as_peft(kind):
     for name, p in ours.items():
         if ".lora_" in name:
             assert torch.allclose(p.grad, peft_grads[name], atol=1e-5), name
+
+
+@pytest.mark.parametrize("kind,rslora", [("bert", False), ("gpt2", True)])
+def test_peft_saved_lora_loads_into_deltatune(kind, rslora, tmp_path):
+    peft = pytest.importorskip("peft")
+    from deltatune.methods.lora import load_lora, options_from_peft
+
+    model, heads = tiny(kind)
+    ours = copy.deepcopy(model)
+    targets = ["query", "value"] if kind == "bert" else ["c_attn"]
+    pm = peft.get_peft_model(model, peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=targets, task_type="SEQ_CLS", use_rslora=rslora,
+        fan_in_fan_out=(kind == "gpt2")))
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    pm.save_pretrained(tmp_path)
+    opts = options_from_peft(tmp_path)
+    assert opts.use_rslora == rslora and opts.r == 4
+    apply_lora(ours, opts, ModelContext("x", "SEQ_CLS", heads))
+    load_lora(ours, tmp_path)
+    pm.eval()
+    ours.eval()
+    with torch.no_grad():
+        assert torch.allclose(ours(**inputs()).logits, pm(**inputs()).logits, atol=1e-5)

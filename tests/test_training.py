@@ -112,3 +112,41 @@ def test_length_grouped_batches_cover_everything_and_reduce_padding():
     s = LengthGroupedBatchSampler(lengths, 16, seed=0)
     s.set_epoch(1)
     assert list(s) != grouped  # reshuffled each epoch
+
+
+def test_gradient_checkpointing_gives_the_same_update(tmp_path, monkeypatch):
+    a, _ = run(tmp_path / "a", batch_size=4, grad_accum=1)
+    original = tiny_model
+
+    def checkpointed():
+        model = original()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        assert model.is_gradient_checkpointing
+        return model
+
+    monkeypatch.setitem(globals(), "tiny_model", checkpointed)
+    b, _ = run(tmp_path / "b", batch_size=4, grad_accum=1)
+    for (n, x), y in zip(trainable(a).items(), trainable(b).values()):
+        assert torch.allclose(x, y, atol=1e-6), n
+
+
+def test_missing_tracker_is_a_clear_error(monkeypatch):
+    import deltatune.training.loop as loop
+    from deltatune.errors import UserError
+
+    monkeypatch.setitem(loop.TRACKER_PACKAGES, "wandb", "surely_not_installed_pkg")
+    with pytest.raises(UserError, match="pip install surely_not_installed_pkg"):
+        make_accelerator("fp32", ["wandb"])
+    with pytest.raises(UserError, match="unknown tracker"):
+        make_accelerator("fp32", ["neptune"])
+
+
+def test_auto_precision_is_fp32_on_cpus_without_native_bf16(monkeypatch):
+    import deltatune.training.loop as loop
+
+    monkeypatch.setattr(loop.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda: False)
+    assert loop.resolve_precision("auto") == "fp32"
+    monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda: True)
+    assert loop.resolve_precision("auto") == "bf16"
+    assert loop.resolve_precision("fp32") == "fp32"

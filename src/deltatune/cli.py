@@ -1,4 +1,4 @@
-"""Command line: ``deltatune train | eval | predict | models | methods | demo``.
+"""Command line: ``deltatune train | eval | predict | merge | models | methods | demo``.
 
 Every command is a thin shell over a plain Python function. Errors a user can cause print one
 line (``error: ...``) and exit with status 2 — no traceback.
@@ -24,6 +24,8 @@ def _cmd_train(args) -> int:
     cfg = load_config(args.config, overrides)
     if args.output_dir:
         cfg.output_dir = args.output_dir
+    if args.resume:
+        cfg.train.resume = True
     summary = run_config(cfg, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2) if args.json else _summary_text(summary))
     return 0
@@ -62,6 +64,14 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_merge(args) -> int:
+    from deltatune.recipes.classify import merge_run
+
+    out = merge_run(args.run_dir, args.out)
+    print(f"merged model written to {out} (load it with AutoModelForSequenceClassification)")
+    return 0
+
+
 def _cmd_models(args) -> int:
     from deltatune.models import list_models
 
@@ -77,10 +87,17 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_methods(args) -> int:
-    from deltatune.methods.registry import available
+    from deltatune.methods.registry import available, trainable_shares
 
+    shares = trainable_shares(args.model)
+    print(f"{'method':<14} {'trainable on ' + args.model:>32}  description")
     for name, spec in sorted(available().items()):
-        print(f"{name:<10} {spec.description}  (default lr {spec.default_lr:g})")
+        share = shares[name]
+        shown = (f"{share['trainable']:>11,} ({share['percent']:7.3f}%)" if isinstance(share, dict)
+                 else "n/a")
+        merge = "mergeable" if spec.merge else "not mergeable"
+        print(f"{name:<14} {shown:>32}  {spec.description} [lr {spec.default_lr:g}; {merge}]")
+    print("\n(default options, 2-label head included; `--model NAME` counts on another model)")
     return 0
 
 
@@ -107,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     t.add_argument("--output-dir", help="run directory (overrides output_dir)")
     t.add_argument("--overwrite", action="store_true", help="replace a finished run in --output-dir")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the latest complete checkpoint in the run directory")
     t.add_argument("--json", action="store_true", help="print the run summary as JSON")
     t.set_defaults(func=_cmd_train)
 
@@ -123,11 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="one JSON object per input")
     pr.set_defaults(func=_cmd_predict)
 
+    mg = sub.add_parser("merge", help="fold a LoRA/DoRA/IA3 adapter into the base weights")
+    mg.add_argument("run_dir")
+    mg.add_argument("--out", required=True, help="new directory for the merged Hugging Face model")
+    mg.set_defaults(func=_cmd_merge)
+
     m = sub.add_parser("models", help="list the bundled models")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=_cmd_models)
 
-    me = sub.add_parser("methods", help="list the fine-tuning methods")
+    me = sub.add_parser("methods", help="list the methods and the share of parameters each trains")
+    me.add_argument("--model", default="minilm-l6", help="model to count trainable parameters on")
     me.set_defaults(func=_cmd_methods)
 
     d = sub.add_parser("demo", help="LoRA on the bundled MiniLM with a small SST-2 sample")
@@ -140,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from deltatune.training.memory import limit_allocator_retention
+
+    limit_allocator_retention()
     parser = build_parser()
     # Overrides may come after options (`train c.yaml --output-dir d a.b=1`): collect the leftovers.
     args, extra = parser.parse_known_args(argv)

@@ -42,7 +42,7 @@ class DataConfig(_Strict):
     text_field: str = Field("text", description="field holding the input text")
     text_pair_field: str | None = Field(None, description="optional second text (sentence pairs)")
     label_field: str = Field("label", description="field holding the label (string or integer)")
-    label_names: list[str] | dict[str, str] | None = Field(
+    label_names: list[str] | dict[int | str, str] | None = Field(
         None, description="names for integer labels (list indexed by label, or {value: name})")
     max_length: int = Field(128, gt=1, description="truncate inputs to this many tokens")
     max_train_samples: int | None = Field(
@@ -52,7 +52,7 @@ class DataConfig(_Strict):
 class TrainConfig(_Strict):
     epochs: float = Field(1, gt=0, description="passes over the training data (fractions allowed)")
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
-    batch_size: int = Field(32, gt=0, description="examples per micro-batch (per device)")
+    batch_size: int = Field(16, gt=0, description="examples per micro-batch (per device); 16 beat 32 on SST-2 (more steps per epoch, half the activation memory)")
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     learning_rate: float | None = Field(
         None, gt=0, description="peak learning rate; default: the method's own (LoRA 1e-3, full 5e-5)")
@@ -61,7 +61,8 @@ class TrainConfig(_Strict):
     scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="decay after warm-up")
     max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; null to disable")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        "auto", description="autocast dtype; auto = bf16 where supported (CPU included), else fp32")
+        "auto", description="autocast dtype; auto = bf16 where the hardware runs it natively (CUDA, AVX512-BF16/AMX CPUs), "
+        "fp16 on older GPUs, else fp32")
     group_by_length: bool = Field(True, description="batch similar lengths together (less padding)")
     eval_every: int | None = Field(None, gt=0, description="evaluate every N steps; default once per epoch")
     metric_for_best: str = Field("accuracy", description="validation metric that selects the best checkpoint")
@@ -69,6 +70,14 @@ class TrainConfig(_Strict):
     seed: int = Field(42, description="seed for init, dropout and data order")
     log_every: int = Field(10, gt=0, description="write a metrics.jsonl line every N steps")
     progress: bool = Field(True, description="show a progress bar")
+    checkpoint_every: int | None = Field(
+        200, gt=0, description="save a resumable checkpoint every N steps (and after each evaluation)")
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept (plus the best one)")
+    resume: bool = Field(False, description="continue from the latest complete checkpoint in the run dir")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in backward: less memory, ~30% slower steps")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list, description="experiment trackers via Accelerate (metrics.jsonl is always written)")
 
 
 class Config(_Strict):

@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from deltatune.errors import ConfigError
 
 # Modules that register methods; imported lazily so `import deltatune` stays cheap.
-_METHOD_MODULES = ("deltatune.methods.full", "deltatune.methods.lora")
+_METHOD_MODULES = ("deltatune.methods.full", "deltatune.methods.lora", "deltatune.methods.ia3",
+                   "deltatune.methods.bitfit", "deltatune.methods.adapters",
+                   "deltatune.methods.prompt", "deltatune.methods.prefix")
 
 
 class MethodOptions(BaseModel):
@@ -57,6 +59,11 @@ class MethodSpec:
     default_lr: float
     saved_dir: str = "adapter"           # run-dir subfolder written by ``save``
     mergeable: bool = False
+    merge: Callable[[nn.Module], nn.Module] | None = None
+    """Fold the trained update into the base weights and remove the wrappers (mergeable methods)."""
+    param_lr: Callable[[nn.Module, Any, float], dict[int, float]] | None = None
+    """Optional per-parameter learning rates ``(model, options, base_lr) -> {id(param): lr}``
+    (e.g. LoRA+); parameters not in the dict use ``base_lr``."""
 
     @property
     def config_cls(self) -> type[MethodOptions]:
@@ -129,3 +136,28 @@ def trainable_report(model: nn.Module) -> dict[str, float]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable": trainable, "total": total, "percent": 100.0 * trainable / max(total, 1)}
+
+
+def trainable_shares(model_name: str, num_labels: int = 2) -> dict[str, dict | str]:
+    """Apply every method (default options) to a fresh copy of a classification model and count
+    trainable parameters; a method that does not apply gives its error message instead."""
+    import copy
+
+    import torch
+
+    from deltatune.errors import UserError
+    from deltatune.models import head_module_names, load_for_classification
+
+    base, _, path = load_for_classification(model_name, num_labels,
+                                            {i: str(i) for i in range(num_labels)})
+    ctx = ModelContext(base_model=str(path), task_type="SEQ_CLS", head_modules=head_module_names(base))
+    shares: dict[str, dict | str] = {}
+    for name, spec in sorted(available().items()):
+        model = copy.deepcopy(base)
+        torch.manual_seed(0)
+        try:
+            spec.apply(model, spec.options(name=name), ctx)
+            shares[name] = trainable_report(model)
+        except UserError as exc:
+            shares[name] = str(exc).split(";")[0]
+    return shares

@@ -89,3 +89,13 @@ def load_head_and_layers(model: nn.Module, state: dict[str, torch.Tensor], sourc
                 raise UserError(f"{source}: '{key}' has shape {tuple(value.shape)}, "
                                 f"the model expects {tuple(target.shape)}")
             target.copy_(value.to(target.dtype))
+
+
+def unwrap_layers(model: nn.Module, layer_type: type) -> nn.Module:
+    """Replace every ``layer_type`` wrapper by its ``base_layer`` (after merging): a plain model."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, layer_type):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.base_layer)
+    return model

@@ -15,6 +15,7 @@ from typing import Iterator, Mapping
 
 import torch
 from torch import nn
+from transformers.utils import logging as hf_logging
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
                           PreTrainedModel, PreTrainedTokenizerBase)
 
@@ -22,6 +23,9 @@ from deltatune.errors import UserError
 from deltatune.models.bundled import resolve_model_path
 
 logger = logging.getLogger(__name__)
+
+# transformers' per-load "Loading weights" bar is noise next to our own progress bar.
+hf_logging.disable_progress_bar()
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}

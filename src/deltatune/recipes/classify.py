@@ -68,6 +68,17 @@ def evaluate_feats(model, feats, pad_id, label_names) -> dict:
     return classification_metrics([f["label"] for f in feats], y_pred, label_names)
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    """Nested config -> {"train.learning_rate": ...} with tracker-friendly scalar values."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
 def run(cfg: Config, run: RunInfo) -> dict:
     """Train, evaluate and save one classification run; returns the summary."""
     d, t = cfg.data, cfg.train
@@ -93,9 +104,14 @@ def run(cfg: Config, run: RunInfo) -> dict:
              (("train", data.train), ("validation", data.validation), ("test", data.test)) if exs}
     sampler = LengthGroupedBatchSampler([len(f["input_ids"]) for f in feats["train"]], t.batch_size,
                                         group_by_length=t.group_by_length, seed=t.seed)
-    loader = DataLoader(feats["train"], batch_sampler=sampler,
+    # Own generator: iterating the loader must not draw from the global RNG (exact resume).
+    loader = DataLoader(feats["train"], batch_sampler=sampler, generator=torch.Generator(),
                         collate_fn=partial(pad_collate, pad_token_id=pad_id))
-    accelerator = make_accelerator(t.precision)
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    accelerator = make_accelerator(t.precision, t.report_to, run.dir)
+    if t.report_to:
+        accelerator.init_trackers("deltatune", config=_flat(cfg.model_dump(mode="json")))
     val = feats.get("validation")
     evaluate = (lambda m: scalar_metrics(evaluate_feats(m, val, pad_id, names))) if val else None
     report = {"task": "classify", "method": spec.name, "model": cfg.model.name, "labels": names,
@@ -105,7 +121,9 @@ def run(cfg: Config, run: RunInfo) -> dict:
         log(f"untuned base on validation: accuracy {report['base']['accuracy']:.4f}")
 
     lr = t.learning_rate or spec.default_lr
-    result = train(model, loader, loss_fn, t, lr, run.dir, accelerator, evaluate)
+    param_lr = spec.param_lr(model, cfg.method_options(), lr) if spec.param_lr else None
+    result = train(model, loader, loss_fn, t, lr, run.dir, accelerator, evaluate,
+                   param_lr=param_lr, resume=t.resume)
     model = accelerator.unwrap_model(model)
     sections = {s: evaluate_feats(model, feats[s], pad_id, names) for s in ("validation", "test")
                 if s in feats}
@@ -135,6 +153,7 @@ def run(cfg: Config, run: RunInfo) -> dict:
                                       "peak memory MB": result.peak_memory_mb})
         write_reports(run.dir, report, md)
         write_json_atomic(summary, run.dir / "summary.json")
+        accelerator.end_training()
         return summary
     return {}
 
@@ -204,3 +223,32 @@ def predict(run_dir: str | Path, texts: list[str] | None = None, data_path: str 
         out.append({"text": e.text, "label": names[k], "probability": round(float(p[k]), 6),
                     "probabilities": {n: round(float(x), 6) for n, x in zip(names, p)}})
     return out
+
+
+def merge_run(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """Fold a mergeable adapter into the base weights; write a plain Hugging Face model directory."""
+    import shutil
+    import tempfile
+
+    from deltatune.errors import UserError
+
+    model, tokenizer, cfg, _ = load_trained(run_dir)
+    spec = get_method(cfg.method["name"])
+    if spec.merge is None:
+        raise UserError(f"method '{spec.name}' cannot be merged into the base weights "
+                        f"({spec.description}); load the adapter with its base model instead")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"--out {out_dir} exists and is not empty; choose a new directory")
+    merged = spec.merge(model)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            out_dir.rmdir()
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

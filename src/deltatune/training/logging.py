@@ -13,14 +13,19 @@ from tqdm.auto import tqdm
 
 
 class MetricsWriter:
-    """Appends one JSON object per line to ``metrics.jsonl`` (flushed, so a crash keeps the log)."""
+    """Appends one JSON object per line to ``metrics.jsonl`` (flushed, so a crash keeps the log),
+    and forwards numeric values to Accelerate's trackers (TensorBoard, W&B, MLflow) when asked."""
 
-    def __init__(self, path: Path, enabled: bool = True):
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path, enabled: bool = True, accelerator=None):
+        self.path, self.enabled, self.accelerator = path, enabled, accelerator
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict) -> None:
+        if self.accelerator is not None and "step" in record:
+            numbers = {k: v for k, v in record.items()
+                       if isinstance(v, (int, float)) and k not in ("step", "time")}
+            self.accelerator.log(numbers, step=int(record["step"]))
         if not self.enabled:
             return
         record = {"time": round(time.time(), 3), **record}

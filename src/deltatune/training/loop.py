@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,8 @@ from accelerate import Accelerator
 
 from deltatune.config import TrainConfig
 from deltatune.errors import UserError
+from deltatune.training.checkpoint import (latest_checkpoint, load_checkpoint, load_trainable,
+                                           save_checkpoint)
 from deltatune.training.logging import MetricsWriter, Progress, peak_memory_mb
 from deltatune.training.optim import build_optimizer, build_scheduler
 
@@ -52,16 +56,47 @@ class LoopResult:
         return self.train_tokens / self.train_seconds if self.train_seconds else 0.0
 
 
-def make_accelerator(precision: str) -> Accelerator:
-    """``auto`` = bf16 autocast where the device supports it (CPU included), else fp32."""
-    if precision == "auto":
-        if torch.cuda.is_available():
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            precision = "bf16"
+def cpu_has_fast_bf16() -> bool:
+    """True when oneDNN has native bf16 kernels (AVX512-BF16 / AMX). Without them bf16 matmuls are
+    emulated: measured 20x *slower* than fp32 on an AVX2-only EPYC (see benchmarks/precision.py)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` = bf16 autocast where the hardware runs it fast (CUDA with bf16, or a CPU with
+    native bf16), fp16 on older GPUs, else fp32."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+# report_to name -> the package it needs
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def make_accelerator(precision: str, report_to: list[str] | tuple[str, ...] = (),
+                     project_dir: Path | None = None) -> Accelerator:
+    """Accelerator with the resolved precision and the requested experiment trackers."""
+    import importlib.util
+
+    for name in report_to:
+        if name not in TRACKER_PACKAGES:
+            raise UserError(f"train.report_to: unknown tracker '{name}'; "
+                            f"choose from {', '.join(TRACKER_PACKAGES)}")
+        if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
+            raise UserError(f"train.report_to: '{name}' is not installed; "
+                            f"`pip install {TRACKER_PACKAGES[name]}` or remove it from report_to")
+    precision = resolve_precision(precision)
     if precision == "fp16" and not torch.cuda.is_available():
         raise UserError("train.precision=fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
-    return Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision))
+    return Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision),
+                       log_with=list(report_to) or None,
+                       project_dir=str(project_dir) if project_dir else None)
 
 
 def steps_per_epoch(num_batches: int, grad_accum: int) -> int:
@@ -70,16 +105,20 @@ def steps_per_epoch(num_batches: int, grad_accum: int) -> int:
 
 def train(model: nn.Module, loader: Iterable, loss_fn: LossFn, cfg: TrainConfig, lr: float,
           run_dir: Path, accelerator: Accelerator, evaluate: EvalFn | None = None,
-          param_lr: dict[int, float] | None = None) -> LoopResult:
+          param_lr: dict[int, float] | None = None, resume: bool = False) -> LoopResult:
     """Train ``model`` in place; return timings and the best evaluation."""
     per_epoch = steps_per_epoch(len(loader), cfg.grad_accum)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
     optimizer = build_optimizer(model, lr, cfg.weight_decay, param_lr)
     scheduler = build_scheduler(optimizer, total_steps, cfg.warmup_ratio, cfg.scheduler)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if accelerator.num_processes > 1:  # shard batches across processes
+        loader = accelerator.prepare(loader)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    ckpt_root = run_dir / "checkpoints"
 
-    writer = MetricsWriter(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
+    writer = MetricsWriter(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process,
+                           accelerator=accelerator if accelerator.log_with else None)
     progress = Progress(total_steps, enabled=cfg.progress and accelerator.is_main_process)
     eval_every = cfg.eval_every or per_epoch
     res = LoopResult()
@@ -87,10 +126,31 @@ def train(model: nn.Module, loader: Iterable, loss_fn: LossFn, cfg: TrainConfig,
     bad_in_a_row = 0
     window_loss, window_units, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
 
+    start_step = 0
+    if resume and (latest := latest_checkpoint(ckpt_root)) is not None:
+        state = load_checkpoint(latest, accelerator.unwrap_model(model), optimizer, scheduler)
+        start_step = state["step"]
+        for key in ("train_tokens", "train_seconds", "skipped_steps", "best_metric", "best_step"):
+            setattr(res, key, state[key])
+        if res.best_step is not None and (ckpt_root / f"step-{res.best_step}").is_dir():
+            best_state = load_trainable(ckpt_root / f"step-{res.best_step}")
+        progress.bar.update(start_step)
+        writer.write({"event": "resume", "step": start_step, "checkpoint": str(latest)})
+
+    def checkpoint(step: int) -> None:
+        if accelerator.is_main_process:
+            save_checkpoint(ckpt_root, step, accelerator.unwrap_model(model), optimizer, scheduler,
+                            {"train_tokens": res.train_tokens, "skipped_steps": res.skipped_steps,
+                             "train_seconds": res.train_seconds + time.perf_counter() - start,
+                             "best_metric": res.best_metric, "best_step": res.best_step},
+                            keep=cfg.save_total_limit, best_step=res.best_step)
+        accelerator.wait_for_everyone()
+        _fault_injection(step)
+
     model.train()
-    micro_batches = _forever(loader)
+    micro_batches = _forever(loader, skip=start_step * cfg.grad_accum)
     start = time.perf_counter()
-    for step in range(total_steps):
+    for step in range(start_step, total_steps):
         group = [next(micro_batches) for _ in range(cfg.grad_accum)]
         loss_sum, units, tokens, finite = _accumulate(model, group, loss_fn, accelerator)
         grad_norm = None
@@ -131,6 +191,10 @@ def train(model: nn.Module, loader: Iterable, loss_fn: LossFn, cfg: TrainConfig,
             best_state = _evaluate(model, evaluate, cfg, res, writer, progress, best_state)
             model.train()
             start = time.perf_counter()
+            if cfg.checkpoint_every:
+                checkpoint(res.steps)
+        elif cfg.checkpoint_every and res.steps % cfg.checkpoint_every == 0:
+            checkpoint(res.steps)
     res.train_seconds += time.perf_counter() - start
     progress.close()
     if best_state is not None:
@@ -142,14 +206,27 @@ def train(model: nn.Module, loader: Iterable, loss_fn: LossFn, cfg: TrainConfig,
     return res
 
 
-def _forever(loader: Iterable):
-    """Yield micro-batches across epochs, reshuffling each epoch when the sampler supports it."""
-    for epoch in itertools.count():
+def _forever(loader: Iterable, skip: int = 0):
+    """Yield micro-batches across epochs, reshuffling each epoch when the sampler supports it.
+    The first ``skip`` micro-batches (already trained on before a resume) are passed over."""
+    per_epoch = len(loader)
+    for epoch in itertools.count(skip // per_epoch):
         if hasattr(loader, "set_epoch"):  # accelerate's prepared loader forwards it
             loader.set_epoch(epoch)
         elif hasattr(getattr(loader, "batch_sampler", None), "set_epoch"):
             loader.batch_sampler.set_epoch(epoch)
-        yield from loader
+        batches = iter(loader)
+        if skip:
+            batches = itertools.islice(batches, skip % per_epoch, None)
+            skip = 0
+        yield from batches
+
+
+def _fault_injection(step: int) -> None:
+    """Test hook: ``DELTATUNE_FAULT_AT_STEP=N`` SIGKILLs the process right after checkpoint N, to
+    prove that resume continues exactly (tests/test_resume.py)."""
+    if os.environ.get("DELTATUNE_FAULT_AT_STEP") == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _accumulate(model, group, loss_fn, accelerator) -> tuple[float, int, int, bool]:

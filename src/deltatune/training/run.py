@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -43,9 +44,28 @@ def prepare_run_dir(cfg: Config, overwrite: bool = False) -> RunInfo:
                         "or pass --overwrite to replace it")
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--output-dir {run_dir} exists and is not a directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("metrics.jsonl", FINISHED_MARKER):  # only reached for unfinished or --overwrite
-        (run_dir / stale).unlink(missing_ok=True)
     cfg.output_dir = str(run_dir)
+    if cfg.train.resume and (run_dir / "config.yaml").is_file():
+        _check_same_config(cfg, run_dir)
+    elif run_dir.exists():  # unfinished or --overwrite: start clean, keep nothing stale
+        for stale in ("metrics.jsonl", FINISHED_MARKER):
+            (run_dir / stale).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(dump_config(cfg), run_dir / "config.yaml")
     return RunInfo(dir=run_dir, config=cfg)
+
+
+def _check_same_config(cfg: Config, run_dir: Path) -> None:
+    """Resuming with a different config would silently mix two runs: refuse, naming the keys."""
+    import yaml
+
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    now = cfg.model_dump(mode="json")
+    diffs = [f"{section}.{key}" for section in now if isinstance(now[section], dict)
+             for key in now[section]
+             if section != "train" or key not in ("resume", "progress")
+             if saved.get(section, {}).get(key) != now[section][key]]
+    if diffs:
+        raise UserError(f"--resume: the config differs from the one in {run_dir}/config.yaml "
+                        f"({', '.join(diffs)}); resume with the same config or start a new run")
