@@ -150,3 +150,53 @@ def test_auto_precision_is_fp32_on_cpus_without_native_bf16(monkeypatch):
     monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda: True)
     assert loop.resolve_precision("auto") == "bf16"
     assert loop.resolve_precision("fp32") == "fp32"
+
+
+def test_accumulation_is_exact_for_token_level_lm_loss(tmp_path):
+    """Uneven lengths and uneven numbers of target tokens: 2 x 4 must equal 8 x 1."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from deltatune.losses.lm import token_cross_entropy_sum
+
+    def lm_model():
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                          num_key_value_heads=1, intermediate_size=32, pad_token_id=0)
+        model = LlamaForCausalLM(cfg)
+        apply_lora(model, LoraOptions(r=2, alpha=4, dropout=0.0), ModelContext("x", "CAUSAL_LM", []))
+        return model
+
+    g = torch.Generator().manual_seed(5)
+    feats = []
+    for i in range(16):
+        n = int(torch.randint(4, 20, (1,), generator=g))
+        ids = torch.randint(1, 60, (n,), generator=g).tolist()
+        prompt = int(torch.randint(1, n - 2, (1,), generator=g))  # loss only after the prompt
+        feats.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+
+    def collate(batch):
+        t = max(len(f["input_ids"]) for f in batch)
+        ids = torch.tensor([f["input_ids"] + [0] * (t - len(f["input_ids"])) for f in batch])
+        labels = torch.tensor([f["labels"] + [-100] * (t - len(f["labels"])) for f in batch])
+        mask = (torch.arange(t)[None] < torch.tensor([len(f["input_ids"]) for f in batch])[:, None]).long()
+        units = int((labels[:, 1:] != -100).sum())
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "num_units": torch.tensor(units)}
+
+    def lm_loss(model, batch):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss, n = token_cross_entropy_sum(logits, batch["labels"])
+        return loss, n, int(batch["attention_mask"].sum())
+
+    def go(out, bs, accum):
+        model = lm_model()
+        sampler = LengthGroupedBatchSampler([len(f["input_ids"]) for f in feats], bs,
+                                            group_by_length=False, seed=1)
+        loader = DataLoader(feats, batch_sampler=sampler, collate_fn=collate)
+        cfg = TrainConfig(batch_size=bs, grad_accum=accum, max_steps=2, precision="fp32",
+                          progress=False, warmup_ratio=0.0, checkpoint_every=None)
+        train(model, loader, lm_loss, cfg, 1e-2, out, make_accelerator("fp32"))
+        return trainable(model)
+
+    a, b = go(tmp_path / "a", 8, 1), go(tmp_path / "b", 2, 4)
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5), name

@@ -168,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     from deltatune.training.memory import limit_allocator_retention
 
     limit_allocator_retention()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+
+        if not torch.cuda.is_available():
+            # torchrun on CPUs: without this Accelerate sees no distributed setup and every
+            # process would train alone (gloo DDP needs Accelerate's MULTI_CPU mode).
+            os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     parser = build_parser()
     # Overrides may come after options (`train c.yaml --output-dir d a.b=1`): collect the leftovers.
     args, extra = parser.parse_known_args(argv)

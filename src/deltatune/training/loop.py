@@ -179,6 +179,11 @@ def train(model: nn.Module, loader: Iterable, loss_fn: LossFn, cfg: TrainConfig,
 
         if res.steps % cfg.log_every == 0 or res.steps == total_steps:
             now = time.perf_counter()
+            if accelerator.num_processes > 1:  # loss and tokens of all processes
+                totals = accelerator.reduce(torch.tensor(
+                    [window_loss, window_units, window_tokens], dtype=torch.float64,
+                    device=accelerator.device), reduction="sum").tolist()
+                window_loss, window_units, window_tokens = totals[0], int(totals[1]), int(totals[2])
             writer.write({"step": res.steps, "epoch": round(res.steps / per_epoch, 4),
                           "loss": window_loss / max(window_units, 1),
                           "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,

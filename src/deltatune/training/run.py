@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -17,9 +18,9 @@ FINISHED_MARKER = "summary.json"
 
 def log(message: str) -> None:
     """Status lines go to stderr so `--json` output on stdout stays machine-readable."""
-    from accelerate.state import PartialState
-
-    if PartialState().is_main_process:
+    # RANK from the launcher, not accelerate's PartialState: creating that singleton here, before
+    # the Accelerator, would fix the distributed mode too early (CPU runs would not use gloo).
+    if os.environ.get("RANK", "0") == "0":
         print(f"[deltatune] {message}", file=sys.stderr, flush=True)
 
 
