@@ -152,3 +152,13 @@ def test_merge_refuses_unmergeable(tiny_bert, files, tmp_path, capsys):
     assert main(train_args(tiny_bert, files, out, "method.name=adapters", "train.epochs=1")) == 0
     assert main(["merge", str(out), "--out", str(tmp_path / "m")]) == 2
     assert "cannot be merged" in capsys.readouterr().err
+
+
+def test_methods_lists_every_method_with_its_trainable_share(tiny_bert, capsys):
+    from deltatune.methods.registry import available
+
+    assert main(["methods", "--model", str(tiny_bert)]) == 0
+    out = capsys.readouterr().out
+    for name in available():
+        assert name in out
+    assert "100.000%" in out  # full fine-tuning trains everything

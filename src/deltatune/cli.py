@@ -95,8 +95,9 @@ def _cmd_methods(args) -> int:
         share = shares[name]
         shown = (f"{share['trainable']:>11,} ({share['percent']:7.3f}%)" if isinstance(share, dict)
                  else "n/a")
-        merge = "mergeable" if spec.merge else "not mergeable"
-        print(f"{name:<14} {shown:>32}  {spec.description} [lr {spec.default_lr:g}; {merge}]")
+        merge = ("; mergeable" if spec.merge else
+                 "" if spec.saved_dir == "model" else "; not mergeable")
+        print(f"{name:<14} {shown:>32}  {spec.description} [lr {spec.default_lr:g}{merge}]")
     print("\n(default options, 2-label head included; `--model NAME` counts on another model)")
     return 0
 
