@@ -21,13 +21,7 @@ KV = 16                            # tiny Llama: 2 key/value heads x head_dim 8
 LABELS = torch.tensor([0, 1, 2])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are slower with several threads on a shared CPU (oversubscription)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(kind):

@@ -22,13 +22,7 @@ CASES = [("bert", "SEQ_CLS"), ("llama", "SEQ_CLS"), ("gpt2", "SEQ_CLS"), ("llama
          ("gpt2", "CAUSAL_LM")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run many times faster on one thread when the CPU is shared (no oversubscription)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(kind, task="SEQ_CLS", attn="sdpa"):

@@ -26,7 +26,6 @@ the trained norms and the task head.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -37,7 +36,7 @@ from safetensors.torch import load_file
 
 from deltatune.errors import ConfigError, UserError
 from deltatune.methods.registry import MethodOptions, MethodSpec, ModelContext, register
-from deltatune.methods.saving import (PEFT_PREFIX, head_state, load_head_and_layers,
+from deltatune.methods.saving import (PEFT_PREFIX, check_tag, head_state, load_head_and_layers,
                                       save_safetensors_atomic, set_trainable_heads,
                                       write_json_atomic)
 from deltatune.models.targets import find_targets, get_submodule_parent, linear_features
@@ -201,26 +200,18 @@ def save_adapters(model: nn.Module, opts: AdaptersOptions, ctx: ModelContext, ou
     }, out_dir / "adapter_config.json")
 
 
-def _check_tag(adapter_dir: Path) -> dict:
-    path = adapter_dir / "adapter_config.json"
-    if not path.is_file():
-        raise UserError(f"{adapter_dir}: no adapter_config.json; not an adapter directory")
-    cfg = json.loads(path.read_text())
-    found = cfg.get("method") or cfg.get("peft_type")
-    if found != TAG:
-        raise UserError(f"{path}: this is a '{found}' adapter, not bottleneck adapters; "
-                        f"use method '{str(found).lower()}' to load it")
-    return cfg
+def _read_config(adapter_dir: Path) -> dict:
+    return check_tag(adapter_dir, TAG, "bottleneck adapters")
 
 
 def options_from_saved(adapter_dir: Path) -> AdaptersOptions:
     """The options an adapter directory was trained with (to ``apply`` before ``load``)."""
-    return AdaptersOptions.model_validate(_check_tag(adapter_dir)["options"])
+    return AdaptersOptions.model_validate(_read_config(adapter_dir)["options"])
 
 
 def load_adapters(model: nn.Module, adapter_dir: Path) -> None:
     """Load saved adapters into a model that :func:`apply_adapters` adapted with the same options."""
-    cfg = _check_tag(adapter_dir)
+    cfg = _read_config(adapter_dir)
     have, saved = list(adapter_layers(model)), cfg.get("adapter_modules", [])
     if have != saved:
         variant = cfg.get("options", {}).get("variant")

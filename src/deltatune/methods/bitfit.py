@@ -15,16 +15,15 @@ PEFT has no BitFit, so the files are deltatune's own two-file layout, shaped lik
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
 import torch.nn as nn
 from safetensors.torch import load_file
 
-from deltatune.errors import ConfigError, UserError
+from deltatune.errors import ConfigError
 from deltatune.methods.registry import MethodOptions, MethodSpec, ModelContext, register
-from deltatune.methods.saving import (PEFT_PREFIX, head_state, load_head_and_layers,
+from deltatune.methods.saving import (PEFT_PREFIX, check_tag, head_state, load_head_and_layers,
                                       save_safetensors_atomic, set_trainable_heads,
                                       write_json_atomic)
 
@@ -74,19 +73,6 @@ def save_bitfit(model: nn.Module, opts: BitFitOptions, ctx: ModelContext, out_di
         "modules_to_save": ctx.head_modules or None,
         "num_bias_tensors": len(state) - len(head_state(model, ctx.head_modules)),
     }, out_dir / "adapter_config.json")
-
-
-def check_tag(adapter_dir: Path, tag: str) -> dict:
-    """Read ``adapter_config.json`` and make sure it was written by method ``tag``."""
-    path = adapter_dir / "adapter_config.json"
-    if not path.is_file():
-        raise UserError(f"{adapter_dir}: no adapter_config.json; not an adapter directory")
-    cfg = json.loads(path.read_text())
-    found = cfg.get("method") or cfg.get("peft_type")
-    if found != tag:
-        raise UserError(f"{path}: this is a '{found}' adapter, not {tag}; "
-                        f"use method '{str(found).lower()}' to load it")
-    return cfg
 
 
 def load_bitfit(model: nn.Module, adapter_dir: Path) -> None:

@@ -99,3 +99,17 @@ def unwrap_layers(model: nn.Module, layer_type: type) -> nn.Module:
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, module.base_layer)
     return model
+
+
+def check_tag(adapter_dir: Path, tag: str, what: str | None = None) -> dict:
+    """Read ``adapter_config.json`` and make sure method ``tag`` wrote it (``what`` names it in the
+    error); returns the config."""
+    path = adapter_dir / "adapter_config.json"
+    if not path.is_file():
+        raise UserError(f"{adapter_dir}: no adapter_config.json; not an adapter directory")
+    cfg = json.loads(path.read_text())
+    found = cfg.get("method") or cfg.get("peft_type")
+    if found != tag:
+        raise UserError(f"{path}: this is a '{found}' adapter, not {what or tag}; "
+                        f"use method '{str(found).lower()}' to load it")
+    return cfg
