@@ -43,6 +43,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_busy_fraction  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 DATA_DIR = HERE.parent.parent / "shared" / "data" / "sst2"  # ../shared/data next to the repo
 DEV_TSV = DATA_DIR / "dev.tsv"
@@ -123,19 +126,6 @@ def run_baseline(method: str, train_tsv: Path, out_json: Path) -> None:
 
 
 # --------------------------------------------------------------------------- parent / orchestration
-def cpu_busy_fraction(interval: float = 1.0) -> float:
-    """Fraction of all CPUs busy over `interval` seconds, from /proc/stat (0.0 where unavailable)."""
-    def sample():
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
-    try:
-        (t0, i0), _ = sample(), time.sleep(interval)
-        t1, i1 = sample()
-    except OSError:
-        return 0.0
-    return 1 - (i1 - i0) / max(t1 - t0, 1)
-
-
 def run_child(cmd: list[str], log: Path) -> tuple[float, float, float]:
     """Run cmd in a fresh child, output to log. Returns (peak RSS MB, CPU s, wall s) of that child (wait4)."""
     print(f"$ {' '.join(cmd)}\n  (log: {log})", flush=True)

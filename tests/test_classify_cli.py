@@ -121,7 +121,7 @@ def test_user_errors_are_one_line(tiny_bert, files, tmp_path, capsys):
     assert "query" in capsys.readouterr().err
 
     assert main(["predict", str(tmp_path / "nowhere"), "hello"]) == 2
-    assert "not a finished deltatune run" in capsys.readouterr().err
+    assert "is not a deltatune run" in capsys.readouterr().err
 
 
 def test_train_help_documents_keys(capsys):

@@ -1,4 +1,4 @@
-"""Command line: ``deltatune train | eval | predict | merge | models | methods | demo``.
+"""Command line: ``deltatune train | preview | eval | predict | generate | chat | merge | models | methods | demo``.
 
 Every command is a thin shell over a plain Python function. Errors a user can cause print one
 line (``error: ...``) and exit with status 2 — no traceback.
@@ -32,14 +32,38 @@ def _cmd_train(args) -> int:
 
 
 def _summary_text(summary: dict) -> str:
-    keys = ("validation_accuracy", "validation_f1_macro", "test_accuracy", "train_tokens_per_s",
-            "peak_rss_mb", "train_seconds")
+    keys = ("validation_accuracy", "validation_f1_macro", "test_accuracy", "base_loss", "tuned_loss",
+            "base_rouge_l", "tuned_rouge_l", "train_tokens_per_s", "peak_rss_mb", "train_seconds")
     parts = [f"{k}={summary[k]:.4g}" for k in keys if isinstance(summary.get(k), (int, float))]
     return f"run finished: {summary.get('run_dir', '')}\n  " + "  ".join(parts)
 
 
+def _run_task(run_dir: str) -> str:
+    """The task of a finished run (``classify`` or ``sft``), read from its config.yaml."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a deltatune run (no config.yaml); pass the --output-dir "
+                        "of a `deltatune train` run")
+    return (yaml.safe_load(path.read_text()) or {}).get("task", "classify")
+
+
 def _cmd_eval(args) -> int:
     from deltatune.evaluation.reports import classification_markdown
+
+    if _run_task(args.run_dir) == "sft":
+        from deltatune.recipes.sft import evaluate_run as evaluate_sft
+
+        report = evaluate_sft(args.run_dir, args.data, samples=args.samples)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in report.items()))
+        return 0
     from deltatune.recipes.classify import evaluate_run
 
     report = evaluate_run(args.run_dir, args.data)
@@ -55,6 +79,8 @@ def _cmd_predict(args) -> int:
 
     if not args.texts and not args.data:
         raise UserError("predict: give one or more TEXT arguments or --data FILE")
+    if _run_task(args.run_dir) == "sft":
+        raise UserError(f"{args.run_dir} is an sft run: use `deltatune generate {args.run_dir} \"PROMPT\"`")
     rows = predict(args.run_dir, texts=args.texts or None, data_path=args.data)
     for row in rows:
         if args.json:
@@ -67,8 +93,94 @@ def _cmd_predict(args) -> int:
 def _cmd_merge(args) -> int:
     from deltatune.recipes.classify import merge_run
 
+    if _run_task(args.run_dir) == "sft":
+        from deltatune.recipes.sft import load_trained
+
+        out = merge_run(args.run_dir, args.out, loader=lambda d: load_trained(d)[:2])
+        print(f"merged model written to {out} (load it with AutoModelForCausalLM)")
+        return 0
     out = merge_run(args.run_dir, args.out)
     print(f"merged model written to {out} (load it with AutoModelForSequenceClassification)")
+    return 0
+
+
+def _generation_settings(args, cfg):
+    g = cfg.generate.model_copy()
+    for key in ("max_new_tokens", "temperature", "top_p", "batch_size"):
+        if getattr(args, key, None) is not None:
+            setattr(g, key, getattr(args, key))
+    if args.sample:
+        g.do_sample = True
+    if args.stop:
+        g.stop = list(args.stop)
+    return g
+
+
+def _generation_target(args):
+    from deltatune.recipes.sft import load_for_generation
+
+    if args.model and args.run_dir:
+        raise UserError("give a RUN_DIR or --model NAME, not both")
+    if not args.model and not args.run_dir:
+        raise UserError("give a RUN_DIR (an sft run) or --model NAME (a base model)")
+    return load_for_generation(args.run_dir, args.model, args.template)
+
+
+def _cmd_generate(args) -> int:
+    from deltatune.data.sft import prompt_ids
+    from deltatune.evaluation.generation import generate_texts
+
+    prompts = list(args.prompts)
+    if args.model is None and prompts and args.run_dir is None:
+        args.run_dir = prompts.pop(0)
+        if not os.path.isdir(args.run_dir):
+            raise UserError(f"{args.run_dir!r} is not a deltatune run directory; use `deltatune generate "
+                            "RUN_DIR \"PROMPT\"`, or `deltatune generate --model NAME \"PROMPT\"` for a base model")
+    if not prompts and not args.data:
+        raise UserError("generate: give one or more PROMPT arguments or --data FILE")
+    model, tokenizer, template, cfg = _generation_target(args)
+    if args.data:
+        from deltatune.recipes.sft import read_conversations
+
+        convs = [c for c in read_conversations(args.data, cfg) if c.prompt_messages]
+        asks = [c.prompt_messages for c in convs]
+        references = [c.reference for c in convs]
+    else:
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        asks = [system + [{"role": "user", "content": p}] for p in prompts]
+        references = [None] * len(asks)
+    ids = [prompt_ids(tokenizer, template, a) for a in asks]
+    answers = generate_texts(model, tokenizer, ids, _generation_settings(args, cfg), seed=args.seed)
+    for ask, ref, answer in zip(asks, references, answers):
+        if args.json:
+            row = {"prompt": ask[-1]["content"], "output": answer}
+            if ref is not None:
+                row["reference"] = ref
+            print(json.dumps(row, ensure_ascii=False))
+        else:
+            print(answer if len(asks) == 1 else f"### {ask[-1]['content']}\n{answer}\n")
+    return 0
+
+
+def _cmd_chat(args) -> int:
+    from deltatune.data.sft import prompt_ids
+    from deltatune.evaluation.generation import chat_loop
+
+    model, tokenizer, template, cfg = _generation_target(args)
+    print("chat: type a message; /reset clears the conversation, /exit (or Ctrl-D) quits", file=sys.stderr)
+    chat_loop(model, tokenizer, lambda msgs: prompt_ids(tokenizer, template, msgs),
+              _generation_settings(args, cfg), system_prompt=args.system,
+              input_fn=lambda prompt: input(prompt))  # looked up per call (tests patch it)
+    return 0
+
+
+def _cmd_preview(args) -> int:
+    from deltatune.config import load_config
+    from deltatune.preview import preview
+
+    cfg = load_config(args.config, list(args.overrides))
+    color = sys.stdout.isatty() if args.color == "auto" else args.color == "always"
+    print(preview(cfg, examples=args.examples, color=color))
     return 0
 
 
@@ -134,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--data", required=True, help="labelled file with the training config's fields")
     e.add_argument("--json", action="store_true", help="print metrics as JSON on stdout")
+    e.add_argument("--samples", type=int, default=None,
+                   help="sft: examples to generate for ROUGE-L/BLEU/exact match (default generate.eval_samples)")
     e.set_defaults(func=_cmd_eval)
 
     pr = sub.add_parser("predict", help="predict labels with a trained run")
@@ -142,6 +256,40 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data", help="file of inputs (the training config's text field)")
     pr.add_argument("--json", action="store_true", help="one JSON object per input")
     pr.set_defaults(func=_cmd_predict)
+
+    pv = sub.add_parser("preview", help="sft dry run: show examples as the model sees them, "
+                                         "trained tokens highlighted, with length statistics")
+    pv.add_argument("config", help="YAML config (task: sft)")
+    pv.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    pv.add_argument("--examples", type=int, default=3, help="examples to render")
+    pv.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                    help="highlight with colour (default: when printing to a terminal)")
+    pv.set_defaults(func=_cmd_preview)
+
+    for name, func, helptext in (("generate", _cmd_generate, "generate answers with an sft run or a base model"),
+                                 ("chat", _cmd_chat, "chat with an sft run or a base model (streamed)")):
+        g = sub.add_parser(name, help=helptext)
+        if name == "generate":
+            g.add_argument("prompts", nargs="*", metavar="RUN_DIR PROMPT",
+                           help="an sft run directory, then prompts (with --model: prompts only)")
+            g.add_argument("--data", help="file of prompts (the run's data layout); prints JSON lines "
+                                          "with --json, references included")
+            g.add_argument("--json", action="store_true", help="one JSON object per prompt")
+            g.add_argument("--batch-size", dest="batch_size", type=int, help="prompts generated together")
+            g.set_defaults(run_dir=None)
+        else:
+            g.add_argument("run_dir", nargs="?", help="an sft run directory (or use --model)")
+        g.add_argument("--model", help="a base model (bundled name, directory or hub id) instead of a run")
+        g.add_argument("--template", help="auto, chat, alpaca, raw or a Jinja template "
+                                          "(default: the run's, or auto)")
+        g.add_argument("--system", help="system message")
+        g.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
+        g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+        g.add_argument("--temperature", type=float)
+        g.add_argument("--top-p", dest="top_p", type=float)
+        g.add_argument("--stop", action="append", help="stop string (repeatable)")
+        g.add_argument("--seed", type=int, default=0, help="seed for sampling")
+        g.set_defaults(func=func)
 
     mg = sub.add_parser("merge", help="fold a LoRA/DoRA/IA3 adapter into the base weights")
     mg.add_argument("run_dir")
@@ -180,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may come after options (`train c.yaml --output-dir d a.b=1`): collect the leftovers.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command != "train" or any(x.startswith("-") or "=" not in x for x in extra):
+        if args.command not in ("train", "preview") or any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     try:

@@ -23,3 +23,19 @@ def token_cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple
     shift_labels = labels[:, 1:].reshape(-1)
     loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
     return loss, int((shift_labels != IGNORE_INDEX).sum())
+
+
+def response_cross_entropy_sum(hidden: torch.Tensor, labels: torch.Tensor,
+                               head: torch.nn.Module) -> tuple[torch.Tensor, int]:
+    """The same loss as :func:`token_cross_entropy_sum`, with logits computed only where they are
+    needed: ``head`` (the LM head) runs on the hidden states of target positions alone.
+
+    hidden: (B, T, H) last hidden states; labels: (B, T). Prompt tokens are often half of an
+    instruction example, and the head (hidden x vocabulary) is the largest single matmul of a small
+    LM, so skipping it there saves time and the (B, T, V) logits' memory.
+    """
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = head(hidden[:, :-1][keep]).float()  # (N, V)
+    loss = F.cross_entropy(logits, targets[keep], reduction="sum")
+    return loss, int(keep.sum())

@@ -100,6 +100,12 @@ class LoraLinear(nn.Module):
             return out
         x = x.to(self.lora_A.weight.dtype)
         dropped = self.lora_dropout(x)
+        if self.lora_magnitude_vector is None and out.dtype == x.dtype and not torch.is_autocast_enabled(x.device.type):
+            # out + s * (x A^T) B^T as one GEMM with accumulation: no (N, out) temporaries for the
+            # scaled update and the sum (measured ~5% of a SmolLM2 LoRA step on CPU)
+            h = self.lora_A(dropped).reshape(-1, self.r)
+            flat = torch.addmm(out.reshape(-1, out.shape[-1]), h, self.lora_B.weight.T, alpha=self.scaling)
+            return flat.view(out.shape)
         update = self.lora_B(self.lora_A(dropped)) * self.scaling
         if self.lora_magnitude_vector is not None:
             update = self._dora_update(dropped, out, update)

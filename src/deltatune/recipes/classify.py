@@ -225,15 +225,19 @@ def predict(run_dir: str | Path, texts: list[str] | None = None, data_path: str 
     return out
 
 
-def merge_run(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Fold a mergeable adapter into the base weights; write a plain Hugging Face model directory."""
+def merge_run(run_dir: str | Path, out_dir: str | Path, loader=None) -> Path:
+    """Fold a mergeable adapter into the base weights; write a plain Hugging Face model directory.
+
+    ``loader(run_dir) -> (model, tokenizer)`` rebuilds the trained model (default: a classifier)."""
     import shutil
     import tempfile
 
     from deltatune.errors import UserError
 
-    model, tokenizer, cfg, _ = load_trained(run_dir)
-    spec = get_method(cfg.method["name"])
+    from deltatune.config import load_config
+
+    model, tokenizer = (loader or (lambda d: load_trained(d)[:2]))(run_dir)
+    spec = get_method(load_config(Path(run_dir) / "config.yaml").method["name"])
     if spec.merge is None:
         raise UserError(f"method '{spec.name}' cannot be merged into the base weights "
                         f"({spec.description}); load the adapter with its base model instead")

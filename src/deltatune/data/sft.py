@@ -1,0 +1,355 @@
+"""Templates, token-exact response masks, truncation, packing and collation for SFT.
+
+A template renders a conversation as *segments*: ``(text, trained)`` pieces in order. Each segment
+is tokenized on its own and the ids are concatenated, so the label mask follows segment boundaries
+exactly — never found by re-tokenizing a prefix (``tokens(prompt + response)`` is not always
+``tokens(prompt) + tokens(response)``). Generation uses the same prompt segments, so training and
+inference see the same ids at the boundary.
+
+Templates:
+
+* ``chat``  the tokenizer's chat template (or a user Jinja template), split into segments by
+  rendering growing prefixes of the conversation: the text each assistant message adds (its
+  content and end-of-turn marker) is trained, everything else is not;
+* ``alpaca``  ``### Instruction: / ### Input: / ### Response:``, EOS after each response;
+* ``raw``  the prompt then the completion (and EOS), no decoration.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from deltatune.data.conversations import Conversation
+from deltatune.errors import ConfigError, DataError, UserError
+from deltatune.losses.lm import IGNORE_INDEX
+
+Segments = list[tuple[str, bool]]
+
+ALPACA_HEADER = ("Below is an instruction that describes a task. Write a response that appropriately "
+                 "completes the request.\n\n")
+ALPACA_HEADER_INPUT = ("Below is an instruction that describes a task, paired with an input that provides "
+                       "further context. Write a response that appropriately completes the request.\n\n")
+
+
+class Template:
+    """Renders conversations as segments; ``prompt`` renders what the model is asked."""
+
+    name = "base"
+
+    def __init__(self, tokenizer):
+        self.eos = tokenizer.eos_token or ""
+
+    def segments(self, conv: Conversation) -> Segments:
+        raise NotImplementedError
+
+    def prompt(self, messages: list[dict]) -> Segments:
+        raise NotImplementedError
+
+
+class RawTemplate(Template):
+    name = "raw"
+
+    def segments(self, conv):
+        out: Segments = []
+        for m in conv.messages:
+            trained = m["role"] == "assistant"
+            out.append((m["content"] + (self.eos if trained else ""), trained))
+        return out
+
+    def prompt(self, messages):
+        return [(m["content"], False) for m in messages]
+
+
+class AlpacaTemplate(Template):
+    name = "alpaca"
+
+    def _ask(self, m: dict) -> str:
+        instruction, inp = m.get("instruction", m["content"]), m.get("input", "")
+        text = f"### Instruction:\n{instruction}\n\n"
+        if inp.strip():
+            text += f"### Input:\n{inp}\n\n"
+        return text + "### Response:\n"
+
+    def _render(self, messages: list[dict], generation_prompt: bool) -> Segments:
+        system = [m["content"] for m in messages if m["role"] == "system"]
+        has_input = any(m.get("input", "").strip() for m in messages if m["role"] == "user")
+        out: Segments = [("\n\n".join(system) + "\n\n" if system else
+                          ALPACA_HEADER_INPUT if has_input else ALPACA_HEADER, False)]
+        for m in messages:
+            if m["role"] == "user":
+                out.append((self._ask(m), False))
+            elif m["role"] == "assistant":
+                out.append((m["content"] + self.eos, True))
+                out.append(("\n\n", False))
+        if out[-1] == ("\n\n", False):
+            out.pop()
+        return _merge(out)
+
+    def segments(self, conv):
+        return self._render(conv.messages, False)
+
+    def prompt(self, messages):
+        segs = self._render(messages, True)
+        if not messages or messages[-1]["role"] != "user":
+            raise UserError("the alpaca template needs the conversation to end with a user message")
+        return segs
+
+
+class ChatTemplate(Template):
+    """The tokenizer's chat template, or ``source`` (a Jinja chat template) instead."""
+
+    name = "chat"
+
+    def __init__(self, tokenizer, source: str | None = None):
+        super().__init__(tokenizer)
+        self.tokenizer, self.source = tokenizer, source
+        if source is None and not getattr(tokenizer, "chat_template", None):
+            raise ConfigError("data.template: chat: this tokenizer has no chat template; use "
+                              "template: alpaca, raw, or give a Jinja chat template")
+
+    def render(self, messages: list[dict], generation_prompt: bool = False) -> str:
+        if not messages:
+            return ""
+        try:
+            return self.tokenizer.apply_chat_template(
+                [{"role": m["role"], "content": m["content"]} for m in messages],
+                chat_template=self.source, tokenize=False, add_generation_prompt=generation_prompt)
+        except Exception as exc:  # jinja errors, raise_exception() in templates
+            raise UserError(f"the chat template failed on this conversation: {exc}") from None
+
+    def segments(self, conv):
+        try:
+            return self._segments(conv)
+        except UserError as exc:
+            if isinstance(exc, DataError) or conv.path is None:
+                raise
+            raise DataError(str(exc), path=conv.path, line=conv.line) from None
+
+    def _segments(self, conv):
+        out: Segments = []
+        done = ""
+        for k, m in enumerate(conv.messages):
+            if m["role"] == "assistant":
+                ask = self.render(conv.messages[:k], generation_prompt=True)
+                out.append((self._after(done, ask, conv), False))
+                done = ask
+            full = self.render(conv.messages[:k + 1])
+            out.append((self._after(done, full, conv), m["role"] == "assistant"))
+            done = full
+        return _merge(out)
+
+    def prompt(self, messages):
+        return [(self.render(messages, generation_prompt=True), False)]
+
+    @staticmethod
+    def _after(done: str, text: str, conv: Conversation) -> str:
+        if not text.startswith(done):
+            raise DataError("the chat template renders earlier turns differently once later turns "
+                            "are added, so response tokens cannot be found exactly; use "
+                            "template: alpaca or a Jinja template whose output only grows",
+                            path=conv.path, line=conv.line or None)
+        return text[len(done):]
+
+
+def _merge(segments: Segments) -> Segments:
+    """Join neighbouring segments with the same mask and drop empty ones."""
+    out: Segments = []
+    for text, trained in segments:
+        if not text:
+            continue
+        if out and out[-1][1] == trained:
+            out[-1] = (out[-1][0] + text, trained)
+        else:
+            out.append((text, trained))
+    return out
+
+
+def make_template(name: str, tokenizer, raw_data: bool = False) -> Template:
+    """The template for ``data.template``; ``auto`` keeps raw pairs raw and uses the chat template
+    when the tokenizer has one (else alpaca)."""
+    if name == "auto":
+        if raw_data:
+            return RawTemplate(tokenizer)
+        return ChatTemplate(tokenizer) if getattr(tokenizer, "chat_template", None) else AlpacaTemplate(tokenizer)
+    if name == "chat":
+        return ChatTemplate(tokenizer)
+    if name == "alpaca":
+        return AlpacaTemplate(tokenizer)
+    if name == "raw":
+        return RawTemplate(tokenizer)
+    source = name
+    if name.endswith(".jinja") and "{" not in name:
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"data.template: file not found: {name}")
+        source = path.read_text(encoding="utf-8")
+    if "{%" not in source and "{{" not in source:
+        raise ConfigError(f"data.template: '{name}' is not auto, chat, alpaca, raw, a .jinja file or "
+                          "a Jinja template")
+    return ChatTemplate(tokenizer, source)
+
+
+# ----------------------------------------------------------------------------- token ids
+
+
+def bos_to_add(tokenizer, first_text: str) -> list[int]:
+    """[bos] when the tokenizer normally starts sequences with BOS and the text lacks it."""
+    with_special = tokenizer("x")["input_ids"]
+    without = tokenizer("x", add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and len(with_special) > len(without) and with_special[0] == bos:
+        if not (tokenizer.bos_token and first_text.startswith(tokenizer.bos_token)):
+            return [bos]
+    return []
+
+
+def encode_segments(tokenizer, segments: Segments) -> tuple[list[int], list[int]]:
+    """Token ids and labels (-100 on untrained segments and on the first token)."""
+    ids = bos_to_add(tokenizer, segments[0][0] if segments else "")
+    labels = [IGNORE_INDEX] * len(ids)
+    for text, trained in segments:
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        labels += piece if trained else [IGNORE_INDEX] * len(piece)
+    if labels:
+        labels[0] = IGNORE_INDEX  # nothing predicts the first token (also keeps packing exact)
+    return ids, labels
+
+
+@dataclass
+class EncodeStats:
+    examples: int = 0
+    truncated: int = 0
+    dropped_too_long: int = 0
+    dropped_no_target: int = 0
+
+    @property
+    def kept(self) -> int:
+        return self.examples - self.dropped_too_long - self.dropped_no_target
+
+
+def encode_conversations(convs: Sequence[Conversation], template: Template, tokenizer,
+                         max_length: int, truncation: str = "truncate") -> tuple[list[dict], EncodeStats]:
+    """Features ``{input_ids, labels, line}`` for each kept example, and the counts."""
+    feats, stats = [], EncodeStats(examples=len(convs))
+    for conv in convs:
+        ids, labels = encode_segments(tokenizer, template.segments(conv))
+        if len(ids) > max_length:
+            if truncation == "drop":
+                stats.dropped_too_long += 1
+                continue
+            ids, labels = ids[:max_length], labels[:max_length]
+            stats.truncated += 1
+        if all(x == IGNORE_INDEX for x in labels):
+            stats.dropped_no_target += 1
+            continue
+        feats.append({"input_ids": ids, "labels": labels, "line": conv.line})
+    return feats, stats
+
+
+def prompt_ids(tokenizer, template: Template, messages: list[dict]) -> list[int]:
+    """Ids of a prompt (ending with the generation prompt), as in training."""
+    return encode_segments(tokenizer, template.prompt(messages))[0]
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def pack(feats: Sequence[dict], max_length: int, seed: int = 0) -> list[dict]:
+    """Pack examples into rows of at most ``max_length`` tokens (first fit, longest first, after a
+    seeded shuffle). Each row keeps ``lengths``, so positions restart per example."""
+    order = list(range(len(feats)))
+    random.Random(seed).shuffle(order)
+    order.sort(key=lambda i: -len(feats[i]["input_ids"]))
+    rows: list[dict] = []
+    room: list[int] = []
+    for i in order:
+        n = len(feats[i]["input_ids"])
+        slot = next((r for r, free in enumerate(room) if free >= n), None)
+        if slot is None:
+            rows.append({"input_ids": [], "labels": [], "lengths": []})
+            room.append(max_length)
+            slot = len(rows) - 1
+        row = rows[slot]
+        row["input_ids"] += feats[i]["input_ids"]
+        row["labels"] += feats[i]["labels"]
+        row["lengths"].append(n)
+        room[slot] -= n
+    random.Random(seed + 1).shuffle(rows)
+    return rows
+
+
+PART_OVERHEAD_TOKENS = 48  # fixed cost of one extra forward/backward, in token-equivalents (measured)
+
+
+def padding_free_parts(lengths: Sequence[int], overhead: int = PART_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Split a batch (indices) into parts that are padded separately, minimising padded tokens plus
+    ``overhead`` per part. One long example no longer pads seven short ones to its length.
+
+    Exact: the loss is a sum over target tokens and the loop divides by the whole step's count, so
+    the gradient is the same as for the padded batch. Dynamic programming over the length-sorted
+    order (contiguous parts are optimal once sorted)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j (longest) examples
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):  # part = order[i:j], padded to lengths[order[i]]
+            cost = best[i] + lengths[order[i]] * (j - i) + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    parts, j = [], n
+    while j > 0:
+        parts.append(order[cut[j]:j])
+        j = cut[j]
+    return parts[::-1]
+
+
+def sft_collate_parts(features: list[dict], pad_token_id: int) -> dict:
+    """One batch as padding-free parts: ``{"parts": [batch, ...], "num_units", "num_tokens"}``."""
+    parts = [sft_collate([features[i] for i in idx], pad_token_id)
+             for idx in padding_free_parts([len(f["input_ids"]) for f in features])]
+    return {"parts": parts, "num_units": sum(p["num_units"] for p in parts),
+            "num_tokens": sum(p["num_tokens"] for p in parts)}
+
+
+def sft_collate(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch. Packed rows (with ``lengths``) get ``position_ids`` restarting at 0 for
+    every example and no attention mask: transformers then masks attention block-diagonally (or uses
+    varlen flash attention), so examples never see each other. Unpacked rows get an attention mask.
+
+    Returns input_ids, labels, attention_mask or position_ids, ``num_units`` (target tokens) and
+    ``num_tokens`` (real tokens)."""
+    longest = max(len(f["input_ids"]) for f in features)
+    b = len(features)
+    ids = torch.full((b, longest), pad_token_id, dtype=torch.long)
+    labels = torch.full((b, longest), IGNORE_INDEX, dtype=torch.long)
+    packed = "lengths" in features[0]
+    extra = torch.zeros((b, longest), dtype=torch.long)
+    for i, f in enumerate(features):
+        n = len(f["input_ids"])
+        ids[i, :n] = torch.as_tensor(f["input_ids"])
+        labels[i, :n] = torch.as_tensor(f["labels"])
+        if packed:
+            pos = [torch.arange(k) for k in f["lengths"]] + ([torch.arange(longest - n)] if longest > n else [])
+            extra[i] = torch.cat(pos)
+        else:
+            extra[i, :n] = 1
+    out = {"input_ids": ids, "labels": labels, ("position_ids" if packed else "attention_mask"): extra,
+           "num_units": (labels != IGNORE_INDEX).sum(),
+           "num_tokens": torch.tensor(sum(len(f["input_ids"]) for f in features))}
+    return out
+
+
+def length_stats(lengths: Sequence[int]) -> dict:
+    if not lengths:
+        return {"count": 0}
+    s = sorted(lengths)
+    pick = lambda q: s[min(len(s) - 1, int(q * len(s)))]  # noqa: E731
+    return {"count": len(s), "min": s[0], "mean": round(sum(s) / len(s), 1), "median": pick(0.5),
+            "p95": pick(0.95), "max": s[-1]}

@@ -1,0 +1,80 @@
+"""``deltatune preview CONFIG``: show SFT examples exactly as the model will see them.
+
+A wrong template or loss mask trains silently for hours. The preview renders a few examples from the
+token ids themselves (so what you read is what is trained), trained tokens highlighted, plus length
+statistics and how many examples ``max_length`` truncates or drops. Only the tokenizer is loaded.
+"""
+
+from __future__ import annotations
+
+from deltatune.config import Config
+from deltatune.losses.lm import IGNORE_INDEX
+
+GREEN, DIM, RESET = "\033[1;32m", "\033[2m", "\033[0m"
+OPEN, CLOSE = "«", "»"  # marks trained text when colour is off
+
+
+def render_tokens(tokenizer, ids: list[int], labels: list[int], color: bool) -> str:
+    """The decoded example with trained spans in green (or between « and »), masked text dimmed."""
+    out, i = [], 0
+    while i < len(ids):
+        trained = labels[i] != IGNORE_INDEX
+        j = i
+        while j < len(ids) and (labels[j] != IGNORE_INDEX) == trained:
+            j += 1
+        text = tokenizer.decode(ids[i:j])
+        if color:
+            out.append(f"{GREEN if trained else DIM}{text}{RESET}")
+        else:
+            out.append(f"{OPEN}{text}{CLOSE}" if trained else text)
+        i = j
+    return "".join(out)
+
+
+def preview(cfg: Config, examples: int = 3, color: bool = False) -> str:
+    """The preview text for ``cfg`` (a config with task: sft)."""
+    from deltatune.data.sft import encode_conversations, encode_segments, length_stats, pack
+    from deltatune.errors import ConfigError
+    from deltatune.models.loading import load_tokenizer
+    from deltatune.recipes.sft import load_splits, template_for
+
+    if cfg.task != "sft":
+        raise ConfigError(f"task: preview shows SFT data; this config has task: {cfg.task}")
+    d = cfg.data
+    splits = load_splits(cfg)
+    tokenizer = load_tokenizer(cfg.model.name)
+    template = template_for(cfg, tokenizer, splits["train"])
+    convs = splits["train"]
+    lines = [f"model {cfg.model.name}; template {template.name}; layout {d.layout}; "
+             f"max_length {d.max_length} ({d.truncation}); packing {d.packing}",
+             "trained tokens are " + ("green" if color else f"between {OPEN} and {CLOSE}") +
+             "; everything else is context only", ""]
+    for k, conv in enumerate(convs[:examples]):
+        segments = template.segments(conv)
+        ids, labels = encode_segments(tokenizer, segments)
+        exact = tokenizer.decode(ids) == "".join(t for t, _ in segments)
+        n_trained = sum(x != IGNORE_INDEX for x in labels)
+        cut = f"; truncated to {d.max_length}" if len(ids) > d.max_length else ""
+        lines += [f"── example {k + 1} (line {conv.line}): {len(ids)} tokens, {n_trained} trained{cut}"
+                  + ("" if exact else "; WARNING: decoding the ids does not give the rendered text"),
+                  render_tokens(tokenizer, ids[:d.max_length], labels[:d.max_length], color), ""]
+    for split, split_convs in splits.items():
+        full, _ = encode_conversations(split_convs, template, tokenizer, 10 ** 9)
+        lengths = [len(f["input_ids"]) for f in full]
+        trained = sum(sum(x != IGNORE_INDEX for x in f["labels"]) for f in full)
+        _, stats = encode_conversations(split_convs, template, tokenizer, d.max_length, d.truncation)
+        ls = length_stats(lengths)
+        lines.append(f"{split}: {stats.examples} examples; tokens per example min {ls.get('min')} "
+                     f"median {ls.get('median')} mean {ls.get('mean')} p95 {ls.get('p95')} max {ls.get('max')}; "
+                     f"{trained / max(sum(lengths), 1):.0%} of tokens trained")
+        over = sum(n > d.max_length for n in lengths)
+        lines.append(f"  max_length {d.max_length}: {over} longer ({stats.truncated} truncated, "
+                     f"{stats.dropped_too_long} dropped); {stats.dropped_no_target} left without "
+                     f"response tokens and dropped; {stats.kept} kept")
+        if d.packing and split == "train":
+            feats, _ = encode_conversations(split_convs, template, tokenizer, d.max_length, d.truncation)
+            rows = pack(feats, d.max_length, cfg.train.seed)
+            fill = sum(len(r["input_ids"]) for r in rows) / max(len(rows) * d.max_length, 1)
+            lines.append(f"  packing: {len(feats)} examples in {len(rows)} rows of {d.max_length} "
+                         f"tokens ({fill:.0%} filled)")
+    return "\n".join(lines)
