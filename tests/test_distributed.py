@@ -44,3 +44,22 @@ def test_two_processes_equal_one_with_double_batch(tmp_path):
     # only rank 0 wrote the log: one end record
     ends = [l for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines() if '"end"' in l]
     assert len(ends) == 1
+
+
+def test_sft_two_processes_equal_one_with_double_batch(tmp_path):
+    """Token-level loss: target tokens are counted across processes, so the update is the same."""
+    model = make_tiny_model_dir("llama", tmp_path / "llama", task="causal_lm")
+    rows = json.load(open("../shared/data/instruction/alpaca_subset_1k.json"))[:48]
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps(rows))
+    common = ["train", "task=sft", f"model.name={model}", f"data.train={train}", "data.max_length=96",
+              "train.max_steps=3", "train.group_by_length=false", "train.progress=false",
+              "train.precision=fp32", "train.checkpoint_every=100", "generate.eval_samples=0"]
+    one = run([*common, "train.batch_size=8", "--output-dir", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run([*common, "train.batch_size=4", "--output-dir", str(tmp_path / "two")], nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = load_file(str(tmp_path / "one" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "adapter" / "adapter_model.safetensors"))
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key

@@ -143,13 +143,15 @@ def evaluate_model(model, tokenizer, template, feats, samples, settings, seed) -
 # ----------------------------------------------------------------------------- the run
 
 
-def _loader(feats: list[dict], cfg: Config, pad_id: int) -> DataLoader:
+def _loader(feats: list[dict], cfg: Config, pad_id: int, split_parts: bool = True) -> DataLoader:
+    """Training batches: packed rows, or length-grouped examples padded in parts. ``split_parts``
+    is off under DDP, whose reducer expects one forward per backward."""
     d, t = cfg.data, cfg.train
     rows = pack(feats, d.max_length, t.seed) if d.packing else feats
     sampler = LengthGroupedBatchSampler([len(f["input_ids"]) for f in rows], t.batch_size,
                                         group_by_length=t.group_by_length, seed=t.seed)
     # Own generator: iterating the loader must not draw from the global RNG (exact resume).
-    collate = sft_collate if d.packing else sft_collate_parts
+    collate = sft_collate if d.packing or not split_parts else sft_collate_parts
     return DataLoader(rows, batch_sampler=sampler, generator=torch.Generator(),
                       collate_fn=partial(collate, pad_token_id=pad_id))
 
@@ -206,7 +208,8 @@ def run(cfg: Config, run: RunInfo) -> dict:
                            if k != "target_tokens"}) if val else None
     lr = t.learning_rate or spec.default_lr
     param_lr = spec.param_lr(model, cfg.method_options(), lr) if spec.param_lr else None
-    result = train(model, _loader(feats["train"], cfg, pad_id), loss_fn, t, lr, run.dir, accelerator,
+    loader = _loader(feats["train"], cfg, pad_id, split_parts=accelerator.num_processes == 1)
+    result = train(model, loader, loss_fn, t, lr, run.dir, accelerator,
                    evaluate, param_lr=param_lr, resume=t.resume)
     model = accelerator.unwrap_model(model)
     if val:
