@@ -25,13 +25,8 @@ def run(args, nproc=None, timeout=600):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_two_processes_equal_one_with_double_batch(tmp_path):
-    model = make_tiny_model_dir("bert", tmp_path / "bert")
-    train = tmp_path / "train.jsonl"
-    train.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    common = ["train", f"model.name={model}", f"data.train={train}", "train.max_steps=5",
-              "train.group_by_length=false", "train.progress=false", "train.precision=fp32",
-              "method.dropout=0", "train.checkpoint_every=100"]
+def one_vs_two_processes(common, tmp_path):
+    """Run ``common`` with batch 8 in one process and batch 4 in two; return both adapters."""
     one = run([*common, "train.batch_size=8", "--output-dir", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-3000:]
     two = run([*common, "train.batch_size=4", "--output-dir", str(tmp_path / "two")], nproc=2)
@@ -41,6 +36,16 @@ def test_two_processes_equal_one_with_double_batch(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_two_processes_equal_one_with_double_batch(tmp_path):
+    model = make_tiny_model_dir("bert", tmp_path / "bert")
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    common = ["train", f"model.name={model}", f"data.train={train}", "train.max_steps=5",
+              "train.group_by_length=false", "train.progress=false", "train.precision=fp32",
+              "method.dropout=0", "train.checkpoint_every=100"]
+    one_vs_two_processes(common, tmp_path)
     # only rank 0 wrote the log: one end record
     ends = [l for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines() if '"end"' in l]
     assert len(ends) == 1
@@ -55,11 +60,4 @@ def test_sft_two_processes_equal_one_with_double_batch(tmp_path):
     common = ["train", "task=sft", f"model.name={model}", f"data.train={train}", "data.max_length=96",
               "train.max_steps=3", "train.group_by_length=false", "train.progress=false",
               "train.precision=fp32", "train.checkpoint_every=100", "generate.eval_samples=0"]
-    one = run([*common, "train.batch_size=8", "--output-dir", str(tmp_path / "one")])
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = run([*common, "train.batch_size=4", "--output-dir", str(tmp_path / "two")], nproc=2)
-    assert two.returncode == 0, two.stderr[-3000:]
-    a = load_file(str(tmp_path / "one" / "adapter" / "adapter_model.safetensors"))
-    b = load_file(str(tmp_path / "two" / "adapter" / "adapter_model.safetensors"))
-    for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-5), key
+    one_vs_two_processes(common, tmp_path)
