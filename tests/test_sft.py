@@ -127,6 +127,13 @@ def test_generate_eval_preview_chat_merge(sft_run, tmp_path, capsys, monkeypatch
     assert [x["prompt"] for x in lines] == ["Name a colour", "Add 2 and 3"]
     assert main(["generate", "--model", str(model_dir), "hi", "--max-new-tokens", "3"]) == 0
     capsys.readouterr()
+    assert main(["generate", str(run), "--max-new-tokens", "2", "first", "second", "--json"]) == 0
+    assert [json.loads(x)["prompt"] for x in capsys.readouterr().out.splitlines()] == ["first", "second"]
+    prompts_only = tmp_path / "prompts.jsonl"
+    prompts_only.write_text('{"instruction": "Name a colour"}\n{"instruction": "Add", "input": "2 and 3"}\n')
+    assert main(["generate", str(run), "--data", str(prompts_only), "--json", "--max-new-tokens", "2"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["prompt"] for r in rows] == ["Name a colour", "Add\n\n2 and 3"] and "reference" not in rows[0]
     assert main(["generate", str(run), "--data", str(tmp / "train.json"), "--json",
                  "--max-new-tokens", "2", "--sample", "--seed", "1"]) == 0
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
@@ -156,6 +163,10 @@ def test_sft_user_errors(sft_run, tmp_path, capsys):
     tmp, model_dir, run = sft_run
     assert main(["predict", str(run), "x"]) == 2
     assert "use `deltatune generate" in capsys.readouterr().err
+    assert main(["generate", str(run), "hi", "--max-new-tokens", "0"]) == 2
+    assert "--max-new-tokens: Input should be greater than 0" in capsys.readouterr().err
+    code = main(["train", "task=sft", f"data.train={tmp / 'train.json'}", "train.metric_for_best=rouge_l"])
+    assert code == 2 and "use loss or perplexity" in capsys.readouterr().err
     assert main(["generate", "Name a colour"]) == 2  # not a run directory
     assert "not a deltatune run" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"

@@ -73,12 +73,26 @@ def test_layout_detection_and_field_mapping():
     ({"messages": [{"role": "user", "content": "x"}]}, "messages", None, "no assistant message"),
     ({"instruction": "x", "output": None}, "alpaca", None, "expected text"),
     ({"instruction": "x", "output": "y", "history": ["a"]}, "alpaca", None, "history must be"),
+    ({"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "user", "content": "c"}]},
+     "prompt_completion", None, "completion has no assistant message"),
 ])
 def test_bad_rows_name_file_line_and_field(row, layout, fields, message):
     with pytest.raises(DataError, match=message) as err:
         rows_to_conversations(rows({"instruction": "ok", "output": "ok"}, row, path="d.json")
                               if layout == "alpaca" else rows(row, row, path="d.json"), layout, fields)
     assert "d.json, line" in str(err.value)
+
+
+def test_prompt_only_rows_for_generation():
+    convs = rows_to_conversations(rows({"instruction": "Add", "input": "2, 3"}), require_response=False)
+    convs += rows_to_conversations(rows({"messages": [{"role": "user", "content": "q1"},
+                                                      {"role": "assistant", "content": "a1"},
+                                                      {"role": "user", "content": "q2"}]}),
+                                   require_response=False)
+    assert convs[0].prompt_messages[-1]["content"] == "Add\n\n2, 3" and convs[0].reference is None
+    assert [m["content"] for m in convs[1].prompt_messages] == ["q1", "a1", "q2"]
+    with pytest.raises(DataError, match="no assistant message"):  # training still needs answers
+        rows_to_conversations(rows({"messages": [{"role": "user", "content": "q"}]}))
 
 
 def test_unknown_field_name_in_config():

@@ -105,15 +105,24 @@ def _cmd_merge(args) -> int:
 
 
 def _generation_settings(args, cfg):
-    g = cfg.generate.model_copy()
+    from pydantic import ValidationError
+
+    from deltatune.config import GenerateConfig
+
+    values = cfg.generate.model_dump()
     for key in ("max_new_tokens", "temperature", "top_p", "batch_size"):
         if getattr(args, key, None) is not None:
-            setattr(g, key, getattr(args, key))
+            values[key] = getattr(args, key)
     if args.sample:
-        g.do_sample = True
+        values["do_sample"] = True
     if args.stop:
-        g.stop = list(args.stop)
-    return g
+        values["stop"] = list(args.stop)
+    try:
+        return GenerateConfig(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        flag = "--" + str(err["loc"][0]).replace("_", "-")
+        raise UserError(f"{flag}: {err['msg']} (got {err.get('input')!r})") from None
 
 
 def _generation_target(args):
@@ -138,11 +147,15 @@ def _cmd_generate(args) -> int:
                             "RUN_DIR \"PROMPT\"`, or `deltatune generate --model NAME \"PROMPT\"` for a base model")
     if not prompts and not args.data:
         raise UserError("generate: give one or more PROMPT arguments or --data FILE")
+    from deltatune.config import validate_config
+
+    settings = _generation_settings(args, validate_config({"task": "sft"}))  # flags checked before loading
     model, tokenizer, template, cfg = _generation_target(args)
+    settings = _generation_settings(args, cfg)
     if args.data:
         from deltatune.recipes.sft import read_conversations
 
-        convs = [c for c in read_conversations(args.data, cfg) if c.prompt_messages]
+        convs = [c for c in read_conversations(args.data, cfg, require_response=False) if c.prompt_messages]
         asks = [c.prompt_messages for c in convs]
         references = [c.reference for c in convs]
     else:
@@ -150,7 +163,7 @@ def _cmd_generate(args) -> int:
         asks = [system + [{"role": "user", "content": p}] for p in prompts]
         references = [None] * len(asks)
     ids = [prompt_ids(tokenizer, template, a) for a in asks]
-    answers = generate_texts(model, tokenizer, ids, _generation_settings(args, cfg), seed=args.seed)
+    answers = generate_texts(model, tokenizer, ids, settings, seed=args.seed)
     for ask, ref, answer in zip(asks, references, answers):
         if args.json:
             row = {"prompt": ask[-1]["content"], "output": answer}
@@ -327,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may come after options (`train c.yaml --output-dir d a.b=1`): collect the leftovers.
     args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "generate" and not any(x.startswith("-") for x in extra):
+        args.prompts, extra = [*args.prompts, *extra], []  # prompts after options
     if extra:
         if args.command not in ("train", "preview") or any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -150,6 +150,9 @@ class Config(_Strict):
             t.metric_for_best = TASK_METRIC[self.task]
         if t.greater_is_better is None:
             t.greater_is_better = t.metric_for_best not in ("loss", "perplexity")
+        if self.task == "sft" and t.metric_for_best not in ("loss", "perplexity"):
+            raise ValueError(f"train.metric_for_best: sft runs evaluate loss and perplexity during "
+                             f"training, not '{t.metric_for_best}'; use loss or perplexity")
         if d.packing and self.task != "sft":
             raise ValueError("data.packing applies to task: sft only")
         return self

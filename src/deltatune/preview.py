@@ -54,7 +54,8 @@ def preview(cfg: Config, examples: int = 3, color: bool = False) -> str:
         ids, labels = encode_segments(tokenizer, segments)
         exact = tokenizer.decode(ids) == "".join(t for t, _ in segments)
         n_trained = sum(x != IGNORE_INDEX for x in labels)
-        cut = f"; truncated to {d.max_length}" if len(ids) > d.max_length else ""
+        cut = ("" if len(ids) <= d.max_length else f"; truncated to {d.max_length}"
+               if d.truncation == "truncate" else "; DROPPED from training (longer than max_length)")
         lines += [f"── example {k + 1} (line {conv.line}): {len(ids)} tokens, {n_trained} trained{cut}"
                   + ("" if exact else "; WARNING: decoding the ids does not give the rendered text"),
                   render_tokens(tokenizer, ids[:d.max_length], labels[:d.max_length], color), ""]

@@ -45,14 +45,20 @@ class Conversation:
 
     @property
     def prompt_messages(self) -> list[dict]:
-        """Everything before the last assistant message (what a model is asked)."""
-        last = max(i for i, m in enumerate(self.messages) if m["role"] == "assistant")
-        return self.messages[:last]
+        """What a model is asked: everything before the last assistant message, or the whole
+        conversation when it ends with a user message (a prompt-only row)."""
+        if self.messages and self.messages[-1]["role"] == "user":
+            return self.messages
+        answers = [i for i, m in enumerate(self.messages) if m["role"] == "assistant"]
+        return self.messages[:answers[-1]] if answers else []
 
     @property
-    def reference(self) -> str:
-        """The last assistant message (the expected answer)."""
-        return [m for m in self.messages if m["role"] == "assistant"][-1]["content"]
+    def reference(self) -> str | None:
+        """The expected answer (the last assistant message); None for a prompt-only row."""
+        if not self.messages or self.messages[-1]["role"] == "user":
+            return None
+        answers = [m for m in self.messages if m["role"] == "assistant"]
+        return answers[-1]["content"] if answers else None
 
 
 class FieldMap:
@@ -71,12 +77,12 @@ class FieldMap:
         return self.mapping.get(name, name)
 
 
-def detect_layout(row: Row, fields: FieldMap) -> str:
+def detect_layout(row: Row, fields: FieldMap, require_response: bool = True) -> str:
     """The layout of ``row`` from the fields it has."""
     has = lambda name: fields[name] in row  # noqa: E731
     if has("messages") or "conversations" in row:
         return "messages"
-    if has("instruction") and has("output"):
+    if has("instruction") and (has("output") or not require_response):
         return "alpaca"
     if has("prompt") and has("completion"):
         return "prompt_completion"
@@ -89,23 +95,38 @@ def detect_layout(row: Row, fields: FieldMap) -> str:
 
 
 def rows_to_conversations(rows: Sequence[Row], layout: str = "auto", fields: FieldMap | None = None,
-                          system_prompt: str | None = None) -> list[Conversation]:
-    """Convert rows (all of one layout) to conversations."""
+                          system_prompt: str | None = None, require_response: bool = True
+                          ) -> list[Conversation]:
+    """Convert rows (all of one layout) to conversations. ``require_response=False`` accepts
+    prompt-only rows (alpaca without ``output``, chats ending with a user message): for generation."""
     fields = fields or FieldMap()
     if not rows:
         return []
     if layout == "auto":
-        layout = detect_layout(rows[0], fields)
+        layout = detect_layout(rows[0], fields, require_response)
     convert = {"alpaca": _alpaca, "messages": _messages, "prompt_completion": _prompt_completion,
                "text": _text_row}[layout]
     out = []
     for row in rows:
-        conv = convert(row, fields)
+        conv = convert(row, fields) if require_response else _lenient(convert, row, fields)
         conv.path = row.path
         if system_prompt and not conv.raw and conv.messages[0]["role"] != "system":
             conv.messages.insert(0, {"role": "system", "content": system_prompt})
         out.append(conv)
     return out
+
+
+def _lenient(convert, row: Row, fields: FieldMap) -> Conversation:
+    """Convert a row that may lack its response (prompt-only rows for generation)."""
+    if convert is _alpaca and fields["output"] not in row:
+        row = Row.make({**row, fields["output"]: "-"}, row.path, row.line)
+        conv = _alpaca(row, fields)
+        conv.messages.pop()  # the placeholder answer
+        return conv
+    if convert is _messages:
+        key = fields["messages"] if fields["messages"] in row else "conversations"
+        return Conversation(_message_list(row.get(key), row, key, fields), line=row.line)
+    return convert(row, fields)
 
 
 def _get(row: Row, fields: FieldMap, name: str, required: bool = True):
@@ -193,8 +214,11 @@ def _prompt_completion(row: Row, fields: FieldMap) -> Conversation:
     prompt, completion = _get(row, fields, "prompt"), _get(row, fields, "completion")
     if isinstance(prompt, list):  # conversational pair (TRL's layout)
         msgs = _message_list(prompt, row, fields["prompt"], fields)
-        msgs += _message_list(completion, row, fields["completion"], fields)
-        return Conversation(msgs, line=row.line)
+        answer = _message_list(completion, row, fields["completion"], fields)
+        if not any(m["role"] == "assistant" and m["content"].strip() for m in answer):
+            raise DataError("the completion has no assistant message with content: nothing to train on",
+                            path=row.path, line=row.line, field=fields["completion"])
+        return Conversation(msgs + answer, line=row.line)
     msgs = [{"role": "user", "content": _string(prompt, row, fields["prompt"])},
             {"role": "assistant", "content": _string(completion, row, fields["completion"])}]
     return Conversation(msgs, raw=True, line=row.line)

@@ -36,9 +36,10 @@ SAMPLES_IN_REPORT = 8
 # ----------------------------------------------------------------------------- data
 
 
-def read_conversations(path: str, cfg: Config) -> list[Conversation]:
+def read_conversations(path: str, cfg: Config, require_response: bool = True) -> list[Conversation]:
     d = cfg.data
-    return rows_to_conversations(read_rows(path, d.format), d.layout, FieldMap(d.fields), d.system_prompt)
+    return rows_to_conversations(read_rows(path, d.format), d.layout, FieldMap(d.fields), d.system_prompt,
+                                 require_response=require_response)
 
 
 def load_splits(cfg: Config) -> dict[str, list[Conversation]]:
@@ -221,6 +222,10 @@ def run(cfg: Config, run: RunInfo) -> dict:
         return {}
     spec.save(model, cfg.method_options(), ctx, run.dir / spec.saved_dir)
     tokenizer.save_pretrained(run.dir / "tokenizer")
+    if getattr(template, "source", None):  # a user Jinja template travels with the run
+        from deltatune.methods.saving import write_text_atomic
+
+        write_text_atomic(template.source, run.dir / "template.jinja")
     summary = {"task": "sft", "method": spec.name, "template": template.name, "learning_rate": lr, "steps": result.steps,
                "train_seconds": round(result.train_seconds, 3), "train_tokens": result.train_tokens,
                "train_tokens_per_s": round(result.tokens_per_s, 2), "peak_rss_mb": result.peak_memory_mb,
@@ -279,6 +284,8 @@ def load_for_generation(run_dir: str | None, model_name: str | None, template: s
         model, tokenizer, _ = load_for_causal_lm(model_name)
         model.eval()
     name = template or cfg.data.template
+    if run_dir and not template and (Path(run_dir) / "template.jinja").is_file():
+        name = str(Path(run_dir) / "template.jinja")  # the user template the run was trained with
     if run_dir and name == "auto" and (Path(run_dir) / "summary.json").is_file():
         import json  # the template the run resolved to (auto keeps prompt/completion pairs raw)
 

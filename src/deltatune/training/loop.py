@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
+from accelerate.utils import send_to_device
 
 from deltatune.config import TrainConfig
 from deltatune.errors import UserError
@@ -248,7 +249,10 @@ def _accumulate(model, group, loss_fn, accelerator) -> tuple[float, int, int, bo
     for i, batch in enumerate(group):
         sync = accelerator.no_sync(model) if i < len(group) - 1 else contextlib.nullcontext()
         with sync:
-            loss_sum, _, n_tokens = loss_fn(model, batch)
+            # The loader is only prepared (sharded) with several processes: move the batch here, and
+            # autocast here too, since a loss_fn may call submodules around the wrapped forward.
+            with accelerator.autocast():
+                loss_sum, _, n_tokens = loss_fn(model, send_to_device(batch, accelerator.device))
             if not torch.isfinite(loss_sum):
                 finite = False
                 continue
