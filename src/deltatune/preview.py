@@ -33,7 +33,7 @@ def render_tokens(tokenizer, ids: list[int], labels: list[int], color: bool) -> 
 
 def preview(cfg: Config, examples: int = 3, color: bool = False) -> str:
     """The preview text for ``cfg`` (a config with task: sft)."""
-    from deltatune.data.sft import encode_conversations, encode_segments, length_stats, pack
+    from deltatune.data.sft import apply_max_length, encode_segments, length_stats, pack
     from deltatune.errors import ConfigError
     from deltatune.models.loading import load_tokenizer
     from deltatune.recipes.sft import load_splits, template_for
@@ -60,10 +60,11 @@ def preview(cfg: Config, examples: int = 3, color: bool = False) -> str:
                   + ("" if exact else "; WARNING: decoding the ids does not give the rendered text"),
                   render_tokens(tokenizer, ids[:d.max_length], labels[:d.max_length], color), ""]
     for split, split_convs in splits.items():
-        full, _ = encode_conversations(split_convs, template, tokenizer, 10 ** 9)
+        full = [dict(zip(("input_ids", "labels"), encode_segments(tokenizer, template.segments(c))))
+                for c in split_convs]  # uncut; then the same length policy as training
         lengths = [len(f["input_ids"]) for f in full]
         trained = sum(sum(x != IGNORE_INDEX for x in f["labels"]) for f in full)
-        _, stats = encode_conversations(split_convs, template, tokenizer, d.max_length, d.truncation)
+        feats, stats = apply_max_length(full, d.max_length, d.truncation)
         ls = length_stats(lengths)
         lines.append(f"{split}: {stats.examples} examples; tokens per example min {ls.get('min')} "
                      f"median {ls.get('median')} mean {ls.get('mean')} p95 {ls.get('p95')} max {ls.get('max')}; "
@@ -73,7 +74,6 @@ def preview(cfg: Config, examples: int = 3, color: bool = False) -> str:
                      f"{stats.dropped_too_long} dropped); {stats.dropped_no_target} left without "
                      f"response tokens and dropped; {stats.kept} kept")
         if d.packing and split == "train":
-            feats, _ = encode_conversations(split_convs, template, tokenizer, d.max_length, d.truncation)
             rows = pack(feats, d.max_length, cfg.train.seed)
             fill = sum(len(r["input_ids"]) for r in rows) / max(len(rows) * d.max_length, 1)
             lines.append(f"  packing: {len(feats)} examples in {len(rows)} rows of {d.max_length} "

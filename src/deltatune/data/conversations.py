@@ -108,25 +108,12 @@ def rows_to_conversations(rows: Sequence[Row], layout: str = "auto", fields: Fie
                "text": _text_row}[layout]
     out = []
     for row in rows:
-        conv = convert(row, fields) if require_response else _lenient(convert, row, fields)
+        conv = convert(row, fields, require_response)
         conv.path = row.path
         if system_prompt and not conv.raw and conv.messages[0]["role"] != "system":
             conv.messages.insert(0, {"role": "system", "content": system_prompt})
         out.append(conv)
     return out
-
-
-def _lenient(convert, row: Row, fields: FieldMap) -> Conversation:
-    """Convert a row that may lack its response (prompt-only rows for generation)."""
-    if convert is _alpaca and fields["output"] not in row:
-        row = Row.make({**row, fields["output"]: "-"}, row.path, row.line)
-        conv = _alpaca(row, fields)
-        conv.messages.pop()  # the placeholder answer
-        return conv
-    if convert is _messages:
-        key = fields["messages"] if fields["messages"] in row else "conversations"
-        return Conversation(_message_list(row.get(key), row, key, fields), line=row.line)
-    return convert(row, fields)
 
 
 def _get(row: Row, fields: FieldMap, name: str, required: bool = True):
@@ -161,7 +148,7 @@ def _user(instruction: str, inp: str) -> dict:
     return {"role": "user", "content": content, "instruction": instruction, "input": inp}
 
 
-def _alpaca(row: Row, fields: FieldMap) -> Conversation:
+def _alpaca(row: Row, fields: FieldMap, need_answer: bool = True) -> Conversation:
     msgs = []
     system = _get(row, fields, "system", required=False)
     if system:
@@ -178,7 +165,9 @@ def _alpaca(row: Row, fields: FieldMap) -> Conversation:
     inp = _get(row, fields, "input", required=False)
     inp = "" if inp is None else _string(inp, row, fields["input"], allow_empty=True)
     msgs.append(_user(instruction, inp))
-    msgs.append({"role": "assistant", "content": _string(_get(row, fields, "output"), row, fields["output"])})
+    output = _get(row, fields, "output", required=need_answer)
+    if output is not None or need_answer:
+        msgs.append({"role": "assistant", "content": _string(output, row, fields["output"])})
     return Conversation(msgs, line=row.line)
 
 
@@ -200,17 +189,17 @@ def _message_list(value, row: Row, name: str, fields: FieldMap) -> list[dict]:
     return out
 
 
-def _messages(row: Row, fields: FieldMap) -> Conversation:
+def _messages(row: Row, fields: FieldMap, need_answer: bool = True) -> Conversation:
     key = fields["messages"] if fields["messages"] in row else "conversations"
     msgs = _message_list(_get(row, fields, "messages") if key != "conversations" else row[key],
                          row, key, fields)
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
+    if need_answer and not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
         raise DataError("no assistant message with content: nothing to train on", path=row.path,
                         line=row.line, field=key)
     return Conversation(msgs, line=row.line)
 
 
-def _prompt_completion(row: Row, fields: FieldMap) -> Conversation:
+def _prompt_completion(row: Row, fields: FieldMap, need_answer: bool = True) -> Conversation:
     prompt, completion = _get(row, fields, "prompt"), _get(row, fields, "completion")
     if isinstance(prompt, list):  # conversational pair (TRL's layout)
         msgs = _message_list(prompt, row, fields["prompt"], fields)
@@ -224,6 +213,6 @@ def _prompt_completion(row: Row, fields: FieldMap) -> Conversation:
     return Conversation(msgs, raw=True, line=row.line)
 
 
-def _text_row(row: Row, fields: FieldMap) -> Conversation:
+def _text_row(row: Row, fields: FieldMap, need_answer: bool = True) -> Conversation:
     text = _string(_get(row, fields, "text"), row, fields["text"])
     return Conversation([{"role": "assistant", "content": text}], raw=True, line=row.line)

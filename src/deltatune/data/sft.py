@@ -17,6 +17,7 @@ Templates:
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,15 +198,21 @@ def make_template(name: str, tokenizer, raw_data: bool = False) -> Template:
 # ----------------------------------------------------------------------------- token ids
 
 
-def bos_to_add(tokenizer, first_text: str) -> list[int]:
-    """[bos] when the tokenizer normally starts sequences with BOS and the text lacks it."""
+@functools.lru_cache(maxsize=8)
+def default_bos(tokenizer) -> int | None:
+    """The BOS id when the tokenizer normally starts sequences with it, else None (asked once)."""
     with_special = tokenizer("x")["input_ids"]
     without = tokenizer("x", add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id
-    if bos is not None and len(with_special) > len(without) and with_special[0] == bos:
-        if not (tokenizer.bos_token and first_text.startswith(tokenizer.bos_token)):
-            return [bos]
-    return []
+    return bos if bos is not None and len(with_special) > len(without) and with_special[0] == bos else None
+
+
+def bos_to_add(tokenizer, first_text: str) -> list[int]:
+    """[bos] when the tokenizer normally starts sequences with BOS and the text lacks it."""
+    bos = default_bos(tokenizer)
+    if bos is None or (tokenizer.bos_token and first_text.startswith(tokenizer.bos_token)):
+        return []
+    return [bos]
 
 
 def encode_segments(tokenizer, segments: Segments) -> tuple[list[int], list[int]]:
@@ -234,22 +241,30 @@ class EncodeStats:
 
 
 def encode_conversations(convs: Sequence[Conversation], template: Template, tokenizer,
-                         max_length: int, truncation: str = "truncate") -> tuple[list[dict], EncodeStats]:
+                         max_length: int | None = None, truncation: str = "truncate"
+                         ) -> tuple[list[dict], EncodeStats]:
     """Features ``{input_ids, labels, line}`` for each kept example, and the counts."""
-    feats, stats = [], EncodeStats(examples=len(convs))
-    for conv in convs:
-        ids, labels = encode_segments(tokenizer, template.segments(conv))
-        if len(ids) > max_length:
+    feats = [dict(zip(("input_ids", "labels"), encode_segments(tokenizer, template.segments(c))),
+                  line=c.line) for c in convs]
+    return apply_max_length(feats, max_length, truncation)
+
+
+def apply_max_length(feats: Sequence[dict], max_length: int | None,
+                     truncation: str = "truncate") -> tuple[list[dict], EncodeStats]:
+    """Cut (``truncate``) or drop over-long examples; drop those left without target tokens."""
+    kept, stats = [], EncodeStats(examples=len(feats))
+    for f in feats:
+        if max_length is not None and len(f["input_ids"]) > max_length:
             if truncation == "drop":
                 stats.dropped_too_long += 1
                 continue
-            ids, labels = ids[:max_length], labels[:max_length]
+            f = {**f, "input_ids": f["input_ids"][:max_length], "labels": f["labels"][:max_length]}
             stats.truncated += 1
-        if all(x == IGNORE_INDEX for x in labels):
+        if all(x == IGNORE_INDEX for x in f["labels"]):
             stats.dropped_no_target += 1
             continue
-        feats.append({"input_ids": ids, "labels": labels, "line": conv.line})
-    return feats, stats
+        kept.append(f)
+    return kept, stats
 
 
 def prompt_ids(tokenizer, template: Template, messages: list[dict]) -> list[int]:

@@ -68,17 +68,6 @@ def evaluate_feats(model, feats, pad_id, label_names) -> dict:
     return classification_metrics([f["label"] for f in feats], y_pred, label_names)
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    """Nested config -> {"train.learning_rate": ...} with tracker-friendly scalar values."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
-
-
 def run(cfg: Config, run: RunInfo) -> dict:
     """Train, evaluate and save one classification run; returns the summary."""
     d, t = cfg.data, cfg.train
@@ -109,9 +98,7 @@ def run(cfg: Config, run: RunInfo) -> dict:
                         collate_fn=partial(pad_collate, pad_token_id=pad_id))
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    accelerator = make_accelerator(t.precision, t.report_to, run.dir)
-    if t.report_to:
-        accelerator.init_trackers("deltatune", config=_flat(cfg.model_dump(mode="json")))
+    accelerator = make_accelerator(t.precision, t.report_to, run.dir, cfg.model_dump(mode="json"))
     val = feats.get("validation")
     evaluate = (lambda m: scalar_metrics(evaluate_feats(m, val, pad_id, names))) if val else None
     report = {"task": "classify", "method": spec.name, "model": cfg.model.name, "labels": names,

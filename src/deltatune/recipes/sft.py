@@ -203,7 +203,7 @@ def run(cfg: Config, run: RunInfo) -> dict:
 
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    accelerator = make_accelerator(t.precision, t.report_to, run.dir)
+    accelerator = make_accelerator(t.precision, t.report_to, run.dir, cfg.model_dump(mode="json"))
     pad_id = tokenizer.pad_token_id
     evaluate = (lambda m: {k: v for k, v in heldout_loss(m, val, pad_id).items()
                            if k != "target_tokens"}) if val else None

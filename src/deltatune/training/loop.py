@@ -81,8 +81,9 @@ TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "m
 
 
 def make_accelerator(precision: str, report_to: list[str] | tuple[str, ...] = (),
-                     project_dir: Path | None = None) -> Accelerator:
-    """Accelerator with the resolved precision and the requested experiment trackers."""
+                     project_dir: Path | None = None, run_config: dict | None = None) -> Accelerator:
+    """Accelerator with the resolved precision and the requested experiment trackers, started with
+    ``run_config`` (the nested config, flattened to ``train.learning_rate``-style keys)."""
     import importlib.util
 
     for name in report_to:
@@ -95,9 +96,23 @@ def make_accelerator(precision: str, report_to: list[str] | tuple[str, ...] = ()
     precision = resolve_precision(precision)
     if precision == "fp16" and not torch.cuda.is_available():
         raise UserError("train.precision=fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
-    return Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision),
-                       log_with=list(report_to) or None,
-                       project_dir=str(project_dir) if project_dir else None)
+    accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision),
+                              log_with=list(report_to) or None,
+                              project_dir=str(project_dir) if project_dir else None)
+    if report_to:
+        accelerator.init_trackers("deltatune", config=_flat(run_config or {}))
+    return accelerator
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """Nested config -> {"train.learning_rate": ...} with tracker-friendly scalar values."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
 
 
 def steps_per_epoch(num_batches: int, grad_accum: int) -> int:
