@@ -24,6 +24,11 @@ Ways (each in its own child process ``sft.py --way NAME``, which prints one JSON
   handwritten      PEFT model + a plain PyTorch loop: AdamW, linear schedule, dynamic padding, token-mean loss.
   deltatune        deltatune.recipes.run_config with task sft (train.precision fp32).
   deltatune_packed the same with data.packing=True.
+  deltatune_compile       the same with train.compile=True, from an empty inductor cache: the timed training
+                          includes compiling (what a first run pays).
+  deltatune_compile_warm  the same again, reusing the cache the previous way filled (what later runs pay).
+  For the deltatune ways the table also gives "steps 3+ tok/s": real tok/s over the steps after the first
+  two (from the run's per-step metrics), i.e. speed once warm-up (and compiling) is over.
   --bf16 adds trl_sft_bf16 and handwritten_bf16 (bf16 autocast; ~20x slower on CPUs without native bf16).
 
 TRL appends ``tokenizer.eos_token`` (<|im_end|>) to any non-conversational completion that does not end
@@ -77,7 +82,8 @@ MODEL = "smollm2-135m-instruct"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 R, ALPHA, BATCH, LR, SEED, MAX_LENGTH = 16, 32, 8, 2e-4, 42, 512
 END_OF_TURN = "<|im_end|>\n"  # what SmolLM2's chat template writes after an assistant message
-BASE_WAYS = ["base", "trainer_pad512", "trl_sft", "trl_sft_gc", "handwritten", "deltatune", "deltatune_packed"]
+BASE_WAYS = ["base", "trainer_pad512", "trl_sft", "trl_sft_gc", "handwritten", "deltatune", "deltatune_packed",
+             "deltatune_compile", "deltatune_compile_warm"]
 BF16_WAYS = ["trl_sft_bf16", "handwritten_bf16"]
 TRL_REF, HAND_REF = "trl_sft", "handwritten"  # the fp32 references for the relative columns
 
@@ -301,7 +307,16 @@ def way_handwritten(ctx: dict, args, bf16: bool = False) -> dict:
     return finish(model, ctx, tokens, seconds, steps, {"bf16": bf16})
 
 
-def way_deltatune(ctx: dict, args, packing: bool = False) -> dict:
+def steady_tokens_per_s(metrics_path: Path, skip: int = 2) -> float | None:
+    """Real tok/s over the steps after the first ``skip`` (warm-up and, with compile, compiling),
+    from the run's per-step metrics.jsonl lines."""
+    rows = [json.loads(x) for x in metrics_path.read_text().splitlines()]
+    steps = [r for r in rows if "tokens" in r and r.get("tokens_per_s")][skip:]
+    seconds = sum(r["tokens"] / r["tokens_per_s"] for r in steps)
+    return sum(r["tokens"] for r in steps) / seconds if steps else None
+
+
+def way_deltatune(ctx: dict, args, packing: bool = False, compile: bool = False) -> dict:
     from deltatune import recipes
     from deltatune.config import validate_config
     from deltatune.recipes import run_config
@@ -314,7 +329,10 @@ def way_deltatune(ctx: dict, args, packing: bool = False) -> dict:
         train_path.write_text(json.dumps(ctx["train_rows"]), encoding="utf-8")
         train = {"epochs": 1, "batch_size": BATCH, "learning_rate": LR, "warmup_ratio": 0.0,
                  "scheduler": "linear", "progress": False, "checkpoint_every": None, "seed": SEED,
-                 "precision": "fp32"}  # "auto" would pick bf16 on CPUs with native bf16: keep fp32 like the rest
+                 "precision": "fp32",  # "auto" would pick bf16 on CPUs with native bf16: keep fp32 like the rest
+                 "log_every": 1, "compile": compile}
+        cache = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR", "/nonexistent"))
+        cache_warm = compile and cache.is_dir() and any(cache.iterdir())
         if args.max_steps:
             train["max_steps"] = args.max_steps
         cfg = validate_config({
@@ -324,6 +342,7 @@ def way_deltatune(ctx: dict, args, packing: bool = False) -> dict:
             "method": {"name": "lora", "r": R, "alpha": ALPHA, "dropout": 0.0, "target_modules": TARGETS},
             "train": train, "generate": {"eval_samples": 0}, "output_dir": str(run_dir)})
         summary = run_config(cfg, overwrite=True)
+        steady = steady_tokens_per_s(run_dir / "metrics.jsonl")
         gc.collect()
         rss = rss_mb()  # before loading the evaluation model
         from peft import PeftModel
@@ -335,7 +354,8 @@ def way_deltatune(ctx: dict, args, packing: bool = False) -> dict:
             "deltatune_tokens_per_s": summary.get("train_tokens_per_s"), "steps": summary.get("steps"),
             "peak_rss_mb": rss, "deltatune_peak_rss_mb": summary.get("peak_rss_mb"), "heldout_loss": loss,
             "heldout_tokens": n, "trainable_params": (summary.get("trainable_parameters") or {}).get("trainable"),
-            "packing": packing, "template": summary.get("template")}
+            "packing": packing, "template": summary.get("template"), "steady_tokens_per_s": steady,
+            "compile": compile, "compile_cache_warm_at_start": cache_warm if compile else None}
 
 
 def way_base(ctx: dict, args) -> dict:
@@ -354,7 +374,10 @@ WAYS = {
     "handwritten_bf16": lambda ctx, a: way_handwritten(ctx, a, bf16=True),
     "deltatune": way_deltatune,
     "deltatune_packed": lambda ctx, a: way_deltatune(ctx, a, packing=True),
+    "deltatune_compile": lambda ctx, a: way_deltatune(ctx, a, compile=True),
+    "deltatune_compile_warm": lambda ctx, a: way_deltatune(ctx, a, compile=True),
 }
+COLD_CACHE_WAYS = {"deltatune_compile"}  # start with an empty inductor cache; the _warm way reuses it
 
 
 def run_way(args) -> None:
@@ -393,9 +416,12 @@ def run_child(way: str, args, work: Path) -> dict:
     busy = cpu_busy_fraction()  # timings assume an otherwise idle machine
     if busy > 0.25:
         print(f"  warning: CPUs {100 * busy:.0f}% busy before start (other processes?); tok/s may be understated")
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(work / "inductor-cache"))
+    if way in COLD_CACHE_WAYS:
+        shutil.rmtree(work / "inductor-cache", ignore_errors=True)
     with open(out_path, "w") as out, open(log, "w") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)  # tell Popen it has been reaped
     result = None
@@ -425,16 +451,19 @@ def print_table(results: list[dict]) -> list[str]:
     ok = {r["way"]: r for r in results if "error" not in r}
     trl_best = max((r["train_tokens_per_s"] for w, r in ok.items() if w.startswith("trl")), default=None)
     trl, hand = ok.get(TRL_REF), ok.get(HAND_REF)
-    print("\n| way | real tok/s | x vs TRL | x vs hand-written | peak RSS MB | held-out loss | loss vs TRL (%) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| way | real tok/s | x vs TRL | x vs hand-written | steps 3+ tok/s | peak RSS MB | held-out loss "
+          "| loss vs TRL (%) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         if "error" in r:
-            print(f"| {r['way']} | FAILED: {r['error'][:120]} | | | | | |")
+            print(f"| {r['way']} | FAILED: {r['error'][:120]} | | | | | | |")
             continue
-        tps = r.get("train_tokens_per_s")
+        tps, steady = r.get("train_tokens_per_s"), r.get("steady_tokens_per_s")
         dloss = f"{100 * (r['heldout_loss'] / trl['heldout_loss'] - 1):+.2f}" if trl else "-"
         print(f"| {r['way']} | {f'{tps:,.0f}' if tps else '-'} | {ratio(tps, trl_best)} "
-              f"| {ratio(tps, hand and hand['train_tokens_per_s'])} | {r['peak_rss_mb']:,.0f} "
+              f"| {ratio(tps, hand and hand['train_tokens_per_s'])} "
+              f"| {f'{steady:,.0f}' if steady else '-'} "
+              f"| {r['peak_rss_mb']:,.0f} "
               f"| {r['heldout_loss']:.4f} | {dloss} |")
     print(f"\nx vs TRL: against TRL's best tok/s ({', '.join(w for w in ok if w.startswith('trl')) or 'none run'}); "
           f"loss vs TRL: against {TRL_REF}. Peak RSS: the child's ru_maxrss right after training.")
@@ -451,7 +480,7 @@ def print_table(results: list[dict]) -> list[str]:
 
 def goal_lines(ok: dict, trl_best, trl, hand) -> list[str]:
     lines = []
-    for way in ("deltatune", "deltatune_packed"):
+    for way in (w for w in WAYS if w.startswith("deltatune")):
         d = ok.get(way)
         if not d:
             continue

@@ -44,6 +44,58 @@ def test_fast_loss_equals_full_logits(tiny_lm):
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("chunk_elements", [2 ** 26, 50])  # one chunk; several chunks of tokens
+def test_frozen_head_cross_entropy_matches_autograd(monkeypatch, chunk_elements):
+    from deltatune.losses import lm
+
+    monkeypatch.setattr(lm, "HEAD_CHUNK_ELEMENTS", chunk_elements)
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(23, 8, generator=gen)
+    targets = torch.randint(0, 23, (11,), generator=gen)
+    hidden = torch.randn(11, 8, generator=gen, requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+    (ref_grad,) = torch.autograd.grad(ref * 0.37, hidden)
+    loss = lm.FrozenHeadCrossEntropy.apply(hidden, weight, targets)
+    (grad,) = torch.autograd.grad(loss * 0.37, hidden)
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(grad, ref_grad)
+    with torch.no_grad():  # no gradient wanted: loss only
+        torch.testing.assert_close(lm.FrozenHeadCrossEntropy.apply(hidden, weight, targets), ref.detach())
+
+
+def test_lora_loss_without_mask_and_fused_head_equals_reference(tiny_lm):
+    """The training path (no attention mask on right-padded rows, fused frozen-head loss) gives the
+    loss and LoRA gradients of the plain path: full logits, masked attention, autograd cross-entropy."""
+    import copy
+
+    from deltatune.losses import lm
+    from deltatune.methods.lora import LoraOptions, apply_lora, lora_layers
+    from deltatune.methods.registry import ModelContext
+
+    kind, base, tok = tiny_lm
+    model = apply_lora(copy.deepcopy(base), LoraOptions(r=4, target_modules="all-linear"),
+                       ModelContext(base_model="tiny", task_type="CAUSAL_LM", head_modules=[]))
+    for layer in lora_layers(model).values():  # B = 0 at init would make most gradients vanish
+        torch.nn.init.normal_(layer.lora_B.weight, std=0.05)
+    model.train()
+    feats = _feats(kind, tok)[:5]
+    masked = sft_collate(feats, tok.pad_token_id)
+    unmasked = sft_collate(feats, tok.pad_token_id, attention_mask=False)
+    assert "attention_mask" not in unmasked and int(unmasked["num_tokens"]) == int(masked["attention_mask"].sum())
+    assert lm._frozen_plain_head(model.get_output_embeddings(), masked["input_ids"])
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    loss, n, _ = loss_fn(model, unmasked)
+    grads = torch.autograd.grad(loss, params)
+    logits = model(input_ids=masked["input_ids"], attention_mask=masked["attention_mask"]).logits
+    ref, ref_n = token_cross_entropy_sum(logits, masked["labels"])
+    ref_grads = torch.autograd.grad(ref, params)
+    assert n == ref_n
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-4)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
 def test_packed_loss_and_gradients_equal_unpacked(tiny_lm):
     """Positions restart and attention stays inside each example, so packing changes nothing."""
     kind, model, tok = tiny_lm

@@ -111,6 +111,10 @@ class TrainConfig(_Strict):
     resume: bool = Field(False, description="continue from the latest complete checkpoint in the run dir")
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in backward: less memory, ~30% slower steps")
+    compile: bool = Field(
+        False, description="torch.compile each decoder layer for training steps (fused elementwise "
+                            "ops). Measured on 2 CPU cores, SmolLM2 LoRA: steps ~4% faster and ~25% less "
+                            "memory, but ~1.5 min of compiling on a first run (~15 s once cached): for long runs")
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list, description="experiment trackers via Accelerate (metrics.jsonl is always written)")
 

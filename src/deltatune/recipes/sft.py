@@ -29,7 +29,7 @@ from deltatune.models import load_for_causal_lm
 from deltatune.training.loop import make_accelerator, train
 from deltatune.training.run import RunInfo, log
 
-NOT_PACKABLE = {"prompt_tuning", "prefix_tuning"}  # virtual tokens would be shared across examples
+INSERTS_TOKENS = {"prompt_tuning", "prefix_tuning"}  # virtual tokens: not packable, need the attention mask
 SAMPLES_IN_REPORT = 8
 
 
@@ -144,9 +144,11 @@ def evaluate_model(model, tokenizer, template, feats, samples, settings, seed) -
 # ----------------------------------------------------------------------------- the run
 
 
-def _loader(feats: list[dict], cfg: Config, pad_id: int, split_parts: bool = True) -> DataLoader:
+def _loader(feats: list[dict], cfg: Config, pad_id: int, split_parts: bool = True,
+            attention_mask: bool = True) -> DataLoader:
     """Training batches: packed rows, or length-grouped examples padded in parts. ``split_parts``
-    is off under DDP, whose reducer expects one forward per backward."""
+    is off under DDP, whose reducer expects one forward per backward; ``attention_mask`` only
+    matters for methods that insert tokens (see ``sft_collate``)."""
     d, t = cfg.data, cfg.train
     rows = pack(feats, d.max_length, t.seed) if d.packing else feats
     sampler = LengthGroupedBatchSampler([len(f["input_ids"]) for f in rows], t.batch_size,
@@ -154,7 +156,7 @@ def _loader(feats: list[dict], cfg: Config, pad_id: int, split_parts: bool = Tru
     # Own generator: iterating the loader must not draw from the global RNG (exact resume).
     collate = sft_collate if d.packing or not split_parts else sft_collate_parts
     return DataLoader(rows, batch_sampler=sampler, generator=torch.Generator(),
-                      collate_fn=partial(collate, pad_token_id=pad_id))
+                      collate_fn=partial(collate, pad_token_id=pad_id, attention_mask=attention_mask))
 
 
 def run(cfg: Config, run: RunInfo) -> dict:
@@ -164,7 +166,7 @@ def run(cfg: Config, run: RunInfo) -> dict:
 
     d, t = cfg.data, cfg.train
     spec = get_method(cfg.method["name"])
-    if d.packing and spec.name in NOT_PACKABLE:
+    if d.packing and spec.name in INSERTS_TOKENS:
         raise ConfigError(f"data.packing: not possible with {spec.name} (its virtual tokens would be "
                           "shared by every example in a row); set packing: false")
     splits = load_splits(cfg)
@@ -209,7 +211,8 @@ def run(cfg: Config, run: RunInfo) -> dict:
                            if k != "target_tokens"}) if val else None
     lr = t.learning_rate or spec.default_lr
     param_lr = spec.param_lr(model, cfg.method_options(), lr) if spec.param_lr else None
-    loader = _loader(feats["train"], cfg, pad_id, split_parts=accelerator.num_processes == 1)
+    loader = _loader(feats["train"], cfg, pad_id, split_parts=accelerator.num_processes == 1,
+                     attention_mask=spec.name in INSERTS_TOKENS)
     result = train(model, loader, loss_fn, t, lr, run.dir, accelerator,
                    evaluate, param_lr=param_lr, resume=t.resume)
     model = accelerator.unwrap_model(model)

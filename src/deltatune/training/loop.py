@@ -31,6 +31,7 @@ from deltatune.config import TrainConfig
 from deltatune.errors import UserError
 from deltatune.training.checkpoint import (latest_checkpoint, load_checkpoint, load_trainable,
                                            save_checkpoint)
+from deltatune.training.compile import RegionalCompile
 from deltatune.training.logging import MetricsWriter, Progress, peak_memory_mb
 from deltatune.training.optim import build_optimizer, build_scheduler
 
@@ -125,6 +126,7 @@ def train(model: nn.Module, loader: Iterable, loss_fn: LossFn, cfg: TrainConfig,
     """Train ``model`` in place; return timings and the best evaluation."""
     per_epoch = steps_per_epoch(len(loader), cfg.grad_accum)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
+    regional = RegionalCompile(model) if cfg.compile else None
     optimizer = build_optimizer(model, lr, cfg.weight_decay, param_lr)
     scheduler = build_scheduler(optimizer, total_steps, cfg.warmup_ratio, cfg.scheduler)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -203,13 +205,14 @@ def train(model: nn.Module, loader: Iterable, loss_fn: LossFn, cfg: TrainConfig,
             writer.write({"step": res.steps, "epoch": round(res.steps / per_epoch, 4),
                           "loss": window_loss / max(window_units, 1),
                           "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                          "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
+                          "tokens": window_tokens, "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
                           "skipped_steps": res.skipped_steps})
             window_loss, window_units, window_tokens, window_start = 0.0, 0, 0, now
 
         if evaluate is not None and (res.steps % eval_every == 0 or res.steps == total_steps):
             res.train_seconds += time.perf_counter() - start
-            best_state = _evaluate(model, evaluate, cfg, res, writer, progress, best_state)
+            with regional.eager() if regional else contextlib.nullcontext():
+                best_state = _evaluate(model, evaluate, cfg, res, writer, progress, best_state)
             model.train()
             start = time.perf_counter()
             if cfg.checkpoint_every:
@@ -218,6 +221,8 @@ def train(model: nn.Module, loader: Iterable, loss_fn: LossFn, cfg: TrainConfig,
             checkpoint(res.steps)
     res.train_seconds += time.perf_counter() - start
     progress.close()
+    if regional:
+        regional.remove()
     if best_state is not None:
         _restore(model, best_state)
     res.peak_memory_mb = peak_memory_mb()
