@@ -286,6 +286,34 @@ def test_chat_loop_exits_on_command_and_interrupt(llama):
         assert [m["role"] for m in final] == ["user", "assistant"]
 
 
+def test_chat_loop_drops_oldest_exchanges_to_fit_context(llama):
+    model, tokenizer = llama
+    seen, written = [], []
+
+    def encode(messages):  # 4 tokens per message; the message "long" alone overflows
+        seen.append([m["content"] for m in messages])
+        return [5] * (4 * len(messages) + (100 if messages[-1]["content"] == "long" else 0))
+
+    lines = iter(["a", "b", "c", "long", "d"])
+
+    def input_fn(prompt):
+        line = next(lines, None)
+        if line is None:
+            raise EOFError
+        return line
+
+    final = chat_loop(model, tokenizer, encode, GenerateConfig(max_new_tokens=3), system_prompt="S",
+                      input_fn=input_fn, write=lambda *a, **k: written.append("".join(map(str, a))),
+                      max_context=4 * 4 + 3)  # room for 4 messages plus the answer
+    prompts = [m for m in seen if m[-1] in ("a", "b", "c", "d")]  # every rendering tried, in order
+    assert [len(m) for m in prompts] == [2, 4, 6, 4, 6, 4]
+    assert prompts[3][:2] == ["S", "b"] and prompts[5][:2] == ["S", "c"]  # oldest exchange gone, system kept
+    assert sum("dropped the oldest 2 message(s)" in w for w in written) == 2
+    assert any("message too long" in w for w in written)
+    assert [m["content"] for m in final][:3] == ["S", "c", final[2]["content"]] and final[3]["content"] == "d"
+    assert "long" not in [m["content"] for m in final]
+
+
 # --------------------------------------------------------------------------- text metrics
 
 

@@ -144,7 +144,8 @@ def _stream(model, tokenizer, prompt_ids: list[int], settings: GenerateConfig) -
 
 def chat_loop(model, tokenizer, encode_conversation: Callable[[list[dict]], list[int]],
               settings: GenerateConfig, system_prompt: str | None = None,
-              input_fn: Callable[[str], str] = input, write: Callable[..., None] = print) -> list[dict]:
+              input_fn: Callable[[str], str] = input, write: Callable[..., None] = print,
+              max_context: int | None = None) -> list[dict]:
     """Interactive chat: read a line, stream the answer, repeat; returns the final message list.
 
     ``encode_conversation(messages)`` renders the history (``[{"role", "content"}, ...]``) with the
@@ -152,7 +153,13 @@ def chat_loop(model, tokenizer, encode_conversation: Callable[[list[dict]], list
     prompt stays), ``/exit`` or ``/quit`` (or end of input, Ctrl-C, Ctrl-D) leaves. Ctrl-C while an
     answer streams stops that answer and keeps what was written. ``write`` is ``print``-like
     (``end=``, ``flush=``).
+
+    ``max_context`` (the model's context length, default: its config's ``max_position_embeddings``):
+    when the prompt plus ``max_new_tokens`` would not fit, the oldest exchanges are dropped (the
+    system prompt stays) and the user is told; a single message too long to fit is refused.
     """
+    if max_context is None:
+        max_context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     first = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages = list(first)
     while True:
@@ -170,10 +177,37 @@ def chat_loop(model, tokenizer, encode_conversation: Callable[[list[dict]], list
             write("(conversation cleared)")
             continue
         messages.append({"role": "user", "content": line})
-        answer = _write_answer(stream_text(model, tokenizer, encode_conversation(list(messages)), settings),
-                               write)
+        ids, fitted = _fit_context(messages, len(first), encode_conversation,
+                                   max_context and max_context - settings.max_new_tokens)
+        if ids is None:
+            messages.pop()
+            write(f"(message too long: with max_new_tokens {settings.max_new_tokens} it does not fit the "
+                  f"model's context of {max_context} tokens; send a shorter one)")
+            continue
+        if len(fitted) < len(messages):
+            write(f"(dropped the oldest {len(messages) - len(fitted)} message(s) to fit the context of "
+                  f"{max_context} tokens)")
+            messages = fitted
+        answer = _write_answer(stream_text(model, tokenizer, ids, settings), write)
         messages.append({"role": "assistant", "content": answer})
     return messages
+
+
+def _fit_context(messages: list[dict], keep: int, encode: Callable[[list[dict]], list[int]],
+                 budget: int | None) -> tuple[list[int] | None, list[dict]]:
+    """(token ids, messages) after dropping the oldest whole exchanges (a user message and the
+    answer after it) behind the first ``keep`` messages until the ids fit ``budget`` tokens.
+    ids is None when even the last message alone does not fit. ``messages`` is not changed."""
+    messages = list(messages)
+    while True:
+        ids = encode(list(messages))
+        if budget is None or len(ids) <= budget:
+            return ids, messages
+        if len(messages) - keep <= 1:
+            return None, messages
+        del messages[keep]  # the oldest message, then the rest of its exchange
+        while len(messages) - keep > 1 and messages[keep]["role"] != "user":
+            del messages[keep]
 
 
 # --------------------------------------------------------------------------- helpers
