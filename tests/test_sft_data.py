@@ -6,7 +6,7 @@ import pytest
 
 from deltatune.data.conversations import FieldMap, rows_to_conversations
 from deltatune.data.readers import Row, read_rows
-from deltatune.data.sft import (AlpacaTemplate, ChatTemplate, RawTemplate, encode_conversations,
+from deltatune.data.sft import (AlpacaTemplate, ChatTemplate, RawTemplate, bos_to_add, encode_conversations,
                                 encode_segments, make_template, pack, prompt_ids, sft_collate)
 from deltatune.errors import ConfigError, DataError
 from deltatune.losses.lm import IGNORE_INDEX
@@ -36,6 +36,28 @@ def llama_tok(tmp_path_factory):
     d = tmp_path_factory.mktemp("llama")
     make_tiny_model_dir("llama", d, task="causal_lm")
     return AutoTokenizer.from_pretrained(d)
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_style_tok():
+    """A Llama-2/Mistral-style tokenizer: "▁" marks word starts and is put before the first word of
+    every text encoded (Metaspace, prepend_scheme "first"), byte fallback, BOS added; trained here on
+    LIMA so the test needs no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [m["content"] for c in rows_to_conversations(read_rows(LIMA))[:200] for m in c.messages]
+    tk = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    tk.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                    decoders.Strip(" ", 1, 0)])
+    tk.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=2000, special_tokens=["<unk>", "<s>", "</s>"]))
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                  pad_token="</s>")
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+                         "{% elif m['role'] == 'assistant' %} {{ m['content'] }}</s>{% endif %}{% endfor %}")
+    return tok
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -108,11 +130,22 @@ def _check_exact(tok, template, convs):
     for conv in convs:
         segs = template.segments(conv)
         ids, labels = encode_segments(tok, segs)
-        assert tok.decode(ids) == "".join(t for t, _ in segs)
-        trained = [i for i, lab in zip(ids, labels) if lab != IGNORE_INDEX]
+        start = len(bos_to_add(tok, segs[0][0]))  # a BOS the tokenizer adds is not in the rendered text
+        assert tok.decode(ids[start:]) == "".join(t for t, _ in segs)
         expected = "".join(t for t, tr in segs if tr)
-        # the first token is never a target; every conversation here starts with context
-        assert tok.decode(trained) == expected
+        # the first token is never a target; every conversation here starts with context. Each run of
+        # trained tokens decodes (in context, as decoders may strip a leading space) to its text.
+        trained_text, i = "", start
+        while i < len(ids):
+            if labels[i] == IGNORE_INDEX:
+                i += 1
+                continue
+            j = i
+            while j < len(ids) and labels[j] != IGNORE_INDEX:
+                j += 1
+            trained_text += tok.decode(ids[start:j])[len(tok.decode(ids[start:i])):]
+            i = j
+        assert trained_text == expected
         # token by token: a label is either -100 or the id itself
         assert all(lab in (IGNORE_INDEX, i) for i, lab in zip(ids, labels))
         for m in conv.messages:
@@ -130,6 +163,20 @@ def test_mask_is_exact_on_gpt2_style_tokenizer(gpt2_tok):
     convs = _lima_sample()
     _check_exact(gpt2_tok, AlpacaTemplate(gpt2_tok), convs)
     _check_exact(gpt2_tok, RawTemplate(gpt2_tok), convs)
+
+
+def test_mask_is_exact_on_sentencepiece_style_tokenizer(sentencepiece_style_tok, gpt2_tok):
+    """Encoding each segment on its own would put a word-start mark (a space) at the start of every
+    response here; later segments are encoded behind a sentinel instead."""
+    from deltatune.data.sft import continuation_prefixes
+
+    tok = sentencepiece_style_tok
+    assert continuation_prefixes(tok) and not continuation_prefixes(gpt2_tok)
+    assert tok("Hi")["input_ids"][0] == tok.bos_token_id
+    convs = _lima_sample()
+    _check_exact(tok, AlpacaTemplate(tok), convs)
+    _check_exact(tok, RawTemplate(tok), convs)
+    _check_exact(tok, ChatTemplate(tok), [c for c in convs if c.messages[0]["role"] != "system"])
 
 
 def test_mask_is_exact_with_chat_template(llama_tok):

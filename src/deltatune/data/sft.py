@@ -215,12 +215,45 @@ def bos_to_add(tokenizer, first_text: str) -> list[int]:
     return [bos]
 
 
+CONTINUATION_SENTINELS = ("\n", "\x00", "|")
+
+
+@functools.lru_cache(maxsize=8)
+def continuation_prefixes(tokenizer) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """For tokenizers that mark the start of every text they encode (SentencePiece-style, e.g.
+    Llama 2 and Mistral: "▁" before the first word), (sentinel, its ids) pairs: a later segment is
+    encoded as sentinel + text and the sentinel's ids dropped, so it gets no word-start mark the
+    whole text would not have. Empty for tokenizers that encode pieces as they come (byte-level BPE:
+    GPT-2, Llama 3, SmolLM2). Asked once per tokenizer."""
+    def enc(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    if tokenizer.decode(enc("a") + enc("b")) == "ab":
+        return ()
+    usable = []
+    for sentinel in CONTINUATION_SENTINELS:
+        head, probe = enc(sentinel), enc(sentinel + "b")
+        if head and probe[:len(head)] == head and tokenizer.decode(enc("a") + probe[len(head):]) == "ab":
+            usable.append((sentinel, tuple(head)))
+    return tuple(usable)
+
+
+def encode_piece(tokenizer, text: str, continuation: bool) -> list[int]:
+    """Ids of one segment; ``continuation``: it follows other text (see
+    :func:`continuation_prefixes`; the first sentinel that does not merge with the text is used)."""
+    for sentinel, head in continuation_prefixes(tokenizer) if continuation else ():
+        ids = tokenizer(sentinel + text, add_special_tokens=False)["input_ids"]
+        if tuple(ids[:len(head)]) == head:
+            return ids[len(head):]
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def encode_segments(tokenizer, segments: Segments) -> tuple[list[int], list[int]]:
     """Token ids and labels (-100 on untrained segments and on the first token)."""
     ids = bos_to_add(tokenizer, segments[0][0] if segments else "")
     labels = [IGNORE_INDEX] * len(ids)
-    for text, trained in segments:
-        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for n, (text, trained) in enumerate(segments):
+        piece = encode_piece(tokenizer, text, continuation=n > 0)
         ids += piece
         labels += piece if trained else [IGNORE_INDEX] * len(piece)
     if labels:
