@@ -13,6 +13,8 @@ from deltatune.methods.lora import (LoraLinear, LoraOptions, apply_lora, lora_la
 from deltatune.methods.registry import ModelContext, trainable_report
 from deltatune.models.targets import find_targets
 
+from _tiny import inputs  # tests/ is on sys.path under pytest
+
 
 def tiny(kind):
     torch.manual_seed(0)
@@ -26,14 +28,6 @@ def tiny(kind):
         return LlamaForSequenceClassification(cfg), ["score"]
     cfg = GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, num_labels=3, pad_token_id=0)
     return GPT2ForSequenceClassification(cfg), ["score"]
-
-
-def inputs():
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(1, 100, (3, 7), generator=g)
-    mask = torch.ones_like(ids)
-    mask[0, 5:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 def randomize_b(model):

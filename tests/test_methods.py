@@ -16,6 +16,8 @@ from deltatune.methods.lora import options_from_peft as lora_options_from_peft
 from deltatune.methods.registry import ModelContext, trainable_report, validate_method_config
 from deltatune.training.optim import build_optimizer
 
+from _tiny import inputs  # tests/ is on sys.path under pytest
+
 H, L, I, R = 32, 2, 64, 4          # tiny() sizes; R = LoRA rank used here
 KV = 16                            # tiny Llama: 2 key/value heads x head_dim 8
 LABELS = torch.tensor([0, 1, 2])
@@ -38,14 +40,6 @@ def tiny(kind):
     return GPT2ForSequenceClassification(GPT2Config(
         vocab_size=100, n_embd=H, n_layer=L, n_head=4, num_labels=3, pad_token_id=0,
         bos_token_id=0, eos_token_id=0)), ["score"]
-
-
-def inputs():
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(1, 100, (3, 7), generator=g)
-    mask = torch.ones_like(ids)
-    mask[0, 5:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 def method(name):
