@@ -113,7 +113,7 @@ class TrainConfig(_Strict):
         False, description="recompute activations in backward: less memory, ~30% slower steps")
     compile: bool = Field(
         False, description="torch.compile each decoder layer for training steps (fused elementwise "
-                            "ops). Measured on 2 CPU cores, SmolLM2 LoRA: steps ~4% faster and ~25% less "
+                            "ops). Measured on 2 CPU cores, SmolLM2 LoRA: steps 4-13% faster and ~25% less "
                             "memory, but ~1.5 min of compiling on a first run (~15 s once cached): for long runs")
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list, description="experiment trackers via Accelerate (metrics.jsonl is always written)")
