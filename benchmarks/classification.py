@@ -170,7 +170,8 @@ def run_deltatune(method: str, train_tsv: Path, work: Path, args) -> dict:
         "data": {"train": str(train_tsv), "validation": str(DEV_TSV), "text_field": "sentence",
                  "label_field": "label", "max_length": MAX_LENGTH},
         "method": {"name": "lora"},
-        "train": {"epochs": 1, "seed": SEED},
+        # fp32 like the baseline: "auto" picks bf16 on CPUs with native bf16 (AVX512-BF16/AMX)
+        "train": {"epochs": 1, "seed": SEED, "precision": "fp32"},
     }
     if args.deltatune_config:
         deep_merge(config, yaml.safe_load(Path(args.deltatune_config).read_text()) or {})

@@ -22,7 +22,7 @@ Ways (each in its own child process ``sft.py --way NAME``, which prints one JSON
                    gradient_checkpointing=False (TRL defaults to True; no other way recomputes activations).
   trl_sft_gc       trl_sft with TRL's default gradient checkpointing (less memory, slower).
   handwritten      PEFT model + a plain PyTorch loop: AdamW, linear schedule, dynamic padding, token-mean loss.
-  deltatune        deltatune.recipes.run_config with task sft (train.precision fp32).
+  deltatune        deltatune.runs.run_config with task sft (train.precision fp32).
   deltatune_packed the same with data.packing=True.
   deltatune_compile       the same with train.compile=True, from an empty inductor cache: the timed training
                           includes compiling (what a first run pays).
@@ -317,13 +317,8 @@ def steady_tokens_per_s(metrics_path: Path, skip: int = 2) -> float | None:
 
 
 def way_deltatune(ctx: dict, args, packing: bool = False, compile: bool = False) -> dict:
-    from deltatune import recipes
     from deltatune.config import validate_config
-    from deltatune.recipes import run_config
-
-    if "sft" not in recipes.RECIPES:
-        raise RuntimeError(f"deltatune has no SFT recipe yet (deltatune.recipes.RECIPES has only "
-                           f"{sorted(recipes.RECIPES)}); this way runs once task 'sft' lands")
+    from deltatune.runs import run_config
     with tempfile.TemporaryDirectory(prefix="sft-bench-deltatune-") as tmp:
         train_path, run_dir = Path(tmp) / "train.json", Path(tmp) / "run"
         train_path.write_text(json.dumps(ctx["train_rows"]), encoding="utf-8")

@@ -71,11 +71,12 @@ def test_adapter_loads_in_peft_with_same_logits(tiny_bert, files, tmp_path):
     peft = pytest.importorskip("peft")
     from transformers import AutoModelForSequenceClassification
 
-    from deltatune.recipes.classify import load_trained
+    from deltatune.runs.loaded import load_run
 
     out = tmp_path / "run"
     assert main(train_args(tiny_bert, files, out, "train.epochs=1")) == 0
-    ours, tokenizer, _, _ = load_trained(out)
+    run = load_run(out)
+    ours, tokenizer = run.model, run.tokenizer
     batch = tokenizer(["a great film", "truly bad and long"], padding=True, return_tensors="pt")
     base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
     pm = peft.PeftModel.from_pretrained(base, out / "adapter")
@@ -87,12 +88,13 @@ def test_adapter_loads_in_peft_with_same_logits(tiny_bert, files, tmp_path):
 def test_full_finetune_saves_a_plain_hf_model(tiny_bert, files, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from deltatune.recipes.classify import load_trained
+    from deltatune.runs.loaded import load_run
 
     out = tmp_path / "full"
     assert main(train_args(tiny_bert, files, out, "method.name=full", "train.epochs=1")) == 0
     hf = AutoModelForSequenceClassification.from_pretrained(out / "model")
-    ours, tokenizer, _, labels = load_trained(out)
+    run = load_run(out)
+    ours, tokenizer, labels = run.model, run.tokenizer, run.extras["labels"]
     assert hf.config.id2label == {0: "neg", 1: "pos"}
     batch = tokenizer(["a great film"], return_tensors="pt")
     with torch.no_grad():
@@ -135,13 +137,14 @@ def test_train_help_documents_keys(capsys):
 def test_merge_equals_unmerged(tiny_bert, files, tmp_path, method):
     from transformers import AutoModelForSequenceClassification
 
-    from deltatune.recipes.classify import load_trained
+    from deltatune.runs.loaded import load_run
 
     out = tmp_path / "run"
     assert main(train_args(tiny_bert, files, out, f"method.name={method}", "train.epochs=2")) == 0
     assert main(["merge", str(out), "--out", str(tmp_path / "merged")]) == 0
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
-    ours, tokenizer, _, _ = load_trained(out)
+    run = load_run(out)
+    ours, tokenizer = run.model, run.tokenizer
     batch = tokenizer(["a great film", "truly bad and long"], padding=True, return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(ours(**batch).logits, merged(**batch).logits, atol=1e-5)

@@ -12,7 +12,7 @@ from deltatune.data.classify import (Example, LabelSet, load_classification_data
 from deltatune.data.readers import read_rows
 from deltatune.errors import ConfigError, DataError, UserError
 
-SST2_DEV = Path("/work/shared/data/sst2/dev.tsv")
+SST2_DEV = Path(__file__).resolve().parents[1] / "src" / "deltatune" / "demo_data" / "sst2_dev.tsv"
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
@@ -340,7 +340,6 @@ def test_validation_file_and_split_together_is_a_config_error(tmp_path):
         load_classification_data(train, validation_path=train, validation_split=0.1)
 
 
-@pytest.mark.skipif(not SST2_DEV.exists(), reason="SST-2 dev file not available")
 def test_real_sst2_dev_file():
     rows = read_rows(SST2_DEV)
     assert len(rows) == 872 and set(rows[0]) == {"sentence", "label"}

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -54,7 +55,7 @@ def test_two_processes_equal_one_with_double_batch(tmp_path):
 def test_sft_two_processes_equal_one_with_double_batch(tmp_path):
     """Token-level loss: target tokens are counted across processes, so the update is the same."""
     model = make_tiny_model_dir("llama", tmp_path / "llama", task="causal_lm")
-    rows = json.load(open("../shared/data/instruction/alpaca_subset_1k.json"))[:48]
+    rows = json.load(open(Path(__file__).parent / "data" / "alpaca_sample.json"))[:48]
     train = tmp_path / "train.json"
     train.write_text(json.dumps(rows))
     common = ["train", "task=sft", f"model.name={model}", f"data.train={train}", "data.max_length=96",

@@ -1,6 +1,7 @@
 """End to end on the real bundled MiniLM: what a user runs with `deltatune demo`, made small."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -28,9 +29,9 @@ def test_lora_on_bundled_minilm_learns_sst2(tmp_path, capsys):
 @pytest.mark.slow
 def test_sft_lora_on_bundled_smollm2(tmp_path, capsys):
     """What `configs/sft_alpaca_lora.yaml` does, made small: 24 Alpaca rows, held-out loss drops."""
-    rows = json.load(open("../shared/data/instruction/alpaca_subset_1k.json"))
+    rows = json.load(open(Path(__file__).parent / "data" / "alpaca_sample.json"))
     (tmp_path / "train.json").write_text(json.dumps(rows[:24]))
-    (tmp_path / "val.json").write_text(json.dumps(rows[500:516]))
+    (tmp_path / "val.json").write_text(json.dumps(rows[48:64]))
     out = tmp_path / "run"
     code = main(["train", "configs/sft_alpaca_lora.yaml", f"data.train={tmp_path / 'train.json'}",
                  f"data.validation={tmp_path / 'val.json'}", "data.validation_split=null",

@@ -1,6 +1,7 @@
 """SFT recipe: loss paths, packing equivalence, and the CLI end to end on tiny models."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +13,10 @@ from deltatune.data.sft import AlpacaTemplate, ChatTemplate, encode_conversation
 from deltatune.losses.lm import token_cross_entropy_sum
 from deltatune.models import load_for_causal_lm
 from deltatune.models.tiny import make_tiny_model_dir
-from deltatune.recipes.sft import loss_fn
+from deltatune.losses.lm import causal_lm_batch_loss as loss_fn
 
-ALPACA = "../shared/data/instruction/alpaca_subset_1k.json"
-LIMA = "../shared/data/instruction/lima_1029.json"
+ALPACA = Path(__file__).parent / "data" / "alpaca_sample.json"
+LIMA = Path(__file__).parent / "data" / "lima_sample.json"
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
@@ -162,10 +163,11 @@ def test_adapter_loads_in_peft_with_same_logits(sft_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from deltatune.recipes.sft import load_trained
+    from deltatune.runs.loaded import load_run
 
     tmp, model_dir, run = sft_run
-    ours, tok, _ = load_trained(run)
+    loaded = load_run(run)
+    ours, tok = loaded.model, loaded.tokenizer
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), run / "adapter")
     ids = torch.tensor([tok("Hello there, how are you?")["input_ids"]])
     with torch.no_grad():

@@ -1,6 +1,7 @@
 """SFT data: layouts, templates, token-exact response masks, truncation, packing."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,8 +13,8 @@ from deltatune.errors import ConfigError, DataError
 from deltatune.losses.lm import IGNORE_INDEX
 from deltatune.models.tiny import make_tiny_model_dir
 
-LIMA = "../shared/data/instruction/lima_1029.json"
-ALPACA = "../shared/data/instruction/alpaca_subset_1k.json"
+LIMA = Path(__file__).parent / "data" / "lima_sample.json"
+ALPACA = Path(__file__).parent / "data" / "alpaca_sample.json"
 
 
 def rows(*dicts, path="f.jsonl"):

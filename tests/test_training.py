@@ -11,8 +11,9 @@ from deltatune.config import TrainConfig
 from deltatune.data.batching import LengthGroupedBatchSampler, pad_collate
 from deltatune.methods.lora import LoraOptions, apply_lora
 from deltatune.methods.registry import ModelContext
-from deltatune.recipes.classify import loss_fn
-from deltatune.training.loop import make_accelerator, train
+from deltatune.losses.classification import classifier_batch_loss as loss_fn
+from deltatune.training.accelerator import make_accelerator
+from deltatune.training.loop import train
 from deltatune.training.optim import lr_factor
 
 
@@ -131,7 +132,7 @@ def test_gradient_checkpointing_gives_the_same_update(tmp_path, monkeypatch):
 
 
 def test_missing_tracker_is_a_clear_error(monkeypatch):
-    import deltatune.training.loop as loop
+    import deltatune.training.accelerator as loop
     from deltatune.errors import UserError
 
     monkeypatch.setitem(loop.TRACKER_PACKAGES, "wandb", "surely_not_installed_pkg")
@@ -142,7 +143,7 @@ def test_missing_tracker_is_a_clear_error(monkeypatch):
 
 
 def test_auto_precision_is_fp32_on_cpus_without_native_bf16(monkeypatch):
-    import deltatune.training.loop as loop
+    import deltatune.training.accelerator as loop
 
     monkeypatch.setattr(loop.torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda: False)

@@ -1,4 +1,4 @@
-"""Command line: ``deltatune train | preview | eval | predict | generate | chat | merge | models | methods | demo``.
+"""Command line: ``deltatune train | preview | eval | predict | generate | chat | merge | models | methods | tasks | demo``.
 
 Every command is a thin shell over a plain Python function. Errors a user can cause print one
 line (``error: ...``) and exit with status 2 — no traceback.
@@ -16,7 +16,7 @@ from deltatune.errors import UserError
 
 def _cmd_train(args) -> int:
     from deltatune.config import load_config
-    from deltatune.recipes import run_config
+    from deltatune.runs import run_config
 
     overrides = list(args.overrides)
     if args.config and "=" in args.config and not os.path.exists(args.config):
@@ -26,62 +26,44 @@ def _cmd_train(args) -> int:
         cfg.output_dir = args.output_dir
     if args.resume:
         cfg.train.resume = True
-    summary = run_config(cfg, overwrite=args.overwrite)
-    print(json.dumps(summary, indent=2) if args.json else _summary_text(summary))
+    summary = run_config(cfg, overwrite=args.overwrite, allow_data_change=args.allow_data_change)
+    if summary.get("task"):  # the main process reports; other processes of a distributed run return {}
+        print(json.dumps(summary, indent=2) if args.json else _summary_text(summary))
     return 0
 
 
 def _summary_text(summary: dict) -> str:
-    keys = ("validation_accuracy", "validation_f1_macro", "test_accuracy", "base_loss", "tuned_loss",
-            "base_rouge_l", "tuned_rouge_l", "train_tokens_per_s", "peak_rss_mb", "train_seconds")
+    from deltatune.tasks import get_task
+
+    keys = (*get_task(summary["task"]).summary_keys, "train_tokens_per_s", "peak_rss_mb", "train_seconds")
     parts = [f"{k}={summary[k]:.4g}" for k in keys if isinstance(summary.get(k), (int, float))]
     return f"run finished: {summary.get('run_dir', '')}\n  " + "  ".join(parts)
 
 
-def _run_task(run_dir: str) -> str:
-    """The task of a finished run (``classify`` or ``sft``), read from its config.yaml."""
-    from pathlib import Path
+def _target(args, command: str):
+    from deltatune.runs.loaded import load_target
 
-    import yaml
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a deltatune run (no config.yaml); pass the --output-dir "
-                        "of a `deltatune train` run")
-    return (yaml.safe_load(path.read_text()) or {}).get("task", "classify")
+    return load_target(args.run_dir, args.adapter, args.model, command=command)
 
 
 def _cmd_eval(args) -> int:
-    from deltatune.evaluation.reports import classification_markdown
+    from deltatune.runs.services import evaluate
 
-    if _run_task(args.run_dir) == "sft":
-        from deltatune.recipes.sft import evaluate_run as evaluate_sft
-
-        report = evaluate_sft(args.run_dir, args.data, samples=args.samples)
-        if args.json:
-            print(json.dumps(report, indent=2))
-        else:
-            print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                            for k, v in report.items()))
-        return 0
-    from deltatune.recipes.classify import evaluate_run
-
-    report = evaluate_run(args.run_dir, args.data)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(classification_markdown(f"evaluation of {args.run_dir} on {args.data}", {"data": report}))
+    if args.samples is not None and args.samples < 0:
+        raise UserError(f"--samples: must be 0 or more (got {args.samples})")
+    run = _target(args, "eval")
+    report = evaluate(run, args.data, samples=args.samples)
+    print(json.dumps(report, indent=2) if args.json
+          else run.task.format_report(report, f"evaluation of {run.name} on {args.data}"))
     return 0
 
 
 def _cmd_predict(args) -> int:
-    from deltatune.recipes.classify import predict
+    from deltatune.runs.services import predict
 
     if not args.texts and not args.data:
         raise UserError("predict: give one or more TEXT arguments or --data FILE")
-    if _run_task(args.run_dir) == "sft":
-        raise UserError(f"{args.run_dir} is an sft run: use `deltatune generate {args.run_dir} \"PROMPT\"`")
-    rows = predict(args.run_dir, texts=args.texts or None, data_path=args.data)
+    rows = predict(_target(args, "predict"), texts=args.texts or None, data_path=args.data)
     for row in rows:
         if args.json:
             print(json.dumps(row))
@@ -91,25 +73,22 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_merge(args) -> int:
-    from deltatune.recipes.classify import merge_run
+    from deltatune.runs.services import merge
 
-    if _run_task(args.run_dir) == "sft":
-        from deltatune.recipes.sft import load_trained
-
-        out = merge_run(args.run_dir, args.out, loader=lambda d: load_trained(d)[:2])
-        print(f"merged model written to {out} (load it with AutoModelForCausalLM)")
-        return 0
-    out = merge_run(args.run_dir, args.out)
-    print(f"merged model written to {out} (load it with AutoModelForSequenceClassification)")
+    run = _target(args, "merge")
+    out = merge(run, args.out)
+    kind = {"classifier": "AutoModelForSequenceClassification"}.get(run.task.model_kind, "AutoModelForCausalLM")
+    print(f"merged model written to {out} (load it with {kind})")
     return 0
 
 
-def _generation_settings(args, cfg):
+def _generation_settings(args, defaults):
+    """The ``generate`` settings of a run (``defaults``) with the command-line flags applied."""
     from pydantic import ValidationError
 
     from deltatune.config import GenerateConfig
 
-    values = cfg.generate.model_dump()
+    values = defaults.model_dump()
     for key in ("max_new_tokens", "temperature", "top_p", "batch_size"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
@@ -126,13 +105,9 @@ def _generation_settings(args, cfg):
 
 
 def _generation_target(args):
-    from deltatune.recipes.sft import load_for_generation
+    from deltatune.runs.services import generation_target
 
-    if args.model and args.run_dir:
-        raise UserError("give a RUN_DIR or --model NAME, not both")
-    if not args.model and not args.run_dir:
-        raise UserError("give a RUN_DIR (an sft run) or --model NAME (a base model)")
-    return load_for_generation(args.run_dir, args.model, args.template)
+    return generation_target(args.run_dir, args.model, getattr(args, "adapter", None), args.template)
 
 
 def _cmd_generate(args) -> int:
@@ -147,15 +122,15 @@ def _cmd_generate(args) -> int:
                             "RUN_DIR \"PROMPT\"`, or `deltatune generate --model NAME \"PROMPT\"` for a base model")
     if not prompts and not args.data:
         raise UserError("generate: give one or more PROMPT arguments or --data FILE")
-    from deltatune.config import validate_config
+    from deltatune.config import GenerateConfig
 
-    settings = _generation_settings(args, validate_config({"task": "sft"}))  # flags checked before loading
+    settings = _generation_settings(args, GenerateConfig())  # flags checked before loading
     model, tokenizer, template, cfg = _generation_target(args)
-    settings = _generation_settings(args, cfg)
+    settings = _generation_settings(args, cfg.generate)
     if args.data:
-        from deltatune.recipes.sft import read_conversations
+        from deltatune.data.conversations import read_conversations
 
-        convs = [c for c in read_conversations(args.data, cfg, require_response=False) if c.prompt_messages]
+        convs = [c for c in read_conversations(args.data, cfg.data, require_response=False) if c.prompt_messages]
         asks = [c.prompt_messages for c in convs]
         references = [c.reference for c in convs]
     else:
@@ -182,7 +157,7 @@ def _cmd_chat(args) -> int:
     model, tokenizer, template, cfg = _generation_target(args)
     print("chat: type a message; /reset clears the conversation, /exit (or Ctrl-D) quits", file=sys.stderr)
     chat_loop(model, tokenizer, lambda msgs: prompt_ids(tokenizer, template, msgs),
-              _generation_settings(args, cfg), system_prompt=args.system,
+              _generation_settings(args, cfg.generate), system_prompt=args.system,
               input_fn=lambda prompt: input(prompt))  # looked up per call (tests patch it)
     return 0
 
@@ -212,7 +187,8 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_methods(args) -> int:
-    from deltatune.methods.registry import available, trainable_shares
+    from deltatune.methods.registry import available
+    from deltatune.methods.shares import trainable_shares
 
     shares = trainable_shares(args.model)
     print(f"{'method':<14} {'trainable on ' + args.model:>32}  description")
@@ -220,11 +196,27 @@ def _cmd_methods(args) -> int:
         share = shares[name]
         shown = (f"{share['trainable']:>11,} ({share['percent']:7.3f}%)" if isinstance(share, dict)
                  else "n/a")
-        merge = ("; mergeable" if spec.merge else
-                 "" if spec.saved_dir == "model" else "; not mergeable")
+        merge = ("; mergeable" if spec.merge else "" if spec.trains_whole_model else "; not mergeable")
         print(f"{name:<14} {shown:>32}  {spec.description} [lr {spec.default_lr:g}{merge}]")
     print("\n(default options, 2-label head included; `--model NAME` counts on another model)")
     return 0
+
+
+def _cmd_tasks(args) -> int:
+    from deltatune.tasks import available_tasks
+
+    for name, spec in sorted(available_tasks().items()):
+        own = [f for f in spec.data_options.model_fields if f not in _common_data_keys()]
+        print(f"{name:<10} {spec.description}\n{'':<10} data options: {', '.join(own) or '(common only)'}"
+              + (f"; section `{name}:` {', '.join(spec.options.model_fields)}" if spec.options else "")
+              + f"\n{'':<10} after training: {', '.join(spec.commands())}")
+    return 0
+
+
+def _common_data_keys() -> tuple[str, ...]:
+    from deltatune.config import DataConfig
+
+    return tuple(DataConfig.model_fields)
 
 
 def _cmd_demo(args) -> int:
@@ -234,41 +226,58 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_train(sub) -> None:
     from deltatune.config import config_reference
+    from deltatune.tasks import available_tasks
 
-    p = argparse.ArgumentParser(prog="deltatune", description="Fine-tune pretrained transformers.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+    tasks = ", ".join(sorted(available_tasks()))
     t = sub.add_parser("train", help="train from a YAML config",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train from a YAML config; any key can be overridden as "
-                                   "dotted.key=value (e.g. train.learning_rate=3e-4 method.r=8).",
+                                   "dotted.key=value (e.g. train.learning_rate=3e-4 method.r=8). "
+                                   f"Tasks: {tasks} (see `deltatune tasks`).",
                        epilog="config keys (section.key = default):\n" + config_reference() +
                               "\n\nmethod options: see `deltatune methods` and the README.")
     t.add_argument("config", nargs="?", help="YAML config file")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     t.add_argument("--output-dir", help="run directory (overrides output_dir)")
-    t.add_argument("--overwrite", action="store_true", help="replace a finished run in --output-dir")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --output-dir (the old one stays until the new one finishes)")
     t.add_argument("--resume", action="store_true",
                    help="continue from the latest complete checkpoint in the run directory")
+    t.add_argument("--allow-data-change", action="store_true",
+                   help="with --resume: accept data files whose content changed since the checkpoint")
     t.add_argument("--json", action="store_true", help="print the run summary as JSON")
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a trained run on a labelled file")
-    e.add_argument("run_dir")
+
+def _target_args(parser, what: str = "a trained run directory") -> None:
+    parser.add_argument("run_dir", nargs="?", help=f"{what} (or --adapter DIR)")
+    parser.add_argument("--adapter", help="an adapter trained elsewhere (PEFT format) instead of a run")
+    parser.add_argument("--model", help="with --adapter: its base model (default: the one its "
+                                        "adapter_config.json names)")
+
+
+def _add_post_run(sub) -> None:
+    e = sub.add_parser("eval", help="evaluate a trained run (or an adapter) on a labelled file")
+    _target_args(e)
     e.add_argument("--data", required=True, help="labelled file with the training config's fields")
     e.add_argument("--json", action="store_true", help="print metrics as JSON on stdout")
     e.add_argument("--samples", type=int, default=None,
                    help="sft: examples to generate for ROUGE-L/BLEU/exact match (default generate.eval_samples)")
     e.set_defaults(func=_cmd_eval)
 
-    pr = sub.add_parser("predict", help="predict labels with a trained run")
-    pr.add_argument("run_dir")
+    pr = sub.add_parser("predict", help="predict labels with a trained classifier run (or adapter)")
+    _target_args(pr, "a trained classify run directory")
     pr.add_argument("texts", nargs="*", metavar="TEXT")
     pr.add_argument("--data", help="file of inputs (the training config's text field)")
     pr.add_argument("--json", action="store_true", help="one JSON object per input")
     pr.set_defaults(func=_cmd_predict)
+
+    mg = sub.add_parser("merge", help="fold a LoRA/DoRA/IA3 adapter into the base weights")
+    _target_args(mg)
+    mg.add_argument("--out", required=True, help="new directory for the merged Hugging Face model")
+    mg.set_defaults(func=_cmd_merge)
 
     pv = sub.add_parser("preview", help="sft dry run: show examples as the model sees them, "
                                          "trained tokens highlighted, with length statistics")
@@ -279,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="highlight with colour (default: when printing to a terminal)")
     pv.set_defaults(func=_cmd_preview)
 
+
+def _add_generation(sub) -> None:
     for name, func, helptext in (("generate", _cmd_generate, "generate answers with an sft run or a base model"),
                                  ("chat", _cmd_chat, "chat with an sft run or a base model (streamed)")):
         g = sub.add_parser(name, help=helptext)
@@ -293,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             g.add_argument("run_dir", nargs="?", help="an sft run directory (or use --model)")
         g.add_argument("--model", help="a base model (bundled name, directory or hub id) instead of a run")
+        g.add_argument("--adapter", help="an adapter trained elsewhere (PEFT format), on --model")
         g.add_argument("--template", help="auto, chat, alpaca, raw or a Jinja template "
                                           "(default: the run's, or auto)")
         g.add_argument("--system", help="system message")
@@ -304,11 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--seed", type=int, default=0, help="seed for sampling")
         g.set_defaults(func=func)
 
-    mg = sub.add_parser("merge", help="fold a LoRA/DoRA/IA3 adapter into the base weights")
-    mg.add_argument("run_dir")
-    mg.add_argument("--out", required=True, help="new directory for the merged Hugging Face model")
-    mg.set_defaults(func=_cmd_merge)
 
+def _add_listings(sub) -> None:
     m = sub.add_parser("models", help="list the bundled models")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=_cmd_models)
@@ -317,14 +326,39 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("--model", default="minilm-l6", help="model to count trainable parameters on")
     me.set_defaults(func=_cmd_methods)
 
+    ta = sub.add_parser("tasks", help="list the tasks, their data options and their commands")
+    ta.set_defaults(func=_cmd_tasks)
+
     d = sub.add_parser("demo", help="LoRA on the bundled MiniLM with a small SST-2 sample")
     d.add_argument("--output-dir", default=None, help="run directory (default runs/demo-<time>)")
     d.add_argument("--train-samples", type=int, default=None, help="training sentences to use")
     d.set_defaults(func=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="deltatune", description="Fine-tune pretrained transformers.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_post_run(sub)
+    _add_generation(sub)
+    _add_listings(sub)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None):
+    parser = build_parser()
+    # Overrides may come after options (`train c.yaml --output-dir d a.b=1`): collect the leftovers.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "generate" and not any(x.startswith("-") for x in extra):
+        args.prompts, extra = [*args.prompts, *extra], []  # prompts after options
+    if extra:
+        if args.command not in ("train", "preview") or any(x.startswith("-") or "=" not in x for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def _setup_environment() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from deltatune.training.memory import limit_allocator_retention
@@ -337,16 +371,15 @@ def main(argv: list[str] | None = None) -> int:
             # torchrun on CPUs: without this Accelerate sees no distributed setup and every
             # process would train alone (gloo DDP needs Accelerate's MULTI_CPU mode).
             os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-    parser = build_parser()
-    # Overrides may come after options (`train c.yaml --output-dir d a.b=1`): collect the leftovers.
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.command == "generate" and not any(x.startswith("-") for x in extra):
-        args.prompts, extra = [*args.prompts, *extra], []  # prompts after options
-    if extra:
-        if args.command not in ("train", "preview") or any(x.startswith("-") or "=" not in x for x in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides = [*args.overrides, *extra]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done, 2 a problem with the input (one ``error:`` line),
+    1 a deltatune bug (one line; the traceback goes to a file, or to the screen with
+    ``DELTATUNE_DEBUG=1``), 130 interrupted."""
+    _setup_environment()
     try:
+        args = _parse(argv)
         return args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -354,6 +387,43 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `deltatune eval ... --json | head`: the reader left; nothing to report
+        _silence_stdout()
+        return 0
+    except OSError as exc:
+        if exc.filename is None:
+            return _internal_error(exc)
+        print(f"error: {exc.filename}: {exc.strerror}; check the path and its permissions", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against a traceback
+        return _internal_error(exc)
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _internal_error(exc: BaseException) -> int:
+    """An unexpected exception: one line for the user, the traceback kept in a file."""
+    import tempfile
+    import traceback
+
+    if os.environ.get("DELTATUNE_DEBUG"):
+        raise exc
+    path = os.path.join(tempfile.gettempdir(), f"deltatune-error-{os.getpid()}.txt")
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            traceback.print_exception(exc, file=fh)
+    except OSError:
+        path = "(could not be saved)"
+    print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n"
+          f"  this is a deltatune bug: please report it with the traceback in {path} "
+          "(DELTATUNE_DEBUG=1 shows it here)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -5,20 +5,21 @@ impossible combinations are one :class:`~deltatune.errors.ConfigError` naming th
 
     train.learnig_rate: unknown key; did you mean `learning_rate`?
 
-Method options are validated by the method's own config class (see ``deltatune.methods.registry``),
-so adding a method never touches this file.
+Method options are validated by the method's own options class (``deltatune.methods.registry``) and
+task options by the task's (``deltatune.tasks``), so adding a method or a task never touches this file.
 """
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, ValidationError,
+                      create_model, field_validator, model_validator)
 
-from deltatune.errors import ConfigError
+from deltatune.errors import ConfigError, suggest_key
+from deltatune.methods.registry import MethodOptions, get_method, validate_method_config
 
 
 class _Strict(BaseModel):
@@ -32,6 +33,8 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
+    """The ``data:`` keys every task has; each task's data options subclass this with its own."""
+
     train: str | None = Field(None, description="training file (.jsonl, .json, .csv, .tsv)")
     validation: str | None = Field(None, description="validation file; or use validation_split")
     test: str | None = Field(None, description="test file, evaluated once at the end")
@@ -39,33 +42,16 @@ class DataConfig(_Strict):
         None, gt=0, lt=1, description="fraction of train held out (seeded, stratified) when no validation file")
     format: Literal["jsonl", "json", "csv", "tsv"] | None = Field(
         None, description="file format; default from the file extension")
-    text_field: str = Field("text", description="field holding the input text")
-    text_pair_field: str | None = Field(None, description="optional second text (sentence pairs)")
-    label_field: str = Field("label", description="field holding the label (string or integer)")
-    label_names: list[str] | dict[int | str, str] | None = Field(
-        None, description="names for integer labels (list indexed by label, or {value: name})")
     max_length: int | None = Field(
-        None, gt=1, description="tokens per example; default 128 for classify, 1024 for sft")
+        None, gt=1, description="tokens per example; default: the task's (128 classify, 1024 sft)")
     max_train_samples: int | None = Field(
-        None, gt=0, description="use a seeded stratified sample of this many training rows")
-    # --- sft: instruction data
-    layout: Literal["auto", "alpaca", "messages", "prompt_completion", "text"] = Field(
-        "auto", description="sft: row layout; auto = detect from the first row's fields "
-        "(instruction/output, messages, prompt/completion, text)")
-    fields: dict[str, str] = Field(
-        default_factory=dict, description="sft: map our field names to yours, e.g. "
-        "{instruction: question, output: answer}; names: instruction input output history system "
-        "messages prompt completion text role content")
-    template: str = Field(
-        "auto", description="sft: auto (the tokenizer's chat template if it has one, else alpaca), "
-        "chat, alpaca (### Instruction/### Input/### Response), raw (no template), or a Jinja chat "
-        "template (inline text or a .jinja file)")
-    system_prompt: str | None = Field(None, description="sft: system message for rows that have none")
-    truncation: Literal["truncate", "drop"] = Field(
-        "truncate", description="sft: examples longer than max_length are cut at the end, or dropped")
-    packing: bool = Field(
-        False, description="sft: pack several examples per row (positions restart, no attention "
-        "across examples); rows hold max_length tokens and batch_size counts rows")
+        None, gt=0, description="use a seeded (stratified, where there are labels) sample of this "
+                                "many training rows")
+
+    def files(self) -> dict[str, str]:
+        """The data files this config reads, by key (``data.train`` -> path)."""
+        return {f"data.{k}": getattr(self, k) for k in ("train", "validation", "test")
+                if getattr(self, k)}
 
 
 class GenerateConfig(_Strict):
@@ -119,53 +105,82 @@ class TrainConfig(_Strict):
         default_factory=list, description="experiment trackers via Accelerate (metrics.jsonl is always written)")
 
 
-TASK_MAX_LENGTH = {"classify": 128, "sft": 1024}
-TASK_METRIC = {"classify": "accuracy", "sft": "loss"}
-
-
 class Config(_Strict):
-    task: Literal["classify", "sft"] = Field(
-        "classify", description="what to train: classify (sequence classification) or sft "
-        "(instruction tuning of a causal LM, loss on responses only)")
+    """A whole run. Validated through the task's own subclass (see :func:`config_class`), whose
+    ``data`` field is the task's data options and which adds the task's own section."""
+
+    task: str = Field("classify", description="what to train; see `deltatune tasks`")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    method: dict[str, Any] = Field(
-        default_factory=lambda: {"name": "lora"},
+    method: SerializeAsAny[MethodOptions] = Field(
+        default_factory=lambda: {"name": "lora"}, validate_default=True,
         description="method name plus its options; see `deltatune methods`")
     train: TrainConfig = Field(default_factory=TrainConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     output_dir: str | None = Field(None, description="run directory; default runs/<task>-<method>-<time>")
+    _max_length_is_default: bool = PrivateAttr(False)  # the task's default, not the user's choice
 
-    @field_validator("method")
+    @field_validator("method", mode="before")
     @classmethod
-    def _method(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from deltatune.methods.registry import validate_method_config
-
+    def _method(cls, value: Any) -> MethodOptions:
         return validate_method_config(value)
 
     @model_validator(mode="after")
-    def _check(self) -> "Config":
-        if self.data.validation and self.data.validation_split:
-            raise ValueError("data.validation and data.validation_split both set: choose one")
+    def _resolve(self) -> "Config":
+        """Fill the defaults that depend on the task and the method, so config.yaml says what ran."""
+        from deltatune.tasks import get_task
+
+        spec = get_task(self.task)
         d, t = self.data, self.train
+        if d.validation and d.validation_split:
+            raise ValueError("data.validation and data.validation_split both set: choose one")
         if d.max_length is None:
-            d.max_length = TASK_MAX_LENGTH[self.task]
+            self._max_length_is_default = True
+            d.max_length = spec.default_max_length
         if t.metric_for_best is None:
-            t.metric_for_best = TASK_METRIC[self.task]
+            t.metric_for_best = spec.default_metric
+        if spec.best_metrics and t.metric_for_best not in spec.best_metrics:
+            raise ValueError(f"train.metric_for_best: {spec.name} runs evaluate "
+                             f"{', '.join(spec.best_metrics[:-1])} and {spec.best_metrics[-1]} during "
+                             f"training, not '{t.metric_for_best}'; use "
+                             f"{', '.join(spec.best_metrics[:-1])} or {spec.best_metrics[-1]}")
         if t.greater_is_better is None:
-            t.greater_is_better = t.metric_for_best not in ("loss", "perplexity")
-        if self.task == "sft" and t.metric_for_best not in ("loss", "perplexity"):
-            raise ValueError(f"train.metric_for_best: sft runs evaluate loss and perplexity during "
-                             f"training, not '{t.metric_for_best}'; use loss or perplexity")
-        if d.packing and self.task != "sft":
-            raise ValueError("data.packing applies to task: sft only")
+            t.greater_is_better = t.metric_for_best not in spec.lower_is_better
+        if t.learning_rate is None:
+            t.learning_rate = get_method(self.method.name).default_lr
+        if spec.check is not None:
+            spec.check(self)
         return self
 
-    def method_options(self):
-        """The method's typed options object."""
-        from deltatune.methods.registry import get_method
+    def method_options(self) -> MethodOptions:
+        """The method's typed options (the ``method`` section itself)."""
+        return self.method
 
-        return get_method(self.method["name"]).config_cls(**self.method)
+    def task_options(self) -> BaseModel | None:
+        """The task's own section (``classify: {...}``), or None for tasks without one."""
+        return getattr(self, self.task, None)
+
+
+_CONFIG_CLASSES: dict[str, tuple[Any, type[Config]]] = {}  # task -> (its spec, its Config class)
+
+
+def config_class(task: str) -> type[Config]:
+    """The Config subclass of one task: ``data`` typed by the task's data options, plus the task's
+    own section. Built once per task from the registry."""
+    from deltatune.tasks import get_task
+
+    spec = get_task(task)
+    built, cls = _CONFIG_CLASSES.get(task, (None, None))
+    if built is not spec:
+        fields: dict[str, Any] = {
+            "task": (Literal[spec.name], Field(spec.name, description=Config.model_fields["task"].description)),
+            "data": (spec.data_options, Field(default_factory=spec.data_options))}
+        if spec.options is not None:
+            fields[spec.name] = (spec.options, Field(default_factory=spec.options,
+                                                     description=f"options of task {spec.name}"))
+        cls = create_model(f"{spec.name.title().replace('_', '')}Config", __base__=Config, **fields)
+        _CONFIG_CLASSES[task] = (spec, cls)
+    return cls
 
 
 # ----------------------------------------------------------------------------- loading
@@ -181,28 +196,61 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     if path is not None:
         raw = _read_yaml(Path(path))
     for item in overrides:
-        _apply_override(raw, item)
+        _apply_override(raw, item, str(path) if path else None)
     return validate_config(raw, source=str(path) if path else "command line")
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
+    """The typed config of ``raw`` (a parsed YAML mapping), or one ConfigError naming every bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys (task, model, data, ...)")
     try:
-        return Config.model_validate(raw)
+        cls = config_class(raw.get("task", "classify"))
+        return cls.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, raw, source)) from None
+        raise ConfigError(_format_errors(exc, raw, source, cls)) from None
     except (ValueError, ConfigError) as exc:  # raised from validators outside pydantic's wrapping
         raise ConfigError(f"{source}: {exc}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:
+                continue  # an unhashable key: PyYAML reports it itself
+            if repeated:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key '{key}' is given twice "
+                                  f"(first on line {first}); the second would silently replace the "
+                                  "first. Merge the two into one")
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; give the YAML config file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); a config is a YAML text file "
+                          "like configs/sst2_lora.yaml") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}, {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config: {exc.strerror}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -210,7 +258,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _apply_override(raw: dict[str, Any], item: str) -> None:
+def _apply_override(raw: dict[str, Any], item: str, source: str | None = None) -> None:
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"override '{item}': expected dotted.key=value, e.g. train.learning_rate=3e-4")
@@ -219,7 +267,9 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override '{item}': '{part}' is not a section")
+            where = f" in {source}" if source else ""
+            raise ConfigError(f"override '{item}': '{part}'{where} is {child!r}, not a section; write it as "
+                              f"a mapping, e.g. `{part}: {{name: ...}}`")
         node = child
     try:
         node[parts[-1]] = yaml.safe_load(value) if value != "" else None
@@ -227,15 +277,17 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         node[parts[-1]] = value
 
 
-def _format_errors(exc: ValidationError, raw: dict[str, Any], source: str) -> str:
+def _format_errors(exc: ValidationError, raw: dict[str, Any], source: str, cls: type[Config]) -> str:
     lines = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
         key = ".".join(loc) or "(top level)"
         if err["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown key{_suggest(loc)}")
+            lines.append(f"{key}: {_other_task_owner(loc, cls) or 'unknown key' + _suggest(loc, cls)}")
         elif err["type"] == "missing":
             lines.append(f"{key}: required key is missing")
+        elif not loc:  # a check across sections: its message names the keys
+            lines.append(err["msg"].removeprefix("Value error, "))
         else:
             given = _lookup(raw, loc)
             shown = f" (got {given!r})" if given is not _MISSING else ""
@@ -256,38 +308,73 @@ def _lookup(raw: Any, loc: list[str]) -> Any:
     return raw
 
 
-def _suggest(loc: list[str]) -> str:
-    model: type[BaseModel] | None = Config
+def _other_task_owner(loc: list[str], cls: type[Config]) -> str | None:
+    """'belongs to task sft' for a key that another task has (``data.packing`` on a classify run)."""
+    from deltatune.tasks import available_tasks
+
+    task = cls.model_fields["task"].default
+    for name, spec in available_tasks().items():
+        if name == task:
+            continue
+        owns = ((len(loc) == 2 and loc[0] == "data" and loc[1] in spec.data_options.model_fields)
+                or (len(loc) == 1 and loc[0] == name and spec.options is not None))
+        if owns:
+            return (f"an option of task '{name}', but this config has task: {task}; set "
+                    f"task: {name}, or remove the key")
+    return None
+
+
+def _section_class(cls: type[BaseModel], part: str) -> type[BaseModel] | None:
+    field = cls.model_fields.get(part)
+    ann = field.annotation if field else None
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def _suggest(loc: list[str], cls: type[BaseModel]) -> str:
+    """'; did you mean ...' for an unknown key: a key of another section (``learning_rate`` at the top
+    level is ``train.learning_rate``), ``<name>_field`` for a field name, or the closest spelling."""
+    model: type[BaseModel] | None = cls
     for part in loc[:-1]:
-        field = model.model_fields.get(part) if model else None
-        ann = field.annotation if field else None
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        model = _section_class(model, part) if model else None
     if model is None:
         return ""
-    names = list(model.model_fields)
-    close = difflib.get_close_matches(loc[-1], names, n=1, cutoff=0.6)
-    if close:
-        return f"; did you mean `{close[0]}`?"
-    return f"; valid keys here: {', '.join(names)}"
+    key = loc[-1]
+    if len(loc) == 1:
+        homes = [f"{section}.{key}" for section in cls.model_fields
+                 if (sub := _section_class(cls, section)) is not None and key in sub.model_fields]
+        if homes:
+            return f"; it belongs in a section: did you mean `{homes[0]}`?"
+    if f"{key}_field" in model.model_fields:
+        return f"; did you mean `{key}_field`? (it names the field of your rows that holds the {key})"
+    return suggest_key(key, list(model.model_fields))
 
 
-def suggest_key(name: str, names: list[str]) -> str:
-    """'; did you mean `x`?' or the list of valid names."""
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-    return f"; did you mean `{close[0]}`?" if close else f"; valid keys: {', '.join(names)}"
+def _reference_lines(prefix: str, model: type[BaseModel], note: str = "",
+                     skip: tuple[str, ...] = ()) -> list[str]:
+    out = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if name in skip or (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            continue
+        default = field.default_factory() if field.default_factory else field.default
+        if isinstance(default, BaseModel):
+            continue
+        out.append(f"  {prefix}{name} = {default!r}{note}\n      {field.description or ''}")
+    return out
 
 
 def config_reference() -> str:
-    """Every key with its default and description (for `deltatune train --help` and the README)."""
-    out = []
-    for section, model in (("", Config), ("model.", ModelConfig), ("data.", DataConfig),
-                           ("train.", TrainConfig), ("generate.", GenerateConfig)):
-        for name, field in model.model_fields.items():
-            ann = field.annotation
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                continue
-            default = field.default_factory() if field.default_factory else field.default
-            out.append(f"  {section}{name} = {default!r}\n      {field.description or ''}")
+    """Every key with its default and description, per task (for `train --help` and the README)."""
+    from deltatune.tasks import available_tasks
+
+    out = _reference_lines("", Config, skip=("method",))
+    out += _reference_lines("model.", ModelConfig) + _reference_lines("data.", DataConfig)
+    for name, spec in sorted(available_tasks().items()):
+        out += _reference_lines("data.", spec.data_options, f"   [task {name}]",
+                                skip=tuple(DataConfig.model_fields))
+        if spec.options is not None:
+            out += _reference_lines(f"{name}.", spec.options, f"   [task {name}]")
+    out += _reference_lines("train.", TrainConfig) + _reference_lines("generate.", GenerateConfig)
     return "\n".join(out)
 
 

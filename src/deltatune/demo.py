@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 
 from deltatune.config import validate_config
-from deltatune.recipes import run_config
+from deltatune.runs import run_config
 
 
 def demo_data_dir() -> Path:

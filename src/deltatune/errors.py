@@ -30,3 +30,11 @@ class DataError(UserError):
             where += ": "
         super().__init__(where + message)
         self.path, self.line, self.field = path, line, field
+
+
+def suggest_key(name: str, names: list[str] | tuple[str, ...]) -> str:
+    """'; did you mean `x`?' for a close match, else the list of valid names."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
+    return f"; did you mean `{close[0]}`?" if close else f"; valid keys: {', '.join(names)}"

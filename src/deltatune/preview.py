@@ -36,14 +36,15 @@ def preview(cfg: Config, examples: int = 3, color: bool = False) -> str:
     from deltatune.data.sft import apply_max_length, encode_segments, length_stats, pack
     from deltatune.errors import ConfigError
     from deltatune.models.loading import load_tokenizer
-    from deltatune.recipes.sft import load_splits, template_for
+    from deltatune.data.conversations import load_splits
+    from deltatune.data.sft import template_for
 
-    if cfg.task != "sft":
-        raise ConfigError(f"task: preview shows SFT data; this config has task: {cfg.task}")
+    if not hasattr(cfg.data, "template"):
+        raise ConfigError(f"task: preview shows instruction (SFT-style) data; task {cfg.task} has none")
     d = cfg.data
-    splits = load_splits(cfg)
+    splits = load_splits(d, cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model.name)
-    template = template_for(cfg, tokenizer, splits["train"])
+    template = template_for(d, tokenizer, splits["train"])
     convs = splits["train"]
     lines = [f"model {cfg.model.name}; template {template.name}; layout {d.layout}; "
              f"max_length {d.max_length} ({d.truncation}); packing {d.packing}",

@@ -20,6 +20,7 @@ from deltatune.data.readers import Row, read_rows
 from deltatune.errors import ConfigError, DataError
 
 _INTEGER = re.compile(r"[+-]?\d+\Z")
+_FLOAT_INTEGER = re.compile(r"[+-]?\d+\.0*\Z")
 
 
 @dataclass
@@ -42,6 +43,8 @@ def _as_int(raw) -> int | None:
         return int(raw)
     if isinstance(raw, str) and _INTEGER.match(raw.strip()):
         return int(raw.strip())
+    if isinstance(raw, str) and _FLOAT_INTEGER.match(raw.strip()):  # "1.0", as pandas writes 1
+        return int(float(raw))
     return None
 
 
@@ -105,6 +108,8 @@ class LabelSet:
         for raw, line in first_line.items():
             _check_raw_label(raw, path, line, label_field)
         integer = all(_as_int(raw) is not None for raw in first_line)
+        if not integer and not isinstance(label_names, Mapping):
+            _refuse_mixed_labels(first_line, path, label_field)
         convert = _as_int if integer else _as_str
         seen: dict = {}
         for raw, line in first_line.items():
@@ -155,6 +160,36 @@ class LabelSet:
                         f"the training file.", path=path, line=line, field=field)
 
 
+def _refuse_mixed_labels(first_line: dict, path: str, field: str) -> None:
+    """Integer labels next to other values (``0`` and ``"neg"``, or one ``0.5`` among integers)
+    would silently become extra classes: refuse, showing one of each."""
+    ints = {raw: line for raw, line in first_line.items() if _as_int(raw) is not None}
+    others = {raw: line for raw, line in first_line.items() if _as_int(raw) is None}
+    numbers = {raw: line for raw, line in others.items()
+               if isinstance(raw, float) or (isinstance(raw, str) and _is_number(raw))}
+    if not ints and not numbers:
+        return  # all names: a string label set
+    if not ints:  # e.g. 0.5 and 1.5: numbers that are not class ids
+        raw, line = next(iter(numbers.items()))
+        raise DataError(f"label {raw!r} is a number but not an integer; class labels are integers "
+                        "(0, 1, ...) or names. Fix the label, or give label_names as a dict "
+                        "{label: name} covering it.", path=path, line=line, field=field)
+    raw, line = next(iter(others.items()))
+    int_raw, int_line = next(iter(ints.items()))
+    raise DataError(f"labels mix integers ({int_raw!r} on line {int_line}) with {raw!r}, which is not an "
+                    f"integer; they would silently become separate classes. Use one kind of label, "
+                    "or map every value with label_names as a dict, e.g. {0: neg, neg: neg}.",
+                    path=path, line=line, field=field)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _named_classes(seen: dict, label_names, integer: bool, path: str,
                    field: str) -> tuple[list, list[str]]:
     """Classes and names when the config gives ``label_names`` (list or dict)."""
@@ -200,8 +235,8 @@ def get_field(row: Row, field: str, path: str | None = None, key: str = "text_fi
         pass
     fields = [str(f) for f in row]
     guess = difflib.get_close_matches(field, fields, n=1, cutoff=0.5)
-    hint = (f" Did you mean '{guess[0]}'? If so, set `{key}: {guess[0]}` in the config."
-            if guess else f" Set `{key}:` in the config to the field that holds it.")
+    hint = (f" Did you mean '{guess[0]}'? If so, set `data.{key}: {guess[0]}` in the config."
+            if guess else f" Set `data.{key}:` in the config to the field that holds it.")
     raise DataError(f"missing field '{field}'; this row has fields: {', '.join(fields) or '(none)'}"
                     f".{hint}", path=path or row.path, line=row.line, field=field)
 
@@ -364,8 +399,8 @@ def load_classification_data(train_path: str | Path, validation_path: str | Path
         train, validation = stratified_split(train, validation_split, seed)
         if not validation:
             raise DataError(f"validation_split={validation_split} of {len(train)} training "
-                            f"examples leaves no validation examples; use a larger split or "
-                            f"give validation_path.", path=train_path)
+                            f"examples leaves no validation examples; use a larger "
+                            f"data.validation_split or give a data.validation file.", path=train_path)
     if max_train_samples is not None:
         train = stratified_sample(train, max_train_samples, seed)
     test = None
@@ -382,3 +417,24 @@ def _read_examples(path, fmt, text_field, text_pair_field, label_field,
     """Read a labelled evaluation file with the training label set."""
     rows = read_rows(str(path), fmt)
     return rows_to_examples(rows, text_field, text_pair_field, label_field, labels, str(path))
+
+
+def tokenize(tokenizer, examples: list[Example], max_length: int) -> list[dict]:
+    """Token ids per example, truncated, unpadded (padding happens per batch)."""
+    texts = [e.text for e in examples]
+    pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
+    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    feats = []
+    for i, e in enumerate(examples):
+        f = {"input_ids": enc["input_ids"][i], "label": e.label}
+        if "token_type_ids" in enc:
+            f["token_type_ids"] = enc["token_type_ids"][i]
+        feats.append(f)
+    return feats
+
+
+def examples_from_file(path: str, data, labels: LabelSet | None) -> list[Example]:
+    """Examples of an evaluation or prediction file read with a run's ``data`` options
+    (``labels=None``: the label column is not read)."""
+    rows = read_rows(path, data.format)
+    return rows_to_examples(rows, data.text_field, data.text_pair_field, data.label_field, labels, path)

@@ -68,7 +68,7 @@ class FieldMap:
         mapping = dict(mapping or {})
         for key in mapping:
             if key not in FIELD_NAMES:
-                from deltatune.config import suggest_key
+                from deltatune.errors import suggest_key
 
                 raise ConfigError(f"data.fields: unknown name '{key}'{suggest_key(key, list(FIELD_NAMES))}")
         self.mapping = mapping
@@ -88,6 +88,11 @@ def detect_layout(row: Row, fields: FieldMap, require_response: bool = True) -> 
         return "prompt_completion"
     if has("text"):
         return "text"
+    absent = [f"{ours}: {theirs}" for ours, theirs in fields.mapping.items() if theirs not in row]
+    if absent:
+        raise DataError(f"data.fields maps {', '.join(absent)}, but this row has no such field (its fields: "
+                        f"{', '.join(map(str, row))}); fix the names in data.fields",
+                        path=row.path, line=row.line)
     raise DataError(f"cannot tell the layout of this row from its fields ({', '.join(map(str, row))}); "
                     "expected instruction+output (alpaca), messages, prompt+completion, or text. "
                     "Set data.layout and map your names with data.fields, e.g. "
@@ -216,3 +221,34 @@ def _prompt_completion(row: Row, fields: FieldMap, need_answer: bool = True) -> 
 def _text_row(row: Row, fields: FieldMap, need_answer: bool = True) -> Conversation:
     text = _string(_get(row, fields, "text"), row, fields["text"])
     return Conversation([{"role": "assistant", "content": text}], raw=True, line=row.line)
+
+
+def read_conversations(path: str, data, require_response: bool = True) -> list[Conversation]:
+    """Conversations of one file read with a run's ``data`` options (layout, fields, system prompt)."""
+    from deltatune.data.readers import read_rows
+
+    return rows_to_conversations(read_rows(path, data.format), data.layout, FieldMap(data.fields),
+                                 data.system_prompt, require_response=require_response)
+
+
+def load_splits(data, seed: int) -> dict[str, list[Conversation]]:
+    """train / validation / test conversations (validation from a seeded split when asked)."""
+    import random
+
+    if not data.train:
+        raise ConfigError("data.train: required; set it to a .jsonl, .json, .csv or .tsv file of "
+                          "instruction data")
+    splits = {"train": read_conversations(data.train, data)}
+    if data.max_train_samples and data.max_train_samples < len(splits["train"]):
+        splits["train"] = random.Random(seed).sample(splits["train"], data.max_train_samples)
+    if data.validation:
+        splits["validation"] = read_conversations(data.validation, data)
+    elif data.validation_split:
+        order = list(range(len(splits["train"])))
+        random.Random(seed + 1).shuffle(order)
+        cut = max(1, round(len(order) * data.validation_split))
+        splits["validation"] = [splits["train"][i] for i in sorted(order[:cut])]
+        splits["train"] = [splits["train"][i] for i in sorted(order[cut:])]
+    if data.test:
+        splits["test"] = read_conversations(data.test, data)
+    return splits

@@ -61,6 +61,7 @@ def read_rows(path: str | Path, fmt: str | None = None) -> list[Row]:
     that is not an object, a CSV/TSV row with the wrong number of columns, or an unknown format.
     """
     path = str(path)
+    _check_is_file(path)
     fmt = _resolve_format(path, fmt)
     text = _decode(_read_bytes(path), path)
     if not text.strip():
@@ -80,19 +81,19 @@ def _resolve_format(path: str, fmt: str | None) -> str:
         name = fmt.lower().lstrip(".")
         if name not in FORMATS:
             raise DataError(f"unknown format '{fmt}'; supported formats are {supported}. "
-                            f"Set `format:` to one of them.", path=path)
+                            f"Set `data.format:` to one of them.", path=path)
         return name
     suffix = Path(path).suffix.lower()
     if suffix in _EXTENSIONS:
         return _EXTENSIONS[suffix]
     shown = f"extension '{suffix}'" if suffix else "no file extension"
     raise DataError(f"cannot tell the format from {shown}; supported formats are {supported} "
-                    f"(.jsonl, .json, .csv, .tsv). Rename the file, or set `format:` "
-                    f"(e.g. `format: jsonl`) in the config.", path=path)
+                    f"(.jsonl, .json, .csv, .tsv). Rename the file, or set `data.format:` "
+                    f"(e.g. `data.format: jsonl`) in the config.", path=path)
 
 
-def _read_bytes(path: str) -> bytes:
-    """The whole file as bytes, or a DataError saying why it cannot be read."""
+def _check_is_file(path: str) -> None:
+    """A DataError for a missing path or a directory (before the format is guessed from a name)."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"file not found (looked for {p.resolve()}). Check the path in the "
@@ -100,7 +101,30 @@ def _read_bytes(path: str) -> bytes:
                         path=path)
     if p.is_dir():
         raise DataError("this is a directory, not a data file. Point the config at a "
-                        ".jsonl, .json, .csv or .tsv file.", path=path)
+                        ".jsonl, .json, .csv or .tsv file inside it.", path=path)
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object names one key twice (``json`` would silently keep the last value)."""
+
+
+def _unique_object(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
+
+
+def _duplicate_error(exc: _DuplicateKey, path: str, line: int) -> DataError:
+    return DataError(f"the key '{exc}' appears twice in one object; JSON readers would silently keep "
+                     f"only the last value. Remove one of them.", path=path, line=line, field=str(exc))
+
+
+def _read_bytes(path: str) -> bytes:
+    """The whole file as bytes, or a DataError saying why it cannot be read."""
+    p = Path(path)
+    _check_is_file(path)
     try:
         return p.read_bytes()
     except OSError as e:
@@ -129,24 +153,30 @@ def _read_jsonl(text: str, path: str) -> list[Row]:
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = json.loads(line, object_pairs_hook=_unique_object)
+        except _DuplicateKey as e:
+            raise _duplicate_error(e, path, number) from None
         except json.JSONDecodeError as e:
             hint = " Each line must be one complete JSON object, e.g. " + _EXAMPLE_OBJECT + "."
             if not rows and line.lstrip().startswith("["):
-                hint = (" This looks like a JSON list: name the file .json or set "
-                        "`format: json`.")
+                hint = _LIST_HINT
             raise DataError(f"not valid JSON: {e.msg} (column {e.colno}).{hint}",
                             path=path, line=number) from None
         if not isinstance(value, dict):
+            hint = _LIST_HINT if isinstance(value, list) and not rows else ""
             raise DataError(f"expected a JSON object like {_EXAMPLE_OBJECT}, got "
-                            f"{_json_type(value)}.", path=path, line=number)
+                            f"{_json_type(value)}.{hint}", path=path, line=number)
         rows.append(Row.make(value, path, number))
     return rows
 
 
+_LIST_HINT = (" This looks like a JSON list (a .json file), not JSON Lines: rename the file to .json "
+              "or set `data.format: json`.")
+
+
 def _read_json(text: str, path: str) -> list[Row]:
     """A single JSON list of objects; each object is decoded in place to learn its line."""
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(object_pairs_hook=_unique_object)
     pos = _WHITESPACE.match(text).end()
     if text[pos] != "[":
         _reject_non_list(text, path)
@@ -158,6 +188,8 @@ def _read_json(text: str, path: str) -> list[Row]:
         counted = pos
         try:
             value, end = decoder.raw_decode(text, pos)
+        except _DuplicateKey as e:
+            raise _duplicate_error(e, path, line) from None
         except json.JSONDecodeError as e:
             raise DataError(f"not valid JSON: {e.msg} (column {e.colno}) in item "
                             f"{len(rows) + 1} of the list.", path=path, line=e.lineno) from None
@@ -175,7 +207,7 @@ def _read_json(text: str, path: str) -> list[Row]:
     pos = _WHITESPACE.match(text, pos + 1).end()
     if pos < len(text):
         _json_error(text, pos, "extra data after the closing ']' (one list of objects per "
-                    "file; for one object per line use .jsonl or `format: jsonl`)", path)
+                    "file; for one object per line use .jsonl or `data.format: jsonl`)", path)
     return rows
 
 
@@ -186,7 +218,7 @@ def _reject_non_list(text: str, path: str) -> None:
     except json.JSONDecodeError as e:
         hint = ""
         if e.msg == "Extra data":
-            hint = " This looks like JSON Lines: name the file .jsonl or set `format: jsonl`."
+            hint = " This looks like JSON Lines: name the file .jsonl or set `data.format: jsonl`."
         raise DataError(f"not valid JSON: {e.msg} (column {e.colno}).{hint}",
                         path=path, line=e.lineno) from None
     raise DataError(f"expected a JSON list of objects like [{_EXAMPLE_OBJECT}, ...], got "

@@ -106,26 +106,56 @@ class ChatTemplate(Template):
 
     name = "chat"
 
-    def __init__(self, tokenizer, source: str | None = None):
+    def __init__(self, tokenizer, source: str | None = None, key: str = "data.template",
+                 origin: str | None = None):
         super().__init__(tokenizer)
         self.tokenizer, self.source = tokenizer, source
+        self.key, self.origin = key, origin  # where the template came from, for messages
         if source is None and not getattr(tokenizer, "chat_template", None):
-            raise ConfigError("data.template: chat: this tokenizer has no chat template; use "
-                              "template: alpaca, raw, or give a Jinja chat template")
+            raise ConfigError(f"{key}: chat: this tokenizer has no chat template; use "
+                              "alpaca, raw, or give a Jinja chat template")
+        if source is not None:
+            from jinja2 import TemplateSyntaxError
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+            try:
+                ImmutableSandboxedEnvironment().parse(source)
+            except TemplateSyntaxError as exc:
+                raise self._template_error(exc) from None
+
+    def _template_error(self, exc: Exception) -> ConfigError:
+        """The template itself is wrong (syntax, an unknown filter, an undefined name)."""
+        which = (f"the Jinja template {self.origin or 'given'}" if self.source
+                 else "the tokenizer's chat template")
+        line = f" (template line {exc.lineno})" if getattr(exc, "lineno", None) else ""
+        return ConfigError(f"{self.key}: {which} is broken: {type(exc).__name__}: "
+                           f"{getattr(exc, 'message', None) or exc}{line}; fix the template")
 
     def render(self, messages: list[dict], generation_prompt: bool = False) -> str:
+        from jinja2 import TemplateError, TemplateSyntaxError
+
         if not messages:
             return ""
         try:
             return self.tokenizer.apply_chat_template(
                 [{"role": m["role"], "content": m["content"]} for m in messages],
                 chat_template=self.source, tokenize=False, add_generation_prompt=generation_prompt)
-        except Exception as exc:  # jinja errors, raise_exception() in templates
-            raise UserError(f"the chat template failed on this conversation: {exc}") from None
+        except TemplateSyntaxError as exc:
+            raise self._template_error(exc) from None
+        except TemplateError as exc:
+            if type(exc) is not TemplateError:  # UndefinedError & co: the template's own bug
+                raise self._template_error(exc) from None
+            # raise_exception() in the template: it refuses this conversation (e.g. roles order)
+            raise UserError(f"the chat template refused this conversation: {exc}") from None
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise self._template_error(exc) from None
 
     def segments(self, conv):
         try:
             return self._segments(conv)
+        except ConfigError as exc:
+            where = f" (it failed first on {conv.path}, line {conv.line})" if conv.path else ""
+            raise ConfigError(f"{exc}{where}") from None
         except UserError as exc:
             if isinstance(exc, DataError) or conv.path is None:
                 raise
@@ -170,29 +200,34 @@ def _merge(segments: Segments) -> Segments:
     return out
 
 
-def make_template(name: str, tokenizer, raw_data: bool = False) -> Template:
-    """The template for ``data.template``; ``auto`` keeps raw pairs raw and uses the chat template
-    when the tokenizer has one (else alpaca)."""
+def make_template(name: str, tokenizer, raw_data: bool = False, key: str = "data.template") -> Template:
+    """The template for ``data.template`` (or another setting: ``key`` names it in messages);
+    ``auto`` keeps raw pairs raw and uses the chat template when the tokenizer has one (else alpaca)."""
     if name == "auto":
         if raw_data:
             return RawTemplate(tokenizer)
         return ChatTemplate(tokenizer) if getattr(tokenizer, "chat_template", None) else AlpacaTemplate(tokenizer)
     if name == "chat":
-        return ChatTemplate(tokenizer)
+        return ChatTemplate(tokenizer, key=key)
     if name == "alpaca":
         return AlpacaTemplate(tokenizer)
     if name == "raw":
         return RawTemplate(tokenizer)
-    source = name
+    source, origin = name, None
     if name.endswith(".jinja") and "{" not in name:
         path = Path(name)
         if not path.is_file():
-            raise ConfigError(f"data.template: file not found: {name}")
-        source = path.read_text(encoding="utf-8")
+            raise ConfigError(f"{key}: file not found: {name}")
+        source, origin = path.read_text(encoding="utf-8"), f"in {name}"
     if "{%" not in source and "{{" not in source:
-        raise ConfigError(f"data.template: '{name}' is not auto, chat, alpaca, raw, a .jinja file or "
+        raise ConfigError(f"{key}: '{name}' is not auto, chat, alpaca, raw, a .jinja file or "
                           "a Jinja template")
-    return ChatTemplate(tokenizer, source)
+    return ChatTemplate(tokenizer, source, key=key, origin=origin)
+
+
+def template_for(data, tokenizer, convs: Sequence[Conversation]) -> Template:
+    """The template a run with these ``data`` options uses for these conversations."""
+    return make_template(data.template, tokenizer, raw_data=bool(convs) and convs[0].raw)
 
 
 # ----------------------------------------------------------------------------- token ids

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deltatune.methods.saving import write_json_atomic, write_text_atomic
+from deltatune.io import write_json_atomic, write_text_atomic
 
 
 def _fmt(v) -> str:
@@ -35,6 +35,11 @@ def classification_markdown(title: str, sections: dict[str, dict], extra: dict |
         for name, row in zip(cm["labels"], cm["matrix"]):
             lines.append(f"| {name} | " + " | ".join(str(x) for x in row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def scalar_line(report: dict, title: str = "") -> str:
+    """``key=value`` pairs of a flat report on one line (what ``deltatune eval`` prints)."""
+    return "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in report.items())
 
 
 def write_reports(run_dir: Path, report: dict, markdown: str, stem: str = "eval_report") -> None:

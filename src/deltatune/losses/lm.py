@@ -88,3 +88,32 @@ def response_cross_entropy_sum(hidden: torch.Tensor, labels: torch.Tensor,
     logits = head(picked).float()  # (N, V)
     loss = F.cross_entropy(logits, targets[keep], reduction="sum")
     return loss, int(keep.sum())
+
+
+def _skips_logits(model) -> bool:
+    """Whether the LM head can run on target positions alone: a plain (unwrapped) transformers
+    causal LM whose logits are just ``lm_head(hidden)`` (no soft-capping or scaling)."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel) or model.base_model is model:
+        return False
+    if model.get_output_embeddings() is None:
+        return False
+    c = model.config
+    return not (getattr(c, "final_logit_softcapping", None) or getattr(c, "logit_scale", None)
+                or getattr(c, "logits_scaling", 1.0) not in (None, 1.0))
+
+
+def causal_lm_batch_loss(model, batch: dict) -> tuple[torch.Tensor, int, int]:
+    """(summed response cross-entropy, target tokens, real tokens) of one micro-batch (or of its
+    separately padded parts, see ``data.sft.padding_free_parts``)."""
+    if "parts" in batch:
+        results = [causal_lm_batch_loss(model, part) for part in batch["parts"]]
+        return (sum(r[0] for r in results), sum(r[1] for r in results), sum(r[2] for r in results))
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    if _skips_logits(model):
+        hidden = model.base_model(**inputs, use_cache=False).last_hidden_state
+        loss, n = response_cross_entropy_sum(hidden, batch["labels"], model.get_output_embeddings())
+    else:
+        loss, n = token_cross_entropy_sum(model(**inputs, use_cache=False).logits, batch["labels"])
+    return loss, n, int(batch["num_tokens"])

@@ -26,19 +26,19 @@ the trained norms and the task head.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn as nn
 from pydantic import Field, model_validator
-from safetensors.torch import load_file
 
 from deltatune.errors import ConfigError, UserError
+from deltatune.io import load_safetensors, save_safetensors_atomic, write_json_atomic
 from deltatune.methods.registry import MethodOptions, MethodSpec, ModelContext, register
-from deltatune.methods.saving import (PEFT_PREFIX, check_tag, head_state, load_head_and_layers,
-                                      save_safetensors_atomic, set_trainable_heads,
-                                      write_json_atomic)
+from deltatune.methods.saving import PEFT_PREFIX, check_tag, head_state, load_head_and_layers, set_trainable_heads
+from deltatune.methods.switch import layers_switched_off, originals_restored, remember_originals
 from deltatune.models.targets import find_targets, get_submodule_parent, linear_features
 
 TAG = "adapters"
@@ -111,12 +111,15 @@ class AdapterWrapped(nn.Module):
         super().__init__()
         self.base_layer = base
         self.adapter = adapter
+        self.disabled = False
 
     def adapter_params(self) -> list[nn.Parameter]:
         return list(self.adapter.parameters())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
+        if self.disabled:
+            return y
         # adapter weights stay float32 (master weights) whatever the base dtype
         return y + self.adapter(y.to(self.adapter.down.weight.dtype)).to(y.dtype)
 
@@ -174,7 +177,9 @@ def apply_adapters(model: nn.Module, opts: AdaptersOptions, ctx: ModelContext) -
         for p in layer.adapter_params():
             p.requires_grad_(True)
     if opts.trains_norms():
-        for p in norm_params(model, ctx.head_modules).values():
+        norms = norm_params(model, ctx.head_modules)
+        remember_originals(model, norms)  # to switch adapters off: the base model's own norms
+        for p in norms.values():
             p.requires_grad_(True)
     set_trainable_heads(model, ctx.head_modules)
     return model
@@ -218,8 +223,15 @@ def load_adapters(model: nn.Module, adapter_dir: Path) -> None:
         raise UserError(
             f"{adapter_dir}: adapters were saved at {len(saved)} places ({variant} variant), this "
             f"model has them at {len(have)}; apply the saved options (options_from_saved) first")
-    state = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    state = load_safetensors(adapter_dir / "adapter_model.safetensors", "adapter weights")
     load_head_and_layers(model, state, adapter_dir)
+
+
+@contextlib.contextmanager
+def adapters_switched_off(model: nn.Module):
+    """``with adapters_switched_off(model):`` adapters skipped and trained norms back to the base's."""
+    with layers_switched_off(adapter_layers(model).values()), originals_restored(model):
+        yield
 
 
 ADAPTERS = register(MethodSpec(
@@ -230,4 +242,7 @@ ADAPTERS = register(MethodSpec(
     save=save_adapters,
     load=load_adapters,
     default_lr=1e-3,
+    switch_off=adapters_switched_off,
+    saved_tags=(TAG,),
+    options_from_saved=options_from_saved,
 ))

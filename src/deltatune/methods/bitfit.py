@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Literal
 
 import torch.nn as nn
-from safetensors.torch import load_file
 
 from deltatune.errors import ConfigError
+from deltatune.io import load_safetensors, save_safetensors_atomic, write_json_atomic
 from deltatune.methods.registry import MethodOptions, MethodSpec, ModelContext, register
 from deltatune.methods.saving import (PEFT_PREFIX, check_tag, head_state, load_head_and_layers,
-                                      save_safetensors_atomic, set_trainable_heads,
-                                      write_json_atomic)
+                                      set_trainable_heads)
+from deltatune.methods.switch import originals_restored, remember_originals
 
 TAG = "bitfit"
 
@@ -54,6 +54,7 @@ def apply_bitfit(model: nn.Module, opts: BitFitOptions, ctx: ModelContext) -> nn
             f"method.name: BitFit needs bias terms, but model type '{model_type}' "
             f"({type(model).__name__}) has none outside the task head. Use lora, ia3 or adapters.")
     model.requires_grad_(False)
+    remember_originals(model, biases)  # to switch BitFit off: the base model's own biases
     for p in biases.values():
         p.requires_grad_(True)
     set_trainable_heads(model, ctx.head_modules)
@@ -78,7 +79,7 @@ def save_bitfit(model: nn.Module, opts: BitFitOptions, ctx: ModelContext, out_di
 def load_bitfit(model: nn.Module, adapter_dir: Path) -> None:
     """Load saved biases + head into a model that :func:`apply_bitfit` prepared."""
     check_tag(adapter_dir, TAG)
-    state = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    state = load_safetensors(adapter_dir / "adapter_model.safetensors", "adapter weights")
     load_head_and_layers(model, state, adapter_dir)
 
 
@@ -90,4 +91,7 @@ BITFIT = register(MethodSpec(
     save=save_bitfit,
     load=load_bitfit,
     default_lr=1e-3,
+    switch_off=originals_restored,
+    saved_tags=(TAG,),
+    options_from_saved=lambda adapter_dir: BitFitOptions(),
 ))

@@ -61,4 +61,5 @@ FULL = register(MethodSpec(
     load=load_full,
     default_lr=5e-5,
     saved_dir="model",
+    trains_whole_model=True,
 ))

@@ -31,13 +31,14 @@ from typing import Literal
 import torch
 import torch.nn as nn
 from pydantic import Field
-from safetensors.torch import load_file
 from transformers.pytorch_utils import Conv1D
 
 from deltatune.errors import ConfigError, UserError
+from deltatune.io import load_safetensors, read_json, save_safetensors_atomic, write_json_atomic
 from deltatune.methods.registry import MethodOptions, MethodSpec, ModelContext, register
-from deltatune.methods.saving import (unwrap_layers, head_state, load_head_and_layers, save_safetensors_atomic,
-                                      set_trainable_heads, write_json_atomic)
+from deltatune.methods.saving import (head_state, load_head_and_layers, set_trainable_heads,
+                                      unwrap_layers)
+from deltatune.methods.switch import layers_switched_off
 from deltatune.models.targets import (compact_target_list, find_targets, get_submodule_parent,
                                       linear_features)
 
@@ -223,7 +224,7 @@ def _read_config(adapter_dir: Path) -> dict:
     path = adapter_dir / "adapter_config.json"
     if not path.is_file():
         raise UserError(f"{adapter_dir}: no adapter_config.json; not an adapter directory")
-    cfg = json.loads(path.read_text())
+    cfg = read_json(path, "adapter config")
     if cfg.get("peft_type") != "IA3":
         found = cfg.get("peft_type") or cfg.get("method")
         raise UserError(f"{path}: this is a '{found}' adapter, not IA3; "
@@ -234,7 +235,7 @@ def _read_config(adapter_dir: Path) -> dict:
 def load_ia3(model: nn.Module, adapter_dir: Path) -> None:
     """Load an IA3 adapter (ours or PEFT's) into a model that :func:`apply_ia3` adapted."""
     _read_config(adapter_dir)
-    state = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    state = load_safetensors(adapter_dir / "adapter_model.safetensors", "adapter weights")
     load_head_and_layers(model, state, adapter_dir)
 
 
@@ -244,6 +245,11 @@ def options_from_peft(adapter_dir: Path) -> IA3Options:
     ff = cfg.get("feedforward_modules")
     return IA3Options(target_modules=cfg["target_modules"],
                       feedforward_modules=[] if ff is None else ff)
+
+
+def ia3_switched_off(model: nn.Module):
+    """``with ia3_switched_off(model):`` the base model alone (merged layers unmerged meanwhile)."""
+    return layers_switched_off(ia3_layers(model).values())
 
 
 def merge_and_unload_ia3(model: nn.Module) -> nn.Module:
@@ -262,4 +268,7 @@ IA3 = register(MethodSpec(
     default_lr=3e-3,
     mergeable=True,
     merge=merge_and_unload_ia3,
+    switch_off=ia3_switched_off,
+    saved_tags=("IA3",),
+    options_from_saved=options_from_peft,
 ))

@@ -38,11 +38,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
-from safetensors.torch import load_file
 
+from deltatune.io import load_safetensors, read_json, save_safetensors_atomic, write_json_atomic
 from deltatune.methods.registry import MethodOptions, MethodSpec, ModelContext, register
-from deltatune.methods.saving import (unwrap_layers, head_state, load_head_and_layers, save_safetensors_atomic,
-                                      set_trainable_heads, write_json_atomic)
+from deltatune.methods.saving import (head_state, load_head_and_layers, set_trainable_heads,
+                                      unwrap_layers)
+from deltatune.methods.switch import layers_switched_off
 from deltatune.models.targets import (compact_target_list, find_targets, get_submodule_parent,
                                       linear_features)
 from transformers.pytorch_utils import Conv1D
@@ -247,13 +248,13 @@ def save_lora(model: nn.Module, opts: LoraOptions, ctx: ModelContext, out_dir: P
 
 
 def load_lora(model: nn.Module, adapter_dir: Path) -> None:
-    state = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    state = load_safetensors(adapter_dir / "adapter_model.safetensors", "adapter weights")
     load_head_and_layers(model, state, adapter_dir)
 
 
 def options_from_peft(adapter_dir: Path) -> LoraOptions:
     """Read a PEFT ``adapter_config.json`` (ours or PEFT's) into LoRA options."""
-    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    cfg = read_json(adapter_dir / "adapter_config.json", "adapter config")
     return LoraOptions(r=cfg["r"], alpha=cfg["lora_alpha"], dropout=cfg.get("lora_dropout", 0.0),
                        target_modules=cfg["target_modules"], use_rslora=cfg.get("use_rslora", False),
                        use_dora=cfg.get("use_dora", False))
@@ -269,6 +270,11 @@ def lora_param_lr(model: nn.Module, opts: LoraOptions, base_lr: float) -> dict[i
         return {}
     return {id(layer.lora_B.weight): base_lr * opts.loraplus_lr_ratio
             for layer in lora_layers(model).values()}
+
+
+def lora_switched_off(model: nn.Module):
+    """``with lora_switched_off(model):`` the base model alone (merged layers unmerged meanwhile)."""
+    return layers_switched_off(lora_layers(model).values())
 
 
 def merge_and_unload_lora(model: nn.Module) -> nn.Module:
@@ -288,4 +294,7 @@ LORA = register(MethodSpec(
     mergeable=True,
     merge=merge_and_unload_lora,
     param_lr=lora_param_lr,
+    switch_off=lora_switched_off,
+    saved_tags=("LORA",),
+    options_from_saved=options_from_peft,
 ))

@@ -40,17 +40,18 @@ from typing import Literal
 import torch
 import torch.nn as nn
 from pydantic import Field, ValidationInfo, field_validator
-from safetensors.torch import load_file
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from deltatune.errors import ConfigError, UserError
+from deltatune.io import load_safetensors, save_safetensors_atomic, write_json_atomic
 from deltatune.methods.prompt import (backbone_of, bound_kwargs, cached_length, input_length, is_encoder,
                                       load_prompt_learning_state, parameter_name,
                                       prompt_learning_head_state, read_adapter_config)
 from deltatune.methods.registry import MethodOptions, MethodSpec, ModelContext, register
-from deltatune.methods.saving import save_safetensors_atomic, set_trainable_heads, write_json_atomic
+from deltatune.methods.saving import set_trainable_heads
+from deltatune.methods.switch import insertion_off
 
 ATTENTION_NAME = "deltatune_prefix"
 
@@ -332,7 +333,7 @@ def save_prefix_tuning(model: nn.Module, opts: PrefixOptions, ctx: ModelContext,
 def load_prefix_tuning(model: nn.Module, adapter_dir: Path) -> None:
     """Load deltatune- or PEFT-saved prefixes (an MLP, if any, is folded away first)."""
     read_adapter_config(adapter_dir, "PREFIX_TUNING")
-    state = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    state = load_safetensors(adapter_dir / "adapter_model.safetensors", "adapter weights")
     if "prompt_embeddings" not in state:
         raise UserError(f"{adapter_dir}: no 'prompt_embeddings' tensor; not a prefix-tuning adapter")
     store = prefix_of(model)
@@ -347,6 +348,11 @@ def options_from_peft(adapter_dir: Path) -> PrefixOptions:
     return PrefixOptions(num_virtual_tokens=cfg["num_virtual_tokens"], init="random")
 
 
+def prefix_switched_off(model: nn.Module):
+    """``with prefix_switched_off(model):`` no prefixes are attended to (the base model alone)."""
+    return insertion_off(prefix_of(model))
+
+
 PREFIX_TUNING = register(MethodSpec(
     name="prefix_tuning",
     description="per-layer trained key/value prefixes that every token attends to",
@@ -355,4 +361,8 @@ PREFIX_TUNING = register(MethodSpec(
     save=save_prefix_tuning,
     load=load_prefix_tuning,
     default_lr=1e-2,
+    inserts_tokens=True,
+    switch_off=prefix_switched_off,
+    saved_tags=("PREFIX_TUNING",),
+    options_from_saved=options_from_peft,
 ))

@@ -38,13 +38,14 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 from pydantic import Field, ValidationInfo, field_validator
-from safetensors.torch import load_file
 from transformers.utils import ModelOutput
 
 from deltatune.errors import ConfigError, UserError
+from deltatune.io import load_safetensors, read_json, save_safetensors_atomic, write_json_atomic
 from deltatune.methods.registry import MethodOptions, MethodSpec, ModelContext, register
 from deltatune.methods.saving import (PEFT_PREFIX, head_state, load_head_and_layers,
-                                      save_safetensors_atomic, set_trainable_heads, write_json_atomic)
+                                      set_trainable_heads)
+from deltatune.methods.switch import insertion_off
 
 PROMPT_LEARNING_PREFIX = "base_model."  # PEFT's key prefix for heads of prompt-learning adapters
 _PEFT_INIT = {"random": "RANDOM", "vocab": "SAMPLE_VOCAB", "text": "TEXT"}
@@ -142,7 +143,7 @@ def read_adapter_config(adapter_dir: Path, peft_type: str) -> dict:
     path = adapter_dir / "adapter_config.json"
     if not path.is_file():
         raise UserError(f"{adapter_dir}: no adapter_config.json; pass a directory saved by deltatune or PEFT")
-    cfg = json.loads(path.read_text())
+    cfg = read_json(path, "adapter config")
     if cfg.get("peft_type") != peft_type:
         raise UserError(f"{path}: peft_type is {cfg.get('peft_type')!r}, this method loads {peft_type!r} "
                         "adapters; set method.name to the method the adapter was trained with")
@@ -321,7 +322,7 @@ def load_prompt_tuning(model: nn.Module, adapter_dir: Path) -> None:
         saved, ours = ("after_cls", "start") if saved_at else ("start", "after_cls")
         raise UserError(f"{adapter_dir}: the prompt was trained with placement {saved}, the model uses "
                         f"{ours}; set method.placement: {saved}")
-    state = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    state = load_safetensors(adapter_dir / "adapter_model.safetensors", "adapter weights")
     if "prompt_embeddings" not in state:
         raise UserError(f"{adapter_dir}: no 'prompt_embeddings' tensor; not a prompt-tuning adapter")
     own = {parameter_name(model, prompt.prompt): state.pop("prompt_embeddings")}
@@ -337,6 +338,11 @@ def options_from_peft(adapter_dir: Path) -> PromptOptions:
                          placement=cfg.get("deltatune_placement", "start"))
 
 
+def prompt_switched_off(model: nn.Module):
+    """``with prompt_switched_off(model):`` no soft prompt is inserted (the base model alone)."""
+    return insertion_off(soft_prompt_of(model))
+
+
 PROMPT_TUNING = register(MethodSpec(
     name="prompt_tuning",
     description="soft prompt: n trained embedding vectors read before the input",
@@ -345,4 +351,8 @@ PROMPT_TUNING = register(MethodSpec(
     save=save_prompt_tuning,
     load=load_prompt_tuning,
     default_lr=3e-2,
+    inserts_tokens=True,
+    switch_off=prompt_switched_off,
+    saved_tags=("PROMPT_TUNING",),
+    options_from_saved=options_from_peft,
 ))

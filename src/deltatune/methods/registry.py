@@ -10,12 +10,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, ContextManager, Protocol
 
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from deltatune.errors import ConfigError
+from deltatune.errors import ConfigError, suggest_key
 
 # Modules that register methods; imported lazily so `import deltatune` stays cheap.
 _METHOD_MODULES = ("deltatune.methods.full", "deltatune.methods.lora", "deltatune.methods.ia3",
@@ -24,10 +24,19 @@ _METHOD_MODULES = ("deltatune.methods.full", "deltatune.methods.lora", "deltatun
 
 
 class MethodOptions(BaseModel):
-    """Base class of every method's options: ``name`` plus the method's own keys."""
+    """Base class of every method's options: ``name`` plus the method's own keys.
 
-    model_config = ConfigDict(extra="forbid")
+    Read like attributes (``opts.r``) or, as the ``method:`` section of a config, like a mapping
+    (``cfg.method["r"]``).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
     name: str
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in type(self).model_fields:
+            raise KeyError(key)
+        return getattr(self, key)
 
 
 @dataclass
@@ -47,6 +56,9 @@ class AdapterLayer(Protocol):
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """One fine-tuning method: how it adapts a model, saves and loads what it trained, and what it
+    can do. Recipes ask these capabilities instead of naming methods."""
+
     name: str
     description: str
     options: type[MethodOptions]
@@ -64,10 +76,29 @@ class MethodSpec:
     param_lr: Callable[[nn.Module, Any, float], dict[int, float]] | None = None
     """Optional per-parameter learning rates ``(model, options, base_lr) -> {id(param): lr}``
     (e.g. LoRA+); parameters not in the dict use ``base_lr``."""
+    inserts_tokens: bool = False
+    """Adds virtual tokens to every input (prompt, prefix): examples cannot share a packed row,
+    and the attention mask must be kept."""
+    trains_whole_model: bool = False
+    """Every weight trains; the run saves a complete model rather than an adapter."""
+    switch_off: Callable[[nn.Module], ContextManager] | None = None
+    """``with spec.switch_off(model):`` the adapted model computes the untouched base model (the
+    reference model of DPO/PPO, with no second copy of the weights). None: the method changes the
+    base weights themselves (full fine-tuning), so a reference needs a frozen copy."""
+    saved_tags: tuple[str, ...] = ()
+    """``peft_type`` / ``method`` values in an ``adapter_config.json`` that this method loads."""
+    options_from_saved: Callable[[Path], MethodOptions] | None = None
+    """The options an adapter directory was trained with (ours or PEFT's), to ``apply`` before
+    ``load`` an adapter trained elsewhere."""
 
     @property
     def config_cls(self) -> type[MethodOptions]:
         return self.options
+
+    @property
+    def reference(self) -> str:
+        """How a reference (untuned) model is had: "switch off" the method, or a "frozen copy"."""
+        return "switch off" if self.switch_off is not None else "frozen copy"
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
@@ -97,15 +128,16 @@ def available() -> dict[str, MethodSpec]:
 def get_method(name: str) -> MethodSpec:
     methods = available()
     if name not in methods:
-        from deltatune.config import suggest_key
-
         raise ConfigError(f"method.name: unknown method '{name}'"
                           f"{suggest_key(name, sorted(methods))}")
     return methods[name]
 
 
-def validate_method_config(raw: dict[str, Any]) -> dict[str, Any]:
-    """Validate the ``method:`` section with the method's options class; returns it with defaults."""
+def validate_method_config(raw: dict[str, Any] | MethodOptions) -> MethodOptions:
+    """Validate the ``method:`` section with the method's options class; returns the typed options
+    (every default filled in)."""
+    if isinstance(raw, MethodOptions):
+        return raw
     if not isinstance(raw, dict):
         raise ConfigError("method: expected a mapping like {name: lora, r: 16}")
     raw = {"name": "lora", **raw}
@@ -113,8 +145,6 @@ def validate_method_config(raw: dict[str, Any]) -> dict[str, Any]:
     try:
         opts = spec.options.model_validate(raw)
     except ValidationError as exc:
-        from deltatune.config import suggest_key
-
         msgs = []
         for err in exc.errors():
             key = "method." + ".".join(str(p) for p in err["loc"])
@@ -128,7 +158,18 @@ def validate_method_config(raw: dict[str, Any]) -> dict[str, Any]:
                 msgs.append(f"{key}: {err['msg'].removeprefix('Value error, ')}"
                             f" (got {err.get('input')!r})")
         raise ConfigError("invalid config\n  " + "\n  ".join(msgs)) from None
-    return opts.model_dump()
+    return opts
+
+
+def method_for_adapter(adapter_config: dict[str, Any], source: Path) -> MethodSpec:
+    """The method that wrote an ``adapter_config.json`` (PEFT's ``peft_type`` or our ``method`` tag)."""
+    tag = adapter_config.get("method") or adapter_config.get("peft_type")
+    for spec in available().values():
+        if tag in spec.saved_tags:
+            return spec
+    known = sorted(t for spec in available().values() for t in spec.saved_tags)
+    raise ConfigError(f"{source}: adapters of type '{tag}' are not supported; deltatune loads "
+                      f"{', '.join(known)}")
 
 
 def trainable_report(model: nn.Module) -> dict[str, float]:
@@ -136,28 +177,3 @@ def trainable_report(model: nn.Module) -> dict[str, float]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable": trainable, "total": total, "percent": 100.0 * trainable / max(total, 1)}
-
-
-def trainable_shares(model_name: str, num_labels: int = 2) -> dict[str, dict | str]:
-    """Apply every method (default options) to a fresh copy of a classification model and count
-    trainable parameters; a method that does not apply gives its error message instead."""
-    import copy
-
-    import torch
-
-    from deltatune.errors import UserError
-    from deltatune.models import head_module_names, load_for_classification
-
-    base, _, path = load_for_classification(model_name, num_labels,
-                                            {i: str(i) for i in range(num_labels)})
-    ctx = ModelContext(base_model=str(path), task_type="SEQ_CLS", head_modules=head_module_names(base))
-    shares: dict[str, dict | str] = {}
-    for name, spec in sorted(available().items()):
-        model = copy.deepcopy(base)
-        torch.manual_seed(0)
-        try:
-            spec.apply(model, spec.options(name=name), ctx)
-            shares[name] = trainable_report(model)
-        except UserError as exc:
-            shares[name] = str(exc).split(";")[0]
-    return shares

@@ -1,53 +1,19 @@
-"""Shared helpers for methods that save adapters: atomic writes, task heads, PEFT key layout."""
+"""Shared helpers for methods that save adapters: task heads, PEFT key layout, saved tags.
+
+(Atomic file writing, used by training and reports too, lives in :mod:`deltatune.io`.)
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import save_file
 
 from deltatune.errors import UserError
+from deltatune.io import read_json
 
 PEFT_PREFIX = "base_model.model."
-
-
-def _atomic_target(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    return tmp
-
-
-def save_safetensors_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
-    """Write a safetensors file via a temp name + rename: a crash never leaves a half file."""
-    tmp = _atomic_target(path)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp,
-                  metadata={"format": "pt"})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_text_atomic(text: str, path: Path) -> None:
-    tmp = _atomic_target(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json_atomic(obj, path: Path) -> None:
-    write_text_atomic(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)
 
 
 def set_trainable_heads(model: nn.Module, head_modules: list[str]) -> None:
@@ -107,7 +73,7 @@ def check_tag(adapter_dir: Path, tag: str, what: str | None = None) -> dict:
     path = adapter_dir / "adapter_config.json"
     if not path.is_file():
         raise UserError(f"{adapter_dir}: no adapter_config.json; not an adapter directory")
-    cfg = json.loads(path.read_text())
+    cfg = read_json(path, "adapter config")
     found = cfg.get("method") or cfg.get("peft_type")
     if found != tag:
         raise UserError(f"{path}: this is a '{found}' adapter, not {what or tag}; "

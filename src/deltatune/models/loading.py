@@ -116,6 +116,54 @@ def head_module_names(model: nn.Module) -> list[str]:
     return heads
 
 
+# Learned position tables that start after an offset (RoBERTa counts from padding_idx + 1, OPT from 2).
+_POSITION_OFFSET = {"roberta": "pad+1", "xlm-roberta": "pad+1", "camembert": "pad+1", "opt": 2}
+
+
+def position_limit(model: nn.Module) -> int | None:
+    """The longest input a model can read: the size of its learned position table (BERT, GPT-2,
+    RoBERTa, OPT), else the context it declares it was trained for (``max_position_embeddings``
+    of rotary models such as Llama), else None."""
+    config = getattr(model, "config", None)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) and name.rsplit(".", 1)[-1] in (
+                "position_embeddings", "wpe", "embed_positions"):
+            offset = _POSITION_OFFSET.get(getattr(config, "model_type", ""), 0)
+            if offset == "pad+1":
+                offset = (getattr(config, "pad_token_id", None) or 0) + 1
+            return module.num_embeddings - offset
+    declared = getattr(config, "max_position_embeddings", None)
+    return declared if isinstance(declared, int) and declared > 0 else None
+
+
+def fit_max_length(cfg, model: nn.Module) -> None:
+    """Make ``cfg.data.max_length`` fit what the model can read (minus virtual tokens a method
+    inserts): inputs longer than a learned position table fail at the first step. A value the user
+    set is refused with the fix; the task's default is lowered, with a log line."""
+    from deltatune.methods.registry import get_method
+    from deltatune.training.logging import log
+
+    inserts = get_method(cfg.method.name).inserts_tokens
+    inserted_tokens = getattr(cfg.method, "num_virtual_tokens", 0) if inserts else 0
+    limit = position_limit(model)
+    if limit is None or cfg.data.max_length + inserted_tokens <= limit:
+        return
+    fitted = limit - inserted_tokens
+    if not getattr(cfg, "_max_length_is_default", False):
+        from deltatune.errors import ConfigError
+
+        extra = f" minus the {inserted_tokens} virtual tokens of the method" if inserted_tokens else ""
+        raise ConfigError(f"data.max_length: {cfg.data.max_length} is more than model '{cfg.model.name}' "
+                          f"can read ({limit} positions{extra}); set data.max_length to {fitted} or less")
+    if fitted < 2:
+        raise UserError(f"model '{cfg.model.name}' reads at most {limit} positions, too few for the "
+                        f"{inserted_tokens} virtual tokens of method.num_virtual_tokens; lower it")
+    log(f"data.max_length: the task's default {cfg.data.max_length} is more than model '{cfg.model.name}' "
+        f"can read ({limit} positions{f' minus {inserted_tokens} virtual tokens' if inserted_tokens else ''}); "
+        f"using {fitted}, longer inputs are cut")
+    cfg.data.max_length = fitted
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -143,9 +191,14 @@ def _from_pretrained(auto_class, name_or_path, path: str, dtype, **kwargs):
                         f"{f' (found {found})' if found else ''}. deltatune reads only safetensors, because "
                         "pickled weights can run code when loaded; convert them with "
                         "model.save_pretrained(dir) in a trusted environment.")
+    from safetensors import SafetensorError
+
     try:
         return auto_class.from_pretrained(path, dtype=_as_dtype(dtype), use_safetensors=True,
                                           trust_remote_code=False, **kwargs)
+    except SafetensorError as e:
+        raise UserError(f"model '{os.fspath(name_or_path)}': {_damaged_weights(path)} is damaged or not "
+                        f"safetensors ({e}); copy or convert the model again") from None
     except OSError as e:
         raise UserError(f"could not load model '{os.fspath(name_or_path)}' from {path}: {e}") from e
     except ValueError as e:
@@ -153,6 +206,20 @@ def _from_pretrained(auto_class, name_or_path, path: str, dtype, **kwargs):
             raise
         raise UserError(f"model '{os.fspath(name_or_path)}' ({path}) cannot be loaded as "
                         f"{auto_class.__name__}: {e}") from e
+
+
+def _damaged_weights(path: str) -> str:
+    """The first ``*.safetensors`` file in ``path`` whose header does not read (or the folder)."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(path).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), "pt") as fh:
+                for key in fh.keys():
+                    fh.get_slice(key)
+        except Exception:  # noqa: BLE001 - any failure marks the damaged file
+            return str(file)
+    return f"a weights file in {path}"
 
 
 def _require_decoder(name_or_path, path: str) -> None:

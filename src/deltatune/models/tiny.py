@@ -98,11 +98,9 @@ def make_tiny_model_dir(kind: TinyKind, path: str | os.PathLike,
         tokenizer.save_pretrained(path)
         config = tiny_config(kind, vocab_size=len(tokenizer))
     torch.manual_seed(seed)
-    if task == "classify":
-        config.num_labels = num_labels
-        model = AutoModelForSequenceClassification.from_config(config)
-    else:
-        model = AutoModelForCausalLM.from_config(config)
+    config.num_labels = num_labels
+    head_class = {"classify": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}[task]
+    model = head_class.from_config(config)
     model.save_pretrained(path)
     return str(path)
 

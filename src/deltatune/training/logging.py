@@ -21,6 +21,24 @@ class MetricsWriter:
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
 
+    def truncate_after(self, step: int) -> None:
+        """Drop the lines of steps after ``step`` and earlier end records (a resumed run redoes
+        those steps and writes them again), so a resumed log reads like an uninterrupted one."""
+        if not self.enabled or not self.path.is_file():
+            return
+        from deltatune.io import write_text_atomic
+
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the kill
+            if record.get("event") == "end" or record.get("step", 0) > step:
+                continue
+            kept.append(line + "\n")
+        write_text_atomic("".join(kept), self.path)
+
     def write(self, record: dict) -> None:
         if self.accelerator is not None and "step" in record:
             numbers = {k: v for k, v in record.items()
@@ -64,3 +82,13 @@ def peak_memory_mb() -> float:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def log(message: str) -> None:
+    """Status lines go to stderr so `--json` output on stdout stays machine-readable."""
+    import os
+
+    # RANK from the launcher, not accelerate's PartialState: creating that singleton here, before
+    # the Accelerator, would fix the distributed mode too early (CPU runs would not use gloo).
+    if os.environ.get("RANK", "0") == "0":
+        print(f"[deltatune] {message}", file=sys.stderr, flush=True)

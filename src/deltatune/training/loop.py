@@ -1,5 +1,9 @@
 """The one training loop every task uses. Tasks differ only in their loss function and batches.
 
+A loss function returns (sum of per-unit losses, units, real tokens): units are examples for a
+classifier, target tokens for a language model, pairs for a reward model or DPO; the loop neither
+knows nor cares which (set-up of devices and precision: :mod:`deltatune.training.accelerator`).
+
 Per optimizer step:
   1. take ``grad_accum`` micro-batches and count their loss units (examples or target tokens),
      summed over all processes;
@@ -58,178 +62,162 @@ class LoopResult:
         return self.train_tokens / self.train_seconds if self.train_seconds else 0.0
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True when oneDNN has native bf16 kernels (AVX512-BF16 / AMX). Without them bf16 matmuls are
-    emulated: measured 20x *slower* than fp32 on an AVX2-only EPYC (see benchmarks/precision.py)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(precision: str) -> str:
-    """``auto`` = bf16 autocast where the hardware runs it fast (CUDA with bf16, or a CPU with
-    native bf16), fp16 on older GPUs, else fp32."""
-    if precision != "auto":
-        return precision
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
-
-
-# report_to name -> the package it needs
-TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
-
-
-def make_accelerator(precision: str, report_to: list[str] | tuple[str, ...] = (),
-                     project_dir: Path | None = None, run_config: dict | None = None) -> Accelerator:
-    """Accelerator with the resolved precision and the requested experiment trackers, started with
-    ``run_config`` (the nested config, flattened to ``train.learning_rate``-style keys)."""
-    import importlib.util
-
-    for name in report_to:
-        if name not in TRACKER_PACKAGES:
-            raise UserError(f"train.report_to: unknown tracker '{name}'; "
-                            f"choose from {', '.join(TRACKER_PACKAGES)}")
-        if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
-            raise UserError(f"train.report_to: '{name}' is not installed; "
-                            f"`pip install {TRACKER_PACKAGES[name]}` or remove it from report_to")
-    precision = resolve_precision(precision)
-    if precision == "fp16" and not torch.cuda.is_available():
-        raise UserError("train.precision=fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
-    accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision),
-                              log_with=list(report_to) or None,
-                              project_dir=str(project_dir) if project_dir else None)
-    if report_to:
-        accelerator.init_trackers("deltatune", config=_flat(run_config or {}))
-    return accelerator
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    """Nested config -> {"train.learning_rate": ...} with tracker-friendly scalar values."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
-
-
 def steps_per_epoch(num_batches: int, grad_accum: int) -> int:
     return max(1, num_batches // grad_accum)
 
 
 def train(model: nn.Module, loader: Iterable, loss_fn: LossFn, cfg: TrainConfig, lr: float,
           run_dir: Path, accelerator: Accelerator, evaluate: EvalFn | None = None,
-          param_lr: dict[int, float] | None = None, resume: bool = False) -> LoopResult:
-    """Train ``model`` in place; return timings and the best evaluation."""
-    per_epoch = steps_per_epoch(len(loader), cfg.grad_accum)
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
-    regional = RegionalCompile(model) if cfg.compile else None
-    optimizer = build_optimizer(model, lr, cfg.weight_decay, param_lr)
-    scheduler = build_scheduler(optimizer, total_steps, cfg.warmup_ratio, cfg.scheduler)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if accelerator.num_processes > 1:  # shard batches across processes
-        loader = accelerator.prepare(loader)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    ckpt_root = run_dir / "checkpoints"
+          param_lr: dict[int, float] | None = None, resume: bool = False,
+          run_state: dict | None = None) -> LoopResult:
+    """Train ``model`` in place; return timings and the best evaluation.
 
-    writer = MetricsWriter(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process,
-                           accelerator=accelerator if accelerator.log_with else None)
-    progress = Progress(total_steps, enabled=cfg.progress and accelerator.is_main_process)
-    eval_every = cfg.eval_every or per_epoch
-    res = LoopResult()
-    best_state: dict[str, torch.Tensor] | None = None
-    bad_in_a_row = 0
-    window_loss, window_units, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
-
-    start_step = 0
-    if resume and (latest := latest_checkpoint(ckpt_root)) is not None:
-        state = load_checkpoint(latest, accelerator.unwrap_model(model), optimizer, scheduler)
-        start_step = state["step"]
-        for key in ("train_tokens", "train_seconds", "skipped_steps", "best_metric", "best_step"):
-            setattr(res, key, state[key])
-        if res.best_step is not None and (ckpt_root / f"step-{res.best_step}").is_dir():
-            best_state = load_trainable(ckpt_root / f"step-{res.best_step}")
-        progress.bar.update(start_step)
-        writer.write({"event": "resume", "step": start_step, "checkpoint": str(latest)})
-
-    def checkpoint(step: int) -> None:
-        if accelerator.is_main_process:
-            save_checkpoint(ckpt_root, step, accelerator.unwrap_model(model), optimizer, scheduler,
-                            {"train_tokens": res.train_tokens, "skipped_steps": res.skipped_steps,
-                             "train_seconds": res.train_seconds + time.perf_counter() - start,
-                             "best_metric": res.best_metric, "best_step": res.best_step},
-                            keep=cfg.save_total_limit, best_step=res.best_step)
-        accelerator.wait_for_everyone()
-        _fault_injection(step)
-
-    model.train()
-    micro_batches = _forever(loader, skip=start_step * cfg.grad_accum)
+    ``run_state`` (e.g. data fingerprints) is stored in every checkpoint. With ``resume`` the loop
+    continues from the latest checkpoint in ``run_dir`` and reports as if never interrupted: the
+    same steps, tokens, loss lines and best checkpoint.
+    """
+    loop = _Loop(model, loader, loss_fn, cfg, lr, run_dir, accelerator, param_lr, run_state or {})
+    if resume:
+        loop.resume()
+    loop.model.train()
     start = time.perf_counter()
-    for step in range(start_step, total_steps):
-        group = [next(micro_batches) for _ in range(cfg.grad_accum)]
-        loss_sum, units, tokens, finite = _accumulate(model, group, loss_fn, accelerator)
-        grad_norm = None
-        if finite and cfg.max_grad_norm:
-            grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
-            finite = math.isfinite(grad_norm)
-        if finite:
-            optimizer.step()
-            bad_in_a_row = 0
-        else:
-            res.skipped_steps += 1
-            bad_in_a_row += 1
-            if bad_in_a_row >= MAX_CONSECUTIVE_BAD_STEPS:
-                raise UserError(f"loss or gradients were NaN/inf for {bad_in_a_row} steps in a row "
-                                f"(step {step + 1}); lower train.learning_rate or use precision=fp32")
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        res.steps = step + 1
-        res.train_tokens += tokens
-        if finite:
-            window_loss += loss_sum
-            window_units += units
-        window_tokens += tokens
-        progress.update(loss=window_loss / max(window_units, 1), lr=scheduler.get_last_lr()[0],
-                        tokens=tokens)
-
-        if res.steps % cfg.log_every == 0 or res.steps == total_steps:
-            now = time.perf_counter()
-            if accelerator.num_processes > 1:  # loss and tokens of all processes
-                totals = accelerator.reduce(torch.tensor(
-                    [window_loss, window_units, window_tokens], dtype=torch.float64,
-                    device=accelerator.device), reduction="sum").tolist()
-                window_loss, window_units, window_tokens = totals[0], int(totals[1]), int(totals[2])
-            writer.write({"step": res.steps, "epoch": round(res.steps / per_epoch, 4),
-                          "loss": window_loss / max(window_units, 1),
-                          "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                          "tokens": window_tokens, "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
-                          "skipped_steps": res.skipped_steps})
-            window_loss, window_units, window_tokens, window_start = 0.0, 0, 0, now
-
-        if evaluate is not None and (res.steps % eval_every == 0 or res.steps == total_steps):
-            res.train_seconds += time.perf_counter() - start
-            with regional.eager() if regional else contextlib.nullcontext():
-                best_state = _evaluate(model, evaluate, cfg, res, writer, progress, best_state)
-            model.train()
+    for step in range(loop.res.steps, loop.total_steps):
+        loop.step()
+        if loop.res.steps % cfg.log_every == 0 or loop.res.steps == loop.total_steps:
+            loop.log_window()
+        last = loop.res.steps == loop.total_steps
+        if evaluate is not None and (loop.res.steps % loop.eval_every == 0 or last):
+            loop.res.train_seconds += time.perf_counter() - start
+            loop.evaluate(evaluate)
             start = time.perf_counter()
             if cfg.checkpoint_every:
-                checkpoint(res.steps)
-        elif cfg.checkpoint_every and res.steps % cfg.checkpoint_every == 0:
-            checkpoint(res.steps)
-    res.train_seconds += time.perf_counter() - start
-    progress.close()
-    if regional:
-        regional.remove()
-    if best_state is not None:
-        _restore(model, best_state)
-    res.peak_memory_mb = peak_memory_mb()
-    writer.write({"event": "end", "steps": res.steps, "train_seconds": round(res.train_seconds, 3),
-                  "train_tokens_per_s": round(res.tokens_per_s, 2), "peak_memory_mb": res.peak_memory_mb,
-                  "skipped_steps": res.skipped_steps, "best_step": res.best_step})
-    return res
+                loop.checkpoint(start)
+        elif cfg.checkpoint_every and (loop.res.steps % cfg.checkpoint_every == 0 or last):
+            loop.checkpoint(start)
+    loop.res.train_seconds += time.perf_counter() - start
+    return loop.finish()
+
+
+class _Loop:
+    """The state of one training run between steps (optimizer, schedule, counters, log window)."""
+
+    def __init__(self, model, loader, loss_fn, cfg: TrainConfig, lr, run_dir, accelerator,
+                 param_lr, run_state: dict):
+        self.cfg, self.loss_fn, self.accelerator, self.run_state = cfg, loss_fn, accelerator, run_state
+        per_epoch = steps_per_epoch(len(loader), cfg.grad_accum)
+        self.per_epoch, self.eval_every = per_epoch, cfg.eval_every or per_epoch
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
+        self.regional = RegionalCompile(model) if cfg.compile else None
+        optimizer = build_optimizer(model, lr, cfg.weight_decay, param_lr)
+        self.scheduler = build_scheduler(optimizer, self.total_steps, cfg.warmup_ratio, cfg.scheduler)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.loader = accelerator.prepare(loader) if accelerator.num_processes > 1 else loader
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.ckpt_root = run_dir / "checkpoints"
+        self.writer = MetricsWriter(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process,
+                                    accelerator=accelerator if accelerator.log_with else None)
+        self.progress = Progress(self.total_steps, enabled=cfg.progress and accelerator.is_main_process)
+        self.res = LoopResult()
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_in_a_row, self.grad_norm = 0, None
+        self.window = {"loss": 0.0, "units": 0, "tokens": 0}
+        self.window_start = time.perf_counter()
+        self.batches = None
+
+    def resume(self) -> None:
+        """Restore the latest checkpoint; metrics lines written after it are dropped (redone)."""
+        latest = latest_checkpoint(self.ckpt_root)
+        start_step = 0
+        if latest is not None:
+            state = load_checkpoint(latest, self.accelerator.unwrap_model(self.model), self.optimizer,
+                                    self.scheduler)
+            start_step = state["step"]
+            for key in ("train_tokens", "train_seconds", "skipped_steps", "best_metric", "best_step"):
+                setattr(self.res, key, state[key])
+            self.window.update(state.get("window", {}))
+            if self.res.best_step is not None and (self.ckpt_root / f"step-{self.res.best_step}").is_dir():
+                self.best_state = load_trainable(self.ckpt_root / f"step-{self.res.best_step}")
+        self.res.steps = start_step
+        self.progress.bar.update(start_step)
+        self.writer.truncate_after(start_step)
+        self.writer.write({"event": "resume", "step": start_step, "checkpoint": str(latest)})
+
+    def step(self) -> None:
+        """One optimizer step over ``grad_accum`` micro-batches (skipped if not finite)."""
+        if self.batches is None:
+            self.batches = _forever(self.loader, skip=self.res.steps * self.cfg.grad_accum)
+        group = [next(self.batches) for _ in range(self.cfg.grad_accum)]
+        loss_sum, units, tokens, finite = _accumulate(self.model, group, self.loss_fn, self.accelerator)
+        self.grad_norm = None
+        if finite and self.cfg.max_grad_norm:
+            self.grad_norm = float(self.accelerator.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm))
+            finite = math.isfinite(self.grad_norm)
+        if finite:
+            self.optimizer.step()
+            self.bad_in_a_row = 0
+        else:
+            self.res.skipped_steps += 1
+            self.bad_in_a_row += 1
+            if self.bad_in_a_row >= MAX_CONSECUTIVE_BAD_STEPS:
+                raise UserError(f"loss or gradients were NaN/inf for {self.bad_in_a_row} steps in a row "
+                                f"(step {self.res.steps + 1}); lower train.learning_rate or use precision=fp32")
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.res.steps += 1
+        self.res.train_tokens += tokens
+        if finite:
+            self.window["loss"] += loss_sum
+            self.window["units"] += units
+        self.window["tokens"] += tokens
+        self.progress.update(loss=self.window["loss"] / max(self.window["units"], 1),
+                             lr=self.scheduler.get_last_lr()[0], tokens=tokens)
+
+    def log_window(self) -> None:
+        """A metrics.jsonl line for the steps since the last one (all processes summed)."""
+        now, w = time.perf_counter(), self.window
+        if self.accelerator.num_processes > 1:
+            totals = self.accelerator.reduce(torch.tensor(
+                [w["loss"], w["units"], w["tokens"]], dtype=torch.float64,
+                device=self.accelerator.device), reduction="sum").tolist()
+            w = {"loss": totals[0], "units": int(totals[1]), "tokens": int(totals[2])}
+        self.writer.write({"step": self.res.steps, "epoch": round(self.res.steps / self.per_epoch, 4),
+                           "loss": w["loss"] / max(w["units"], 1), "lr": self.scheduler.get_last_lr()[0],
+                           "grad_norm": self.grad_norm, "tokens": w["tokens"],
+                           "tokens_per_s": w["tokens"] / max(now - self.window_start, 1e-9),
+                           "skipped_steps": self.res.skipped_steps})
+        self.window, self.window_start = {"loss": 0.0, "units": 0, "tokens": 0}, now
+
+    def evaluate(self, evaluate: EvalFn) -> None:
+        with self.regional.eager() if self.regional else contextlib.nullcontext():
+            self.best_state = _evaluate(self.model, evaluate, self.cfg, self.res, self.writer,
+                                        self.progress, self.best_state)
+        self.model.train()
+
+    def checkpoint(self, started: float) -> None:
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.ckpt_root, self.res.steps, self.accelerator.unwrap_model(self.model),
+                            self.optimizer, self.scheduler,
+                            {"train_tokens": self.res.train_tokens, "skipped_steps": self.res.skipped_steps,
+                             "train_seconds": self.res.train_seconds + time.perf_counter() - started,
+                             "best_metric": self.res.best_metric, "best_step": self.res.best_step,
+                             "window": self.window, "run_state": self.run_state},
+                            keep=self.cfg.save_total_limit, best_step=self.res.best_step)
+        self.accelerator.wait_for_everyone()
+        _fault_injection(self.res.steps)
+
+    def finish(self) -> LoopResult:
+        self.progress.close()
+        if self.regional:
+            self.regional.remove()
+        if self.best_state is not None:
+            _restore(self.model, self.best_state)
+        res = self.res
+        res.peak_memory_mb = peak_memory_mb()
+        self.writer.write({"event": "end", "steps": res.steps, "train_seconds": round(res.train_seconds, 3),
+                           "train_tokens_per_s": round(res.tokens_per_s, 2),
+                           "peak_memory_mb": res.peak_memory_mb, "skipped_steps": res.skipped_steps,
+                           "best_step": res.best_step})
+        return res
 
 
 def _forever(loader: Iterable, skip: int = 0):

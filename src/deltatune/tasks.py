@@ -1,0 +1,172 @@
+"""The single extension point for tasks (classify, sft, ...), shaped like the method registry.
+
+A task is one module under ``deltatune/recipes/`` (or any module a test or a plugin imports) that
+calls :func:`register_task` with a :class:`TaskSpec`: its typed data options, its own config section,
+how it prepares a run (data, model, batches, loss, evaluation, reports) and what the post-run
+commands (``eval``, ``predict``, ``generate``, ``merge``) do with its runs. Config validation, the CLI
+and ``deltatune train --help`` read the task list from here; nothing else names a task.
+
+Plugins outside deltatune register through the ``deltatune.tasks`` entry-point group (the entry
+point is a module to import).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from deltatune.errors import ConfigError, suggest_key
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+    from pydantic import BaseModel
+
+    from deltatune.config import Config
+    from deltatune.methods.registry import MethodSpec
+    from deltatune.training.loop import LoopResult
+
+RECIPES_PACKAGE = "deltatune.recipes"
+ENTRY_POINT_GROUP = "deltatune.tasks"
+
+
+class TaskJob(Protocol):
+    """One prepared run of a task: data read and validated, base model and tokenizer loaded.
+
+    :func:`deltatune.runs.skeleton.train_run` drives it; everything here is what differs by task.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    model_path: str
+    has_validation: bool
+
+    def describe(self) -> str:
+        """One log line about the data (examples per split, labels or template)."""
+
+    def header(self) -> dict:
+        """Task-specific entries at the top of ``eval_report.json`` (labels, template, data stats)."""
+
+    def evaluate(self, model: nn.Module) -> dict:
+        """The full validation report of ``model`` (the base before training, in reports)."""
+
+    def eval_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Scalar validation metrics during training (one may select the best checkpoint)."""
+
+    def loader(self, method: MethodSpec, num_processes: int) -> Any:
+        """Training batches (each with ``num_units``, the loss normaliser)."""
+
+    def loss_fn(self, model: nn.Module, batch: dict) -> tuple[Any, int, int]:
+        """(sum of per-unit losses, units, real tokens) of one micro-batch."""
+
+    def final(self, model: nn.Module) -> dict:
+        """Report sections after training (tuned validation, test)."""
+
+    def save(self, run_dir: Path) -> None:
+        """Files besides the adapter that the run's later commands need (labels, template)."""
+
+    def summary(self, report: dict) -> dict:
+        """Scalar results for ``summary.json``."""
+
+    def markdown(self, report: dict, result: LoopResult) -> str:
+        """``eval_report.md``."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    description: str
+    data_options: type[BaseModel]
+    """The ``data:`` section of this task (a subclass of :class:`deltatune.config.DataConfig`)."""
+    prepare: Callable[[Config], TaskJob]
+    """Read and validate the data, load model and tokenizer; touches no output directory."""
+    load_model: Callable[[Config, str, Path | None, Path], tuple[Any, Any, str, dict]]
+    """``(cfg, model source, run dir or None, saved adapter/model dir) -> (model, tokenizer, path,
+    extras)``: rebuild the base model of a finished run (or of an adapter trained elsewhere)."""
+    model_kind: str
+    """"classifier" or "causal_lm": which post-run commands apply (generate and chat need a causal LM)."""
+    peft_task_type: str
+    """PEFT's task type written in adapter_config.json (SEQ_CLS, CAUSAL_LM)."""
+    default_max_length: int
+    default_metric: str
+    options: type[BaseModel] | None = None
+    """This task's own config section, under the task's name (``classify: {loss: focal}``)."""
+    best_metrics: tuple[str, ...] | None = None
+    """Metrics that may select the best checkpoint; None: any metric ``eval_metrics`` returns."""
+    lower_is_better: tuple[str, ...] = ("loss", "perplexity")
+    """Metrics where smaller is better (the default of ``train.greater_is_better`` follows)."""
+    evaluate_file: Callable[..., dict] | None = None
+    """``(loaded_run, data_path, samples=None) -> report`` for ``deltatune eval``."""
+    format_report: Callable[[dict, str], str] | None = None
+    """``(report, title) -> text`` printed by ``deltatune eval``."""
+    predict: Callable[..., list[dict]] | None = None
+    """``(loaded_run, texts=None, data_path=None) -> rows`` for ``deltatune predict``."""
+    check: Callable[[Config], None] | None = None
+    """Task-specific config checks that need more than one section (raise ValueError with the fix)."""
+    summary_keys: tuple[str, ...] = field(default_factory=tuple)
+    """Summary values the CLI prints after training."""
+    adapter_default: bool = False
+    """The task an adapter trained elsewhere with this ``peft_task_type`` is loaded as."""
+
+    def commands(self) -> list[str]:
+        """Post-run commands that work on this task's runs."""
+        cmds = ["eval"] if self.evaluate_file else []
+        cmds += ["predict"] if self.predict else []
+        cmds += ["generate", "chat"] if self.model_kind == "causal_lm" else []
+        return cmds + ["merge"]
+
+
+_REGISTRY: dict[str, TaskSpec] = {}
+_loaded = False
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Add a task. Registering the same name again replaces it only if it is the same object."""
+    if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec:
+        raise ValueError(f"task '{spec.name}' registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister_task(name: str) -> None:
+    """Remove a task (tests that register a toy task clean up with this)."""
+    _REGISTRY.pop(name, None)
+
+
+def _ensure_loaded() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    package = importlib.import_module(RECIPES_PACKAGE)
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{RECIPES_PACKAGE}.{info.name}")
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        importlib.import_module(entry.value)
+
+
+def available_tasks() -> dict[str, TaskSpec]:
+    _ensure_loaded()
+    return dict(_REGISTRY)
+
+
+def get_task(name: Any) -> TaskSpec:
+    tasks = available_tasks()
+    if not isinstance(name, str) or name not in tasks:
+        raise ConfigError(f"task: unknown task {name!r}{suggest_key(str(name), sorted(tasks))}")
+    return tasks[name]
+
+
+def task_for_adapter(peft_task_type: str | None, source: Path) -> TaskSpec:
+    """The task an adapter trained elsewhere belongs to, from its ``task_type``."""
+    for spec in available_tasks().values():
+        if spec.peft_task_type == peft_task_type and spec.adapter_default:
+            return spec
+    known = sorted({s.peft_task_type for s in available_tasks().values() if s.adapter_default})
+    raise ConfigError(f"{source}: adapter task_type {peft_task_type!r} is not supported; deltatune "
+                      f"loads adapters for {', '.join(known)}")
