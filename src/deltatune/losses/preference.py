@@ -1,0 +1,197 @@
+"""Preference losses: a pairwise reward model (Bradley–Terry) and the DPO family (DPO, IPO, hinge).
+
+Everything here is a small pure tensor function. Losses that feed the training loop return *sums*
+over pairs, so the loop can divide by the number of pairs of the whole accumulated batch
+(``LossFn`` in ``deltatune.training.loop``); the DPO variants return per-pair losses ``(B,)`` and the
+caller sums them. Log-probabilities are *summed* over answer tokens (:func:`sequence_logps`), the
+convention of DPO and TRL, except for IPO, which expects per-token averages (:func:`mean_logps`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from deltatune.losses.lm import IGNORE_INDEX
+
+Z_95 = 1.959963984540054  # the 97.5% quantile of the standard normal
+
+
+def bradley_terry(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
+                  margin: torch.Tensor | float | None = None, center_coef: float = 0.0) -> torch.Tensor:
+    """Pairwise reward-model loss, summed over pairs:
+
+        ``sum_i -log σ(r_c,i − r_r,i − m_i) + center_coef · sum_i (r_c,i + r_r,i)²``
+
+    chosen_rewards, rejected_rewards: (B,) scalar rewards; margin: (B,), a float or None (= 0).
+    The Bradley–Terry likelihood of the human choice (Ouyang et al. 2022, https://arxiv.org/abs/2203.02155);
+    the margin ``m`` asks for a larger gap on pairs rated far apart (Llama 2, Touvron et al. 2023,
+    https://arxiv.org/abs/2307.09288, Eq. 2); the centring penalty pins rewards near zero, since the
+    pairwise loss alone leaves their offset free (Eisenstein et al. 2023, "Helping or Herding?",
+    https://arxiv.org/abs/2312.09244; TRL's ``center_rewards_coefficient``, a typical value is 0.01).
+    Computed in float32. Returns a scalar: the *sum*, the loop divides by the number of pairs.
+    """
+    chosen, rejected = chosen_rewards.float(), rejected_rewards.float()
+    diff = chosen - rejected
+    if margin is not None:
+        diff = diff - (margin.float() if torch.is_tensor(margin) else margin)
+    loss = -F.logsigmoid(diff).sum()
+    if center_coef:
+        loss = loss + center_coef * ((chosen + rejected) ** 2).sum()
+    return loss
+
+
+def _logratio_delta(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps):
+    """``Δ = (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))``, (B,), float32."""
+    return ((policy_chosen_logps.float() - ref_chosen_logps.float())
+            - (policy_rejected_logps.float() - ref_rejected_logps.float()))
+
+
+def _no_smoothing(name: str, label_smoothing: float) -> None:
+    if label_smoothing:
+        raise ValueError(f"label_smoothing={label_smoothing} has no meaning for the '{name}' loss; "
+                         "set it to 0 or use loss 'sigmoid' (conservative DPO)")
+
+
+def dpo_sigmoid(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+                ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor,
+                beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """DPO, per pair (B,): ``−(1 − ε) log σ(βΔ) − ε log σ(−βΔ)``, with Δ the difference of the
+    chosen and rejected log-ratios to the reference (see :func:`_logratio_delta`).
+
+    ε = 0 is DPO (Rafailov et al. 2023, https://arxiv.org/abs/2305.18290, Eq. 7). ε > 0 is
+    conservative DPO (cDPO; Mitchell 2023, "A note on DPO with noisy preferences",
+    https://ericmitchell.ai/cdpo.pdf): the label is taken to be flipped with probability ε, which
+    bounds how far the loss pushes Δ. Inputs: (B,) log-probs *summed* over answer tokens.
+    """
+    logits = beta * _logratio_delta(policy_chosen_logps, policy_rejected_logps,
+                                    ref_chosen_logps, ref_rejected_logps)
+    return -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
+
+
+def dpo_ipo(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+            ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor,
+            beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """IPO, per pair (B,): ``(Δ − 1/(2β))²`` (Azar et al. 2023, https://arxiv.org/abs/2310.12036,
+    Eq. 17, where β is the regulariser τ).
+
+    Inputs are log-probs *averaged* over each answer's tokens (sum / number of answer tokens, see
+    :func:`mean_logps`): the squared loss regresses Δ onto a fixed target 1/(2β), so with sums the
+    target would depend on answer length. This is TRL's ``loss_type="ipo"`` (it divides the summed
+    log-ratios by the completion lengths, a choice it reports confirmed by the IPO authors).
+    """
+    _no_smoothing("ipo", label_smoothing)
+    delta = _logratio_delta(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    return (delta - 1 / (2 * beta)) ** 2
+
+
+def dpo_hinge(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+              ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor,
+              beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Hinge (SLiC), per pair (B,): ``max(0, 1 − βΔ)``.
+
+    SLiC-HF's calibration loss ``max(0, δ − log π(y_w) + log π(y_l))`` (Zhao et al. 2023,
+    https://arxiv.org/abs/2305.10425, Eq. 1) written on log-ratios to the reference with margin
+    δ = 1/β and scaled by β, as in RSO (Liu et al. 2023, https://arxiv.org/abs/2309.06657, Eq. 9) and
+    TRL's ``loss_type="hinge"``. Inputs: (B,) log-probs summed over answer tokens.
+    """
+    _no_smoothing("hinge", label_smoothing)
+    delta = _logratio_delta(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    return torch.relu(1 - beta * delta)
+
+
+DPO_LOSSES = {"sigmoid": dpo_sigmoid, "ipo": dpo_ipo, "hinge": dpo_hinge}
+
+
+def mean_logps(summed_logps: torch.Tensor, token_counts: torch.Tensor) -> torch.Tensor:
+    """Per-token average log-prob (B,) from the sums and answer-token counts of :func:`sequence_logps`
+    — the input IPO expects. A count of 0 is treated as 1 (the sum is then 0 anyway), as TRL does."""
+    return summed_logps / token_counts.clamp(min=1).to(summed_logps.dtype)
+
+
+def dpo_rewards(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+                ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor,
+                beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPO's implicit rewards ``β (log π(y) − log π_ref(y))`` of the chosen and of the rejected answers,
+    each (B,), detached (they are for logging: reward accuracy and margin). Rafailov et al. 2023, Eq. 5."""
+    chosen = beta * (policy_chosen_logps.detach().float() - ref_chosen_logps.detach().float())
+    rejected = beta * (policy_rejected_logps.detach().float() - ref_rejected_logps.detach().float())
+    return chosen, rejected
+
+
+def preference_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict[str, float]:
+    """Logged metrics of B pairs of rewards (B,), (B,):
+
+    - ``accuracy``: share of pairs with r_c > r_r (a tie counts as wrong, as in TRL);
+    - ``margin_mean``: mean of r_c − r_r;
+    - ``chosen_mean``, ``rejected_mean``;
+    - ``reward_mean``, ``reward_std``: over all 2B rewards (population std, so one pair gives 0, not NaN).
+    """
+    chosen, rejected = chosen_rewards.detach().float(), rejected_rewards.detach().float()
+    both = torch.cat([chosen, rejected])
+    return {
+        "accuracy": (chosen > rejected).float().mean().item(),
+        "margin_mean": (chosen - rejected).mean().item(),
+        "chosen_mean": chosen.mean().item(),
+        "rejected_mean": rejected.mean().item(),
+        "reward_mean": both.mean().item(),
+        "reward_std": both.std(correction=0).item(),
+    }
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor,
+                   ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence ``sum_t log p(labels[t+1] | tokens <= t)`` over labelled positions, and their count.
+
+    logits: (B, T, V) — logits at position t score token t+1; labels: (B, T) = the input ids with
+    ``ignore_index`` on prompt and padding (the same labels as SFT). Returns logps (B,) float32
+    and token counts (B,) int64.
+    """
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    keep = labels != ignore_index
+    safe = labels.masked_fill(~keep, 0).unsqueeze(-1)
+    logits = logits.float()
+    # gather - logsumexp avoids materialising a second (B, T, V) tensor of log-probabilities
+    token_logps = logits.gather(-1, safe).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return (token_logps * keep).sum(dim=1), keep.sum(dim=1)
+
+
+def sequence_logps_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, head: nn.Module,
+                               ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same as :func:`sequence_logps`, running the LM ``head`` only on the positions that score an
+    answer token (a prompt is often most of a preference pair, and the head is the largest matmul).
+
+    hidden: (B, T, H) last hidden states; labels: (B, T); head: hidden -> (.., V) logits.
+    Returns logps (B,) float32 and token counts (B,) int64.
+    """
+    targets = labels[:, 1:]
+    keep = targets != ignore_index
+    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(targets)[keep]
+    logits = head(hidden[:, :-1][keep]).float()  # (N, V)
+    picked = targets[keep].unsqueeze(-1)
+    token_logps = logits.gather(-1, picked).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    logps = torch.zeros(labels.shape[0], dtype=torch.float32, device=hidden.device)
+    return logps.index_add(0, rows, token_logps), keep.sum(dim=1)
+
+
+def pairwise_accuracy_ci(correct: list[bool], z: float = Z_95) -> tuple[float, float, float]:
+    """Accuracy of n pairwise judgements with its Wilson score interval (95% by default):
+
+        ``(p̂ + z²/2n ± z·sqrt(p̂(1−p̂)/n + z²/4n²)) / (1 + z²/n)``
+
+    Wilson (1927), https://doi.org/10.1080/01621459.1927.10502953; recommended over the normal
+    (Wald) interval and less conservative than exact Clopper–Pearson by Newcombe (1998),
+    https://doi.org/10.1002/(SICI)1097-0258(19980430)17:8<857::AID-SIM777>3.0.CO;2-E.
+    Stays inside [0, 1] and is not empty at 0 or n successes. Returns (accuracy, low, high).
+    """
+    n = len(correct)
+    if n == 0:
+        raise ValueError("pairwise_accuracy_ci needs at least one pair")
+    p = sum(bool(c) for c in correct) / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return p, max(0.0, centre - half), min(1.0, centre + half)
