@@ -72,6 +72,22 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_score(args) -> int:
+    from deltatune.runs.services import score
+
+    if not args.texts and not args.data:
+        raise UserError("score: give one or more ANSWER arguments (with --prompt) or --data FILE")
+    for row in score(_target(args, "score"), args.texts, prompt=args.prompt, data_path=args.data):
+        if args.json:
+            print(json.dumps(row, ensure_ascii=False))
+        elif "chosen_reward" in row:
+            print(f"line {row['line']}\tchosen {row['chosen_reward']:.4f}\trejected {row['rejected_reward']:.4f}"
+                  f"\t{'correct' if row['correct'] else 'WRONG'}")
+        else:
+            print(f"{row['reward']:.4f}\t{row.get('answer') or ''}")
+    return 0
+
+
 def _cmd_merge(args) -> int:
     from deltatune.runs.services import merge
 
@@ -164,11 +180,16 @@ def _cmd_chat(args) -> int:
 
 def _cmd_preview(args) -> int:
     from deltatune.config import load_config
-    from deltatune.preview import preview
+    from deltatune.tasks import available_tasks, get_task
 
     cfg = load_config(args.config, list(args.overrides))
+    task = get_task(cfg.task)
+    if task.preview is None:
+        able = ", ".join(sorted(n for n, t in available_tasks().items() if t.preview))
+        raise UserError(f"{args.config}: preview shows templated data as the model sees it, for tasks "
+                        f"{able}; this config has task: {cfg.task}")
     color = sys.stdout.isatty() if args.color == "auto" else args.color == "always"
-    print(preview(cfg, examples=args.examples, color=color))
+    print(task.preview(cfg, args.examples, color))
     return 0
 
 
@@ -273,6 +294,14 @@ def _add_post_run(sub) -> None:
     pr.add_argument("--data", help="file of inputs (the training config's text field)")
     pr.add_argument("--json", action="store_true", help="one JSON object per input")
     pr.set_defaults(func=_cmd_predict)
+
+    sc = sub.add_parser("score", help="rewards of answers from a reward-model run")
+    _target_args(sc, "a trained reward run directory")
+    sc.add_argument("texts", nargs="*", metavar="ANSWER")
+    sc.add_argument("--prompt", help="the prompt the answers reply to")
+    sc.add_argument("--data", help="a file of preference pairs (both answers scored) or of prompt/answer rows")
+    sc.add_argument("--json", action="store_true", help="one JSON object per answer (or pair)")
+    sc.set_defaults(func=_cmd_score)
 
     mg = sub.add_parser("merge", help="fold a LoRA/DoRA/IA3 adapter into the base weights")
     _target_args(mg)

@@ -313,15 +313,14 @@ def _other_task_owner(loc: list[str], cls: type[Config]) -> str | None:
     from deltatune.tasks import available_tasks
 
     task = cls.model_fields["task"].default
-    for name, spec in available_tasks().items():
-        if name == task:
-            continue
-        owns = ((len(loc) == 2 and loc[0] == "data" and loc[1] in spec.data_options.model_fields)
-                or (len(loc) == 1 and loc[0] == name and spec.options is not None))
-        if owns:
-            return (f"an option of task '{name}', but this config has task: {task}; set "
-                    f"task: {name}, or remove the key")
-    return None
+    owners = [name for name, spec in sorted(available_tasks().items()) if name != task and (
+        (len(loc) == 2 and loc[0] == "data" and loc[1] in spec.data_options.model_fields)
+        or (len(loc) == 1 and loc[0] == name and spec.options is not None))]
+    if not owners:
+        return None
+    named = " and ".join(", ".join(f"'{o}'" for o in owners).rsplit(", ", 1))
+    return (f"an option of task{'s' if len(owners) > 1 else ''} {named}, but this config has task: {task}; "
+            f"set task: {owners[-1] if len(owners) > 1 else owners[0]}, or remove the key")
 
 
 def _section_class(cls: type[BaseModel], part: str) -> type[BaseModel] | None:

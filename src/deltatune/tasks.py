@@ -42,6 +42,7 @@ class TaskJob(Protocol):
     tokenizer: Any
     model_path: str
     has_validation: bool
+    run_dir: Path | None  # set by the skeleton before ``loader`` (for caches that live with the run)
 
     def describe(self) -> str:
         """One log line about the data (examples per split, labels or template)."""
@@ -103,6 +104,10 @@ class TaskSpec:
     """``(report, title) -> text`` printed by ``deltatune eval``."""
     predict: Callable[..., list[dict]] | None = None
     """``(loaded_run, texts=None, data_path=None) -> rows`` for ``deltatune predict``."""
+    score: Callable[..., list[float]] | None = None
+    """``(loaded_run, prompts, answers) -> rewards`` for ``deltatune score`` (reward models)."""
+    preview: Callable[[Config, int, bool], str] | None = None
+    """``(cfg, examples, color) -> text`` for ``deltatune preview``: the data as the model sees it."""
     check: Callable[[Config], None] | None = None
     """Task-specific config checks that need more than one section (raise ValueError with the fix)."""
     summary_keys: tuple[str, ...] = field(default_factory=tuple)
@@ -114,6 +119,7 @@ class TaskSpec:
         """Post-run commands that work on this task's runs."""
         cmds = ["eval"] if self.evaluate_file else []
         cmds += ["predict"] if self.predict else []
+        cmds += ["score"] if self.score else []
         cmds += ["generate", "chat"] if self.model_kind == "causal_lm" else []
         return cmds + ["merge"]
 

@@ -22,7 +22,7 @@ from deltatune.data.readers import Row
 from deltatune.errors import ConfigError, DataError
 
 FIELD_NAMES = ("instruction", "input", "output", "history", "system", "messages", "prompt",
-               "completion", "text", "role", "content")
+               "completion", "text", "role", "content", "chosen", "rejected", "margin")
 LAYOUTS = ("alpaca", "messages", "prompt_completion", "text")
 _ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant",
           "gpt": "assistant", "bot": "assistant", "model": "assistant"}

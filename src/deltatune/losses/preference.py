@@ -195,3 +195,77 @@ def pairwise_accuracy_ci(correct: list[bool], z: float = Z_95) -> tuple[float, f
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
     return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+# ----------------------------------------------------------------------------- batches of pairs
+# A batch of B pairs holds 2B sequences (chosen first, then rejected) in separately padded parts
+# (``data.preference.pair_collate``); these functions run the model on every part and return one
+# value per sequence, in row order.
+
+
+def _rows(batch: dict, per_part) -> torch.Tensor:
+    values = [per_part(part) for part in batch["parts"]]
+    order = torch.cat([part["rows"] for part in batch["parts"]]).to(values[0].device)
+    return torch.cat(values)[torch.argsort(order)]
+
+
+def sequence_rewards(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Scalar rewards (2B,) of a sequence-classification model with one output: read at each
+    sequence's last token for decoders (our own gather, so a trailing token that equals the pad id
+    is still read), from the model's own pooling for encoders."""
+    from deltatune.models.loading import head_module_names, is_encoder
+
+    wrapped = not hasattr(model, "config")  # DDP: its own forward must run (gradient sync)
+    encoder = wrapped or is_encoder(model.config)
+    head = None if encoder else model.get_submodule(head_module_names(model)[0])
+
+    def per_part(part: dict) -> torch.Tensor:
+        inputs = {k: part[k] for k in ("input_ids", "attention_mask") if k in part}
+        if encoder:
+            return model(**inputs).logits[:, 0].float()
+        hidden = model.base_model(**inputs, use_cache=False).last_hidden_state
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), part["last"]]
+        return head(last).squeeze(-1).float()
+
+    return _rows(batch, per_part)
+
+
+def answer_logps(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs of each sequence's answer tokens (2B,) and their counts (2B,), for a causal
+    LM; the LM head runs on answer positions only (:func:`sequence_logps_from_hidden`)."""
+    wrapped = not hasattr(model, "config")  # DDP: its own forward must run (gradient sync)
+    head = None if wrapped else model.get_output_embeddings()
+    counts: list[torch.Tensor] = []
+
+    def per_part(part: dict) -> torch.Tensor:
+        inputs = {k: part[k] for k in ("input_ids", "attention_mask") if k in part}
+        if wrapped:
+            logps, n = sequence_logps(model(**inputs, use_cache=False).logits, part["labels"])
+        else:
+            hidden = model.base_model(**inputs, use_cache=False).last_hidden_state
+            logps, n = sequence_logps_from_hidden(hidden, part["labels"], head)
+        counts.append(n)
+        return logps
+
+    logps = _rows(batch, per_part)
+    order = torch.cat([part["rows"] for part in batch["parts"]]).to(logps.device)
+    return logps, torch.cat(counts).to(logps.device)[torch.argsort(order)]
+
+
+def dpo_batch_loss(logps: torch.Tensor, counts: torch.Tensor, ref_chosen: torch.Tensor,
+                   ref_rejected: torch.Tensor, loss: str, beta: float,
+                   label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """The summed DPO-family loss of B pairs from the policy's answer log-probs (2B,) and counts (2B,)
+    (chosen first) and the reference's (B,) each; plus sums to log (reward accuracy and margin,
+    implicit rewards, policy log-probs). IPO gets per-token averages, the others sums."""
+    n = logps.shape[0] // 2
+    pc, pr, rc, rr = logps[:n], logps[n:], ref_chosen, ref_rejected
+    chosen, rejected = dpo_rewards(pc, pr, rc, rr, beta)
+    if loss == "ipo":
+        pc, pr, rc, rr = (mean_logps(x, c) for x, c in ((pc, counts[:n]), (pr, counts[n:]),
+                                                        (rc, counts[:n]), (rr, counts[n:])))
+    total = DPO_LOSSES[loss](pc, pr, rc, rr, beta, label_smoothing).sum()
+    extras = {"reward_accuracy": float((chosen > rejected).sum()), "reward_margin": float((chosen - rejected).sum()),
+              "reward_chosen": float(chosen.sum()), "reward_rejected": float(rejected.sum()),
+              "logps_chosen": float(logps[:n].detach().sum()), "logps_rejected": float(logps[n:].detach().sum())}
+    return total, extras

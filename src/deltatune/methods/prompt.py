@@ -43,6 +43,7 @@ from transformers.utils import ModelOutput
 from deltatune.errors import ConfigError, UserError
 from deltatune.io import load_safetensors, read_json, save_safetensors_atomic, write_json_atomic
 from deltatune.methods.registry import MethodOptions, MethodSpec, ModelContext, register
+from deltatune.models.loading import is_encoder
 from deltatune.methods.saving import (PEFT_PREFIX, head_state, load_head_and_layers,
                                       set_trainable_heads)
 from deltatune.methods.switch import insertion_off
@@ -86,13 +87,6 @@ def backbone_of(model: nn.Module) -> nn.Module:
         raise ConfigError(f"method.name: soft prompts / prefixes support encoder or decoder models, not "
                           f"encoder-decoder models like {model.config.model_type}")
     return getattr(model, "base_model", model)
-
-
-def is_encoder(config) -> bool:
-    """Bidirectional encoders (BERT & co.) have a masked-LM class and are not configured as decoders."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-    return config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
 
 
 @functools.lru_cache(maxsize=None)

@@ -222,16 +222,21 @@ def _damaged_weights(path: str) -> str:
     return f"a weights file in {path}"
 
 
-def _require_decoder(name_or_path, path: str) -> None:
-    """Encoder-only models (BERT & co.) have an ``*LMHeadModel`` class but cannot generate text."""
+def is_encoder(config) -> bool:
+    """Bidirectional encoders (BERT & co.) have a masked-LM class and are not configured as decoders."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+    return config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
+
+
+def _require_decoder(name_or_path, path: str) -> None:
+    """Encoder-only models (BERT & co.) have an ``*LMHeadModel`` class but cannot generate text."""
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise UserError(f"could not read the config of model '{os.fspath(name_or_path)}' "
                         f"({path}): {e}") from e
-    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+    if is_encoder(config):
         raise UserError(f"model '{os.fspath(name_or_path)}' is an encoder-style model "
                         f"({config.model_type}), not a decoder, so it cannot be used as a causal language "
                         "model; use a decoder model such as smollm2-135m-instruct.")

@@ -25,6 +25,7 @@ from deltatune.io import write_text_atomic
 from deltatune.losses.lm import causal_lm_batch_loss
 from deltatune.methods.registry import get_method
 from deltatune.models import fit_max_length, load_for_causal_lm
+from deltatune.preview import preview
 from deltatune.tasks import TaskSpec, register_task
 
 
@@ -151,6 +152,7 @@ SFT = register_task(TaskSpec(
     evaluate_file=evaluate_file,
     format_report=scalar_line,
     check=check,
+    preview=preview,
     summary_keys=("base_loss", "tuned_loss", "base_rouge_l", "tuned_rouge_l"),
     adapter_default=True,
 ))

@@ -147,7 +147,7 @@ class _Loop:
         if self.batches is None:
             self.batches = _forever(self.loader, skip=self.res.steps * self.cfg.grad_accum)
         group = [next(self.batches) for _ in range(self.cfg.grad_accum)]
-        loss_sum, units, tokens, finite = _accumulate(self.model, group, self.loss_fn, self.accelerator)
+        loss_sum, units, tokens, finite, extras = _accumulate(self.model, group, self.loss_fn, self.accelerator)
         self.grad_norm = None
         if finite and self.cfg.max_grad_norm:
             self.grad_norm = float(self.accelerator.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm))
@@ -168,6 +168,8 @@ class _Loop:
         if finite:
             self.window["loss"] += loss_sum
             self.window["units"] += units
+            for key, value in extras.items():
+                self.window[f"extra/{key}"] = self.window.get(f"extra/{key}", 0.0) + value
         self.window["tokens"] += tokens
         self.progress.update(loss=self.window["loss"] / max(self.window["units"], 1),
                              lr=self.scheduler.get_last_lr()[0], tokens=tokens)
@@ -175,16 +177,19 @@ class _Loop:
     def log_window(self) -> None:
         """A metrics.jsonl line for the steps since the last one (all processes summed)."""
         now, w = time.perf_counter(), self.window
+        keys = sorted(w)
         if self.accelerator.num_processes > 1:
             totals = self.accelerator.reduce(torch.tensor(
-                [w["loss"], w["units"], w["tokens"]], dtype=torch.float64,
-                device=self.accelerator.device), reduction="sum").tolist()
-            w = {"loss": totals[0], "units": int(totals[1]), "tokens": int(totals[2])}
+                [w[k] for k in keys], dtype=torch.float64, device=self.accelerator.device),
+                reduction="sum").tolist()
+            w = dict(zip(keys, totals))
+        units = max(int(w["units"]), 1)
         self.writer.write({"step": self.res.steps, "epoch": round(self.res.steps / self.per_epoch, 4),
-                           "loss": w["loss"] / max(w["units"], 1), "lr": self.scheduler.get_last_lr()[0],
-                           "grad_norm": self.grad_norm, "tokens": w["tokens"],
+                           "loss": w["loss"] / units, "lr": self.scheduler.get_last_lr()[0],
+                           "grad_norm": self.grad_norm, "tokens": int(w["tokens"]),
                            "tokens_per_s": w["tokens"] / max(now - self.window_start, 1e-9),
-                           "skipped_steps": self.res.skipped_steps})
+                           "skipped_steps": self.res.skipped_steps,
+                           **{k[6:]: w[k] / units for k in keys if k.startswith("extra/")}})
         self.window, self.window_start = {"loss": 0.0, "units": 0, "tokens": 0}, now
 
     def evaluate(self, evaluate: EvalFn) -> None:
@@ -243,9 +248,10 @@ def _fault_injection(step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _accumulate(model, group, loss_fn, accelerator) -> tuple[float, int, int, bool]:
+def _accumulate(model, group, loss_fn, accelerator) -> tuple[float, int, int, bool, dict]:
     """Backward over one accumulation group with exact normalisation; returns (loss sum, units,
-    tokens, finite)."""
+    tokens, finite, extra metric sums). A loss function may return a fourth element, a dict of
+    sums over its units (e.g. DPO's reward accuracy), logged as means like the loss."""
     local_units = sum(int(b["num_units"]) for b in group)
     total_units = local_units
     if accelerator.num_processes > 1:
@@ -253,21 +259,23 @@ def _accumulate(model, group, loss_fn, accelerator) -> tuple[float, int, int, bo
                                              reduction="sum"))
     # DDP averages gradients over processes; scale up so the result is sum / total_units.
     scale = accelerator.num_processes / max(total_units, 1)
-    loss_total, tokens, finite = 0.0, 0, True
+    loss_total, tokens, finite, extras = 0.0, 0, True, {}
     for i, batch in enumerate(group):
         sync = accelerator.no_sync(model) if i < len(group) - 1 else contextlib.nullcontext()
         with sync:
             # The loader is only prepared (sharded) with several processes: move the batch here, and
             # autocast here too, since a loss_fn may call submodules around the wrapped forward.
             with accelerator.autocast():
-                loss_sum, _, n_tokens = loss_fn(model, send_to_device(batch, accelerator.device))
+                loss_sum, _, n_tokens, *more = loss_fn(model, send_to_device(batch, accelerator.device))
             if not torch.isfinite(loss_sum):
                 finite = False
                 continue
             accelerator.backward(loss_sum * scale)
         loss_total += float(loss_sum.detach())
         tokens += n_tokens
-    return loss_total, local_units, tokens, finite
+        for key, value in (more[0] if more else {}).items():
+            extras[key] = extras.get(key, 0.0) + float(value)
+    return loss_total, local_units, tokens, finite, extras
 
 
 def _evaluate(model, evaluate, cfg, res, writer, progress, best_state):

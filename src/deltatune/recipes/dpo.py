@@ -1,0 +1,152 @@
+"""Direct preference optimisation: wiring only (preference pairs -> summed answer log-probs of the
+policy and of the reference -> a DPO-family loss picked by name; implicit reward accuracy and margins).
+
+The reference is the policy with the method switched off (one copy of the weights); its log-probs
+are computed once before training and cached in the run directory (``dpo.precompute_reference``);
+otherwise every step runs it, with full fine-tuning keeping a frozen copy of the base model.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch.utils.data import DataLoader
+
+from deltatune.config import Config, _Strict
+from deltatune.data.batching import LengthGroupedBatchSampler
+from deltatune.data.preference import (PreferenceData, describe_stats, encode_pairs, load_pair_splits, pair_collate,
+                                       read_pairs)
+from deltatune.data.sft import template_for
+from deltatune.evaluation.preference import dpo_report, pair_logps, preference_markdown
+from deltatune.evaluation.reports import scalar_line
+from deltatune.losses.preference import DPO_LOSSES, answer_logps, dpo_batch_loss
+from deltatune.models import fit_max_length, load_for_causal_lm
+from deltatune.preview import preview_pairs
+from deltatune.tasks import TaskSpec, register_task
+from deltatune.training.reference import Reference
+
+REPORT_KEYS = ("loss", "reward_accuracy", "reward_accuracy_ci_low", "reward_accuracy_ci_high", "reward_margin",
+               "reward_chosen", "reward_rejected", "logps_chosen", "logps_rejected")
+
+
+class DpoOptions(_Strict):
+    loss: Literal[tuple(DPO_LOSSES)] = Field("sigmoid", description="sigmoid (DPO), ipo or hinge")
+    beta: float = Field(0.1, gt=0, description="strength of the pull towards the reference (higher = "
+                                               "stay closer); IPO's tau")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO: the share of labels "
+                                                                 "taken to be wrong (sigmoid only)")
+    precompute_reference: bool = Field(True, description="reference log-probs computed once before training "
+                                                         "and cached in the run dir (else every step)")
+
+
+class DpoJob:
+    """One DPO run (see :class:`deltatune.tasks.TaskJob`)."""
+
+    run_dir: Path | None = None
+
+    def __init__(self, cfg: Config):
+        d, t = cfg.data, cfg.train
+        self.cfg, (self.splits, self.stats) = cfg, load_pair_splits(d, t.seed)
+        self.model, self.tokenizer, self.model_path = load_for_causal_lm(cfg.model.name, dtype=cfg.model.dtype,
+                                                                         seed=t.seed)
+        fit_max_length(cfg, self.model)
+        self.template = template_for(d, self.tokenizer, [])
+        self.feats = {split: encode_pairs(pairs, self.template, self.tokenizer, d.max_length, d.truncation,
+                                          self.stats.get(split))[0] for split, pairs in self.splits.items()}
+        self.has_validation = bool(self.feats.get("validation"))
+        self.reference = Reference(self.model, self.tokenizer.pad_token_id, self.feats,
+                                   f"{cfg.model.name}|{cfg.model.dtype}")
+
+    def describe(self) -> str:
+        return describe_stats(self.stats, self.template.name, self.cfg.data.max_length)
+
+    def header(self) -> dict:
+        return {"template": self.template.name, "data": {k: vars(v) for k, v in self.stats.items()}}
+
+    def evaluate(self, model, split: str = "validation") -> dict:
+        o = self.cfg.dpo
+        policy = pair_logps(model, self.feats[split], self.tokenizer.pad_token_id, self.reference.inserts_tokens)
+        return dpo_report(policy, self.reference.logps(split), o.beta, o.loss, o.label_smoothing)
+
+    def eval_metrics(self, model) -> dict:
+        return {k: v for k, v in self.evaluate(model).items() if isinstance(v, float)}
+
+    def loader(self, method, num_processes: int) -> DataLoader:
+        self.reference.attach(method, self.cfg.dpo.precompute_reference, self.run_dir)
+        t, feats = self.cfg.train, self.feats["train"]
+        sampler = LengthGroupedBatchSampler([max(len(f["chosen_ids"]), len(f["rejected_ids"])) for f in feats],
+                                            t.batch_size, group_by_length=t.group_by_length, seed=t.seed)
+        return DataLoader(feats, batch_sampler=sampler, generator=torch.Generator(),
+                          collate_fn=partial(pair_collate, pad_token_id=self.tokenizer.pad_token_id,
+                                             attention_mask=method.inserts_tokens, split_parts=num_processes == 1))
+
+    def loss_fn(self, model, batch):
+        o = self.cfg.dpo
+        logps, counts = answer_logps(model, batch)
+        ref_chosen, ref_rejected = self.reference.for_batch(model, batch)
+        loss, extras = dpo_batch_loss(logps, counts, ref_chosen, ref_rejected, o.loss, o.beta, o.label_smoothing)
+        return loss, logps.shape[0] // 2, int(batch["num_tokens"]), extras
+
+    def final(self, model) -> dict:
+        return {name: self.evaluate(model, split) for name, split in (("tuned", "validation"), ("test", "test"))
+                if self.feats.get(split)}
+
+    def save(self, run_dir: Path) -> None:
+        self.tokenizer.save_pretrained(run_dir / "tokenizer")
+
+    def summary(self, report: dict) -> dict:
+        return {"template": self.template.name, **{f"{side}_{k}": report[side][k] for side in ("base", "tuned", "test")
+                                                   if side in report for k in REPORT_KEYS if k in report[side]}}
+
+    def markdown(self, report: dict, result) -> str:
+        p, o = report["trainable_parameters"], self.cfg.dpo
+        return preference_markdown(
+            f"deltatune DPO ({o.loss}, beta {o.beta}): {report['method']} on {report['model']}", report, REPORT_KEYS,
+            {"template": self.template.name, "trainable": f"{p['trainable']:,} / {p['total']:,} ({p['percent']:.3f}%)",
+             "train": f"{result.steps} steps, {result.tokens_per_s:.1f} tokens/s, peak memory "
+                      f"{result.peak_memory_mb:.0f} MB"})
+
+
+def load_model(cfg: Config, source: str, run_dir: Path | None, saved: Path):
+    model, tokenizer, path = load_for_causal_lm(source, dtype=cfg.model.dtype)
+    return model, tokenizer, path, {}
+
+
+def evaluate_file(run, data_path: str, samples: int | None = None) -> dict:
+    """Held-out DPO metrics of a trained run against its reference (the method switched off)."""
+    pairs, stats = read_pairs(data_path, run.cfg.data)
+    feats, _ = encode_pairs(pairs, run.template(), run.tokenizer, run.cfg.data.max_length, run.cfg.data.truncation,
+                            stats)
+    if run.method.switch_off is None:  # a whole fine-tuned model: the reference is the base model
+        base, _, _ = load_for_causal_lm(run.cfg.model.name, dtype=run.cfg.model.dtype)
+        reference = pair_logps(base.eval(), feats, run.tokenizer.pad_token_id)
+    else:
+        with run.method.switch_off(run.model):
+            reference = pair_logps(run.model, feats, run.tokenizer.pad_token_id, run.method.inserts_tokens)
+    policy = pair_logps(run.model, feats, run.tokenizer.pad_token_id, run.method.inserts_tokens)
+    o = run.cfg.dpo
+    return {**dpo_report(policy, reference[:, :2], o.beta, o.loss, o.label_smoothing),
+            "skipped_prompt_mismatch": stats.skipped_prompt_mismatch}
+
+
+DPO = register_task(TaskSpec(
+    name="dpo",
+    description="direct preference optimisation of a causal LM (DPO, IPO, hinge); reference = the method off",
+    data_options=PreferenceData,
+    options=DpoOptions,
+    prepare=DpoJob,
+    load_model=load_model,
+    model_kind="causal_lm",
+    peft_task_type="CAUSAL_LM",
+    default_max_length=1024,
+    default_metric="loss",
+    best_metrics=("loss", "reward_accuracy", "reward_margin"),
+    evaluate_file=evaluate_file,
+    format_report=scalar_line,
+    preview=preview_pairs,
+    summary_keys=("base_loss", "tuned_loss", "tuned_reward_accuracy", "tuned_reward_margin"),
+))
