@@ -234,6 +234,8 @@ def _forever(loader: Iterable, skip: int = 0):
             loader.set_epoch(epoch)
         elif hasattr(getattr(loader, "batch_sampler", None), "set_epoch"):
             loader.batch_sampler.set_epoch(epoch)
+        if skip and hasattr(loader, "skip"):  # a loader that can skip cheaply (RL rollouts)
+            loader.skip, skip = skip % per_epoch, 0
         batches = iter(loader)
         if skip:
             batches = itertools.islice(batches, skip % per_epoch, None)

@@ -1,0 +1,164 @@
+"""RLHF with PPO (value head, per-token KL in the reward, GAE, clipped updates) or GRPO (group-normalised
+advantages, KL in the loss, no value head): wiring only. Rollouts and the update loss come from
+``training/rollout.py``; the reference is the policy with the method switched off."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from deltatune.config import Config, _Strict
+from deltatune.data.prompts import PromptData, load_prompt_splits
+from deltatune.data.sft import prompt_ids, template_for
+from deltatune.errors import UserError
+from deltatune.evaluation.reports import scalar_line
+from deltatune.evaluation.rewards import load_reward
+from deltatune.evaluation.rl import rl_markdown, score_answers, win_rate
+from deltatune.io import save_safetensors_atomic
+from deltatune.losses.rl import AdaptiveKLController, FixedKLController
+from deltatune.models import fit_max_length, load_for_causal_lm
+from deltatune.tasks import TaskSpec, register_task
+from deltatune.training.rollout import Rollouts, RolloutSettings, RolloutStream, attach_value_head, update_loss
+
+
+class PpoOptions(_Strict):
+    algorithm: Literal["ppo", "grpo"] = Field("ppo", description="ppo (value head, GAE) or grpo (group advantages)")
+    reward: str = Field("", description="a reward run directory, or module:function / file.py:function")
+    prompts_per_rollout: int = Field(16, gt=0, description="prompts answered per rollout")
+    group_size: int | None = Field(None, gt=0, description="answers per prompt; default 1 (ppo), 4 (grpo)")
+    epochs: int = Field(2, gt=0, description="passes over each rollout (minibatches of train.batch_size)")
+    clip: float = Field(0.2, gt=0, description="policy ratio clip")
+    value_clip: float = Field(0.2, gt=0, description="value clip (ppo)")
+    vf_coef: float = Field(0.1, ge=0, description="weight of the value loss (ppo)")
+    entropy_coef: float = Field(0.0, ge=0, description="entropy bonus")
+    gamma: float = Field(1.0, gt=0, le=1, description="discount over tokens (ppo)")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda (ppo)")
+    kl_coef: float = Field(0.05, ge=0, description="KL penalty: in the reward (ppo) or the loss (grpo's beta)")
+    kl_target: float | None = Field(None, gt=0, description="adaptive KL coefficient towards this KL (ppo)")
+    kl_horizon: int = Field(10000, gt=0, description="adaptive KL horizon, in samples")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="per-token KL estimator in the reward (ppo)")
+    whiten_advantages: bool = Field(True, description="normalise advantages per rollout (ppo)")
+    max_kl: float = Field(20.0, gt=0, description="stop the run when a rollout's KL to the reference exceeds this")
+
+
+class PpoJob:
+    """One PPO/GRPO run (see :class:`deltatune.tasks.TaskJob`)."""
+
+    run_dir: Path | None = None
+
+    def __init__(self, cfg: Config):
+        o, g, t = cfg.ppo, cfg.generate, cfg.train
+        self.cfg, self.splits = cfg, load_prompt_splits(cfg.data, t.seed)
+        self.reward = load_reward(o.reward)
+        self.model, self.tokenizer, self.model_path = load_for_causal_lm(cfg.model.name, dtype=cfg.model.dtype, seed=t.seed)
+        fit_max_length(cfg, self.model)
+        self.template = template_for(cfg.data, self.tokenizer, [])
+        room = cfg.data.max_length - g.max_new_tokens  # prompts are cut from the left to leave room
+        self.ids = {s: [prompt_ids(self.tokenizer, self.template, p)[-room:] for p in ps] for s, ps in self.splits.items()}
+        self.has_validation = bool(self.splits.get("validation"))
+        self.settings = RolloutSettings(o.algorithm, o.prompts_per_rollout, o.group_size or (4 if o.algorithm == "grpo" else 1),
+                                        o.epochs, t.batch_size, g.max_new_tokens, g.temperature, g.top_p, o.gamma, o.lam,
+                                        o.kl_estimator if o.algorithm == "ppo" else "k3", o.whiten_advantages)
+        self.method = self.frozen = self.value_head = None
+        self.base_scores = None
+
+    def describe(self) -> str:
+        return (f"prompts: {len(self.ids['train'])} train, {len(self.ids.get('validation', []))} validation "
+                f"({self.template.name} template); {self.settings.algorithm}, {self.settings.group_size} answer(s) per prompt")
+
+    def header(self) -> dict:
+        return {"template": self.template.name, "algorithm": self.settings.algorithm, "reward": self.cfg.ppo.reward}
+
+    def evaluate(self, model) -> dict:
+        out = score_answers(model, self.tokenizer, self.template, self.splits["validation"], self.reward,
+                            self.cfg.generate, self.cfg.train.seed)
+        if self.base_scores is None:
+            self.base_scores = out["scores"]  # the first evaluation is the untuned base model's
+        else:
+            out["win_rate"] = win_rate(out["scores"], self.base_scores)
+        return out
+
+    def eval_metrics(self, model) -> dict:
+        return {k: v for k, v in self.evaluate(model).items() if isinstance(v, float)}
+
+    def _reference(self):
+        if self.frozen is not None:
+            return self.frozen, contextlib.nullcontext()
+        return self.model, self.method.switch_off(self.model)
+
+    def loader(self, method, num_processes: int) -> RolloutStream:
+        if num_processes > 1:
+            raise UserError("task ppo runs in one process for now (its rollouts are not sharded); "
+                            "launch it without torchrun/accelerate launch")
+        self.method = method
+        if method.switch_off is None:  # full fine-tuning: the reference is a frozen copy
+            self.frozen = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if self.settings.algorithm == "ppo":  # a value head on the policy's trunk, trained with it
+            self.value_head = attach_value_head(self.model)
+        o = self.cfg.ppo
+        kl = (AdaptiveKLController(o.kl_coef, o.kl_target, o.kl_horizon) if o.kl_target and o.algorithm == "ppo"
+              else FixedKLController(o.kl_coef))
+        rollouts = Rollouts(self.model, self.tokenizer, self.value_head, self._reference, self.reward, self.settings, kl)
+        return RolloutStream(rollouts, self.ids["train"], self.splits["train"], self.cfg.train.seed)
+
+    def loss_fn(self, model, batch):
+        loss, extras = update_loss(model, self.value_head, batch, self.cfg.ppo, self.settings.temperature)
+        return loss, int(batch["num_units"]), int(batch["attention_mask"].sum()), extras
+
+    def final(self, model) -> dict:
+        if hasattr(model, "ppo_value_head"):  # the value head is for training only; kept in its own file
+            self.value_state = {f"value_head.{k}": v for k, v in self.value_head.state_dict().items()}
+            del model.ppo_value_head
+        return {"tuned": self.evaluate(model)} if self.has_validation else {}
+
+    def save(self, run_dir: Path) -> None:
+        self.tokenizer.save_pretrained(run_dir / "tokenizer")
+        if getattr(self, "value_state", None):
+            save_safetensors_atomic(self.value_state, run_dir / "value_head.safetensors")
+
+    def summary(self, report: dict) -> dict:
+        return {"template": self.template.name, **{f"{side}_{k}": report[side][k] for side in ("base", "tuned")
+                                                   if side in report for k in ("score", "words", "win_rate")
+                                                   if k in report[side]}}
+
+    def markdown(self, report: dict, result) -> str:
+        p = report["trainable_parameters"]
+        return rl_markdown(report, self.splits.get("validation", []),
+                           f"deltatune {self.settings.algorithm.upper()}: {report['method']} on {report['model']}",
+                           {"reward": self.cfg.ppo.reward, "trainable": f"{p['trainable']:,} / {p['total']:,}",
+                            "train": f"{result.steps} updates, peak memory {result.peak_memory_mb:.0f} MB"})
+
+
+def load_model(cfg: Config, source: str, run_dir: Path | None, saved: Path):
+    model, tokenizer, path = load_for_causal_lm(source, dtype=cfg.model.dtype)
+    return model, tokenizer, path, {}
+
+
+def check(cfg: Config) -> None:
+    if not cfg.ppo.reward:
+        raise ValueError("ppo.reward: required; a reward run directory (task: reward) or module:function")
+    if cfg.ppo.algorithm == "grpo" and (cfg.ppo.group_size or 4) < 2:
+        raise ValueError("ppo.group_size: GRPO compares answers within a group; use 2 or more")
+
+
+PPO = register_task(TaskSpec(
+    name="ppo",
+    description="RLHF of a causal LM: PPO (value head, per-token KL, GAE) or GRPO, against a reward model or function",
+    data_options=PromptData,
+    options=PpoOptions,
+    prepare=PpoJob,
+    load_model=load_model,
+    model_kind="causal_lm",
+    peft_task_type="CAUSAL_LM",
+    default_max_length=1024,
+    default_metric="score",
+    best_metrics=("score", "win_rate"),
+    lower_is_better=(),
+    format_report=scalar_line,
+    check=check,
+    summary_keys=("base_score", "tuned_score", "tuned_win_rate"),
+))

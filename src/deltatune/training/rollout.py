@@ -1,0 +1,253 @@
+"""Rollouts for RLHF (PPO, GRPO): the policy answers prompts, the answers are scored, and the
+per-token quantities the updates need are computed once per rollout, then served as minibatches to
+the one training loop.
+
+Token ids are kept as generated, never re-tokenised. A rollout row is ``[prompt..., response...,
+pad...]`` (right-padded); every per-token tensor is aligned with it, and ``mask`` is 1 on response
+tokens. Log-probs at position t are those of token t given the tokens before it (read from the logits
+at t − 1); values at t are the value head's estimate at the same state (the hidden state at t − 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from deltatune.evaluation.generation import end_token_ids, left_pad
+from deltatune.losses.rl import (KL_ESTIMATORS, entropy_from_logits, gae, group_advantages, per_token_rewards,
+                                 shifted_logprobs, whiten)
+
+
+@dataclass
+class RolloutSettings:
+    algorithm: str            # "ppo" or "grpo"
+    prompts_per_rollout: int
+    group_size: int           # answers per prompt (GRPO > 1; PPO usually 1)
+    epochs: int               # passes over each rollout
+    minibatch: int            # sequences per minibatch
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    gamma: float
+    lam: float
+    kl_estimator: str
+    whiten_advantages: bool
+
+
+def forward(model, value_head: nn.Module | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+            temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Log-probs (B, T) of the rows' own tokens, values (B, T) or None, and entropies (B, T), from one
+    forward of the policy trunk (the value head shares it)."""
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    logits = model.get_output_embeddings()(hidden).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logps = shifted_logprobs(logits, input_ids)
+    entropy = F.pad(entropy_from_logits(logits[:, :-1]), (1, 0))
+    values = None
+    if value_head is not None:
+        values = F.pad(value_head(hidden[:, :-1].to(value_head.weight.dtype)).squeeze(-1).float(), (1, 0))
+    return logps, values, entropy
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[list[int]], settings: RolloutSettings,
+             seed: int | None = None) -> list[list[int]]:
+    """One sampled response (token ids, ending with its end token when it has one) per prompt."""
+    ends = set(end_token_ids(tokenizer))
+    pad = tokenizer.pad_token_id
+    ids, mask = left_pad(prompts, pad)
+    device = next(model.parameters()).device
+    context = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+    with context:
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
+                             temperature=settings.temperature, top_p=settings.top_p,
+                             max_new_tokens=settings.max_new_tokens, pad_token_id=pad,
+                             eos_token_id=list(ends) or None)
+    responses = []
+    for row in out[:, ids.shape[1]:].tolist():
+        cut = next((n + 1 for n, t in enumerate(row) if t in ends), len(row))
+        responses.append(row[:cut])
+    return responses
+
+
+def pad_rows(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``[prompt, response]`` rows with their attention and response masks."""
+    width = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    b = len(prompts)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    attention, mask = torch.zeros((b, width), dtype=torch.long), torch.zeros((b, width))
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        ids[i, :len(p) + len(r)] = torch.tensor(p + r)
+        attention[i, :len(p) + len(r)] = 1
+        mask[i, len(p):len(p) + len(r)] = 1
+    return {"input_ids": ids, "attention_mask": attention, "mask": mask}
+
+
+class Rollouts:
+    """Makes rollouts: sample, score, then log-probs of policy and reference, values, advantages."""
+
+    def __init__(self, model, tokenizer, value_head: nn.Module | None, reference: Callable,
+                 reward: Callable[[list[list[dict]], list[str]], list[float]], settings: RolloutSettings, kl):
+        """``reference()`` -> (model, context): the untuned model to run inside the context (the
+        policy with its method switched off, or a frozen copy); ``kl``: a KL controller (``value``,
+        ``update``)."""
+        self.model, self.tokenizer, self.value_head = model, tokenizer, value_head
+        self.reference, self.reward, self.settings, self.kl = reference, reward, settings, kl
+
+    @torch.no_grad()
+    def make(self, prompts: list[list[int]], messages: list[list[dict]], seed: int) -> dict:
+        s, model = self.settings, self.model
+        was_training = model.training
+        model.eval()
+        start = time.perf_counter()
+        prompts = [p for p in prompts for _ in range(s.group_size)]
+        messages = [m for m in messages for _ in range(s.group_size)]
+        responses = generate(model, self.tokenizer, prompts, s, seed)
+        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        scores = torch.tensor(self.reward(messages, texts), dtype=torch.float32)
+        generated = time.perf_counter()
+        batch = pad_rows(prompts, responses, self.tokenizer.pad_token_id)
+        logps, values, _ = forward(model, self.value_head, batch["input_ids"], batch["attention_mask"], s.temperature)
+        ref_model, off = self.reference()
+        with off:
+            ref_logps, _, _ = forward(ref_model, None, batch["input_ids"], batch["attention_mask"], s.temperature)
+        model.train(was_training)
+        batch.update(old_logps=logps, ref_logps=ref_logps, scores=scores)
+        kl = KL_ESTIMATORS[s.kl_estimator](logps, ref_logps) * batch["mask"]
+        self._advantages(batch, kl, values)
+        batch["stats"] = self._stats(batch, kl, responses, start, generated)
+        self.kl.update(batch["stats"]["kl"], len(responses))
+        return batch
+
+    def _advantages(self, batch: dict, kl: torch.Tensor, values: torch.Tensor | None) -> None:
+        s, mask = self.settings, batch["mask"]
+        if s.algorithm == "grpo":  # outcome advantages, normalised within each prompt's group
+            batch["advantages"] = group_advantages(batch["scores"], s.group_size)[:, None] * mask
+            return
+        rewards = per_token_rewards(batch["scores"], kl, self.kl.value, mask)
+        advantages, returns = gae(rewards, values, mask, s.gamma, s.lam)
+        batch.update(advantages=whiten(advantages, mask) if s.whiten_advantages else advantages,
+                     returns=returns, old_values=values)
+
+    def _stats(self, batch: dict, kl: torch.Tensor, responses: list, start: float, generated: float) -> dict:
+        lengths = torch.tensor([len(r) for r in responses], dtype=torch.float32)
+        done = time.perf_counter()
+        return {"score_mean": float(batch["scores"].mean()), "score_std": float(batch["scores"].std(correction=0)),
+                "kl": float((kl.sum(1)).mean()), "kl_coef": float(self.kl.value),
+                "response_length": float(lengths.mean()),
+                "rollout_tokens_per_s": float(lengths.sum() / max(generated - start, 1e-9)),
+                "rollout_seconds": done - start}
+
+
+class RolloutStream:
+    """The "loader" of an RL run: every ``prompts_per_rollout`` prompts become a rollout, served as
+    ``epochs`` passes of shuffled minibatches; ``len`` counts minibatches per pass over the prompts.
+
+    Each minibatch carries ``num_units`` (response tokens for PPO, sequences for GRPO) and the rollout's
+    statistics (logged by the loss). After a resume the rollouts already trained on are skipped
+    without generating them again (``skip``)."""
+
+    def __init__(self, rollouts: Rollouts, prompts: list[list[int]], messages: list[list[dict]], seed: int):
+        self.rollouts, self.prompts, self.messages, self.seed = rollouts, prompts, messages, seed
+        self.epoch, self.skip = 0, 0
+        s = rollouts.settings
+        self.per_rollout = s.epochs * -(-s.prompts_per_rollout * s.group_size // s.minibatch)
+        self.rollouts_per_pass = max(1, len(prompts) // s.prompts_per_rollout)
+
+    def __len__(self) -> int:
+        return self.rollouts_per_pass * self.per_rollout
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        s = self.rollouts.settings
+        order = list(range(len(self.prompts)))
+        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        skip, self.skip = self.skip, 0
+        for k in range(self.rollouts_per_pass):
+            if skip >= self.per_rollout:
+                skip -= self.per_rollout
+                continue
+            chunk = order[k * s.prompts_per_rollout:(k + 1) * s.prompts_per_rollout]
+            rollout = self.rollouts.make([self.prompts[i] for i in chunk], [self.messages[i] for i in chunk],
+                                         seed=self.seed + 7919 * (self.epoch * self.rollouts_per_pass + k))
+            for n, minibatch in enumerate(self._minibatches(rollout, k)):
+                if n >= skip:
+                    yield minibatch
+            skip = 0
+
+    def _minibatches(self, rollout: dict, k: int):
+        s, n = self.rollouts.settings, len(rollout["scores"])
+        rng = random.Random(self.seed + 31 * k + self.epoch)
+        keys = ("input_ids", "attention_mask", "mask", "old_logps", "ref_logps", "advantages", "returns", "old_values")
+        for _ in range(s.epochs):
+            order = list(range(n))
+            rng.shuffle(order)
+            for start in range(0, n, s.minibatch):
+                idx = torch.tensor(order[start:start + s.minibatch])
+                mb = {key: rollout[key][idx] for key in keys if rollout.get(key) is not None}
+                width = int(mb["attention_mask"].sum(1).max())  # trim padding shared by the minibatch
+                mb = {key: v[:, :width] for key, v in mb.items()}
+                units = mb["mask"].sum() if s.algorithm == "ppo" else torch.tensor(len(idx))
+                yield {**mb, "num_units": units.long(), "stats": rollout["stats"], "rows": len(idx)}
+
+
+STAT_KEYS = ("score_mean", "score_std", "kl", "kl_coef", "response_length", "rollout_tokens_per_s")
+
+
+def attach_value_head(model) -> nn.Linear:
+    """A value head (hidden -> 1) on the policy's trunk, registered on the model so it trains and is
+    checkpointed with it (``model.ppo_value_head``)."""
+    head = nn.Linear(model.config.hidden_size, 1).to(next(model.parameters()).device)
+    nn.init.normal_(head.weight, std=0.01)
+    nn.init.zeros_(head.bias)
+    model.ppo_value_head = head
+    return head
+
+
+def update_loss(model, value_head: nn.Module | None, batch: dict, options, temperature: float):
+    """The summed PPO (policy + ``vf_coef`` x value − entropy bonus) or GRPO loss of one minibatch,
+    and the sums to log (clip fraction, approximate KL, entropy, value loss, the rollout's statistics).
+    Stops the run (UserError) when the rollout's KL exceeds ``options.max_kl`` or the loss is not finite."""
+    from deltatune.errors import UserError
+    from deltatune.losses.rl import grpo_loss, ppo_policy_loss, ppo_value_loss
+
+    stats = batch["stats"]
+    if not math.isfinite(stats["kl"]) or stats["kl"] > options.max_kl:
+        raise UserError(f"the policy drifted from the reference: rollout KL {stats['kl']:.3g} > ppo.max_kl "
+                        f"{options.max_kl}; the last good checkpoint is kept. Lower train.learning_rate or raise ppo.kl_coef")
+    logps, values, entropy = forward(model, value_head, batch["input_ids"], batch["attention_mask"], temperature)
+    mask = batch["mask"]
+    if options.algorithm == "ppo":
+        loss, clipped, approx_kl = ppo_policy_loss(logps, batch["old_logps"], batch["advantages"], mask, options.clip)
+        value_loss, _ = ppo_value_loss(values, batch["old_values"], batch["returns"], mask, options.value_clip)
+        loss = loss + options.vf_coef * value_loss
+    else:
+        loss, clipped, approx_kl = grpo_loss(logps, batch["old_logps"], batch["ref_logps"], batch["advantages"],
+                                             mask, options.clip, options.kl_coef)
+        value_loss = torch.zeros(())
+    loss = loss - options.entropy_coef * (entropy * mask).sum()
+    if not torch.isfinite(loss):
+        raise UserError("the PPO ratio or loss became NaN/inf; the last good checkpoint is kept. Lower "
+                        "train.learning_rate")
+    units, tokens = float(batch["num_units"]), max(float(mask.sum()), 1.0)
+    extras = {"clip_fraction": float(clipped) * units, "approx_kl": float(approx_kl) * units,
+              "entropy": float((entropy.detach() * mask).sum()) / tokens * units,
+              "value_loss": float(value_loss.detach()) / tokens * units, **{k: stats[k] * units for k in STAT_KEYS}}
+    return loss, extras
+
+
+__all__ = ["RolloutSettings", "Rollouts", "RolloutStream", "attach_value_head", "forward", "generate", "pad_rows",
+           "update_loss"]

@@ -1,0 +1,133 @@
+"""RLHF on tiny models: rollouts keep the generated ids and score them at the right positions, the
+first update sees ratio 1 and KL 0, PPO and GRPO raise a synthetic reward with the KL bounded (less
+with a larger KL coefficient), a reward run can be the reward, guardrails stop a drifting run, and
+a killed run resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from deltatune.cli import main
+from deltatune.models import make_tiny_model_dir
+
+REWARDS = '''
+def early_letters(prompts, responses):
+    """Share of the words that start with a, b, c, d or e (about a quarter for a random model)."""
+    return [sum(w[:1].lower() in "abcde" for w in r.split()) / max(len(r.split()), 1) for r in responses]
+
+def broken(prompts, responses):
+    return [float("nan")] * len(responses)
+'''
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rl")
+    (root / "rewards.py").write_text(REWARDS)
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"instruction": f"Say something about item {i}."}) + "\n"
+                                                for i in range(48)))
+    return {"root": root, "llama": make_tiny_model_dir("llama", root / "llama", task="causal_lm")}
+
+
+def args(setup, out, *extra):
+    r = setup["root"]
+    return ["train", "task=ppo", f"model.name={setup['llama']}", f"data.train={r / 'prompts.jsonl'}",
+            "data.validation_split=0.25", f"ppo.reward={r / 'rewards.py'}:early_letters", "generate.max_new_tokens=12",
+            "train.epochs=3", "train.batch_size=8", "train.learning_rate=1e-2", "train.progress=false",
+            "train.precision=fp32", "train.log_every=4", "--output-dir", str(out), "--json", *extra]
+
+
+def rollout_log(out):
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "score_mean" in r]
+
+
+def test_first_rollout_has_ratio_one_and_kl_zero(setup, one_thread):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from deltatune.data.sft import make_template, prompt_ids
+    from deltatune.losses.rl import FixedKLController
+    from deltatune.methods.lora import LORA, LoraOptions
+    from deltatune.methods.registry import ModelContext
+    from deltatune.training.rollout import Rollouts, RolloutSettings, forward
+
+    model = AutoModelForCausalLM.from_pretrained(setup["llama"])
+    tok = AutoTokenizer.from_pretrained(setup["llama"])
+    LORA.apply(model, LoraOptions(), ModelContext("x", "CAUSAL_LM", []))
+    with torch.no_grad():  # a trained-looking adapter: the policy differs from the reference
+        for layer in [m for m in model.modules() if hasattr(m, "lora_B")]:
+            layer.lora_B.weight.normal_(0, 0.05)
+    messages = [[{"role": "user", "content": f"item {i}"}] for i in range(4)]
+    prompts = [prompt_ids(tok, make_template("chat", tok), m) for m in messages]
+    settings = RolloutSettings("ppo", 4, 1, 1, 4, 6, 1.0, 1.0, 1.0, 0.95, "k1", True)
+    value_head = torch.nn.Linear(model.config.hidden_size, 1)
+    rollouts = Rollouts(model, tok, value_head, lambda: (model, LORA.switch_off(model)),
+                        lambda p, r: [float(len(x)) for x in r], settings, FixedKLController(0.1))
+    batch = rollouts.make(prompts, messages, seed=0)
+    for i, p in enumerate(prompts):  # ids kept as generated: the prompt, then the response
+        assert batch["input_ids"][i, :len(p)].tolist() == p and batch["mask"][i, :len(p)].sum() == 0
+    with torch.no_grad():
+        logps, values, _ = forward(model, value_head, batch["input_ids"], batch["attention_mask"])
+    mask = batch["mask"].bool()
+    ratio = torch.exp(logps - batch["old_logps"])[mask]
+    torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-5, rtol=0)  # first update: ratio 1
+    assert batch["stats"]["kl"] != 0  # policy != reference here ...
+    same = Rollouts(model, tok, value_head, lambda: (model, torch.no_grad()), lambda p, r: [0.0] * len(r),
+                    settings, FixedKLController(0.1)).make(prompts, messages, seed=0)
+    assert same["stats"]["kl"] == 0  # ... and 0 when the reference is the policy itself
+
+
+def test_ppo_and_grpo_raise_the_reward_with_bounded_kl(setup, tmp_path, capsys, one_thread):
+    for algo, extra in (("ppo", []), ("grpo", ["ppo.prompts_per_rollout=8"])):
+        out = tmp_path / algo
+        assert main(args(setup, out, f"ppo.algorithm={algo}", *extra)) == 0
+        summary = json.loads(capsys.readouterr().out)
+        log = rollout_log(out)
+        assert log[0]["kl"] == pytest.approx(0, abs=1e-6)  # the first rollout comes from the reference itself
+        first, last = log[0]["score_mean"], max(r["score_mean"] for r in log[-3:])
+        assert last > first + 0.1, (algo, first, last)
+        assert summary["tuned_score"] > summary["base_score"] and summary["tuned_win_rate"] > 0.5
+        assert max(r["kl"] for r in log) < 5
+        report = (out / "eval_report.md").read_text()
+        assert "| prompt | base | reward | tuned | reward |" in report
+    # a large KL coefficient keeps the policy near the reference
+    near = tmp_path / "near"
+    assert main(args(setup, near, "ppo.kl_coef=5")) == 0
+    capsys.readouterr()
+    assert max(r["kl"] for r in rollout_log(near)) < max(r["kl"] for r in rollout_log(tmp_path / "ppo"))
+
+
+def test_reward_from_a_reward_run_and_guardrails(setup, tmp_path, capsys, one_thread):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"item {i}", "chosen": "a b c d e", "rejected": "x y z"}) + "\n"
+                             for i in range(32)))
+    rm = tmp_path / "rm"
+    assert main(["train", "task=reward", f"model.name={setup['llama']}", f"data.train={pairs}", "train.epochs=2",
+                 "train.batch_size=8", "train.progress=false", "train.precision=fp32", "--output-dir", str(rm)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "with-rm"
+    assert main(args(setup, out, f"ppo.reward={rm}", "train.epochs=1")) == 0
+    assert json.loads(capsys.readouterr().out)["tuned_score"] is not None
+    code = main(args(setup, tmp_path / "drift", "ppo.max_kl=1e-9", "train.epochs=1"))
+    assert code == 2 and "ppo.max_kl" in capsys.readouterr().err
+    code = main(args(setup, tmp_path / "nan", f"ppo.reward={setup['root'] / 'rewards.py'}:broken"))
+    assert code == 2 and "finite" in capsys.readouterr().err
+    assert main(args(setup, tmp_path / "bad", "ppo.reward=no_such_module:f")) == 2
+    assert "cannot import" in capsys.readouterr().err
+
+
+def test_a_killed_rl_run_resumes(setup, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "DELTATUNE_FAULT_AT_STEP": "8"}
+    cmd = [sys.executable, "-m", "deltatune", *args(setup, out, "train.checkpoint_every=4")]
+    killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL
+    env.pop("DELTATUNE_FAULT_AT_STEP")
+    resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 24 and summary["tuned_score"] is not None
