@@ -212,3 +212,13 @@ def test_preview_and_errors_of_pair_data(tiny, tmp_path, capsys):
                  "--output-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl, line 1" in err and "data.fields" in err
+
+
+def test_held_out_split_does_not_depend_on_the_training_sample():
+    from deltatune.data.readers import split_then_sample
+
+    items = list(range(100))
+    _, val_all = split_then_sample(items, None, 0.2, None, seed=3)
+    train, val_small = split_then_sample(items, None, 0.2, 10, seed=3)
+    assert val_small == val_all and len(val_all) == 20 and len(train) == 10
+    assert not set(train) & set(val_all) and train == sorted(train)

@@ -24,12 +24,20 @@ class DataError(UserError):
         if path is not None:
             where = str(path)
             if line is not None:
-                where += f", line {line}"
+                where += f", {_unit(where)} {line}"
             if field is not None:
                 where += f", field '{field}'"
             where += ": "
         super().__init__(where + message)
         self.path, self.line, self.field = path, line, field
+
+
+def _unit(path: str) -> str:
+    """"row" for columnar sources (Parquet, Arrow, hub datasets), which have no lines; else "line"."""
+    import os
+
+    columnar = path.startswith("hf://") or path.endswith((".parquet", ".arrow")) or "*" in path
+    return "row" if columnar or os.path.isdir(path) else "line"
 
 
 def suggest_key(name: str, names: list[str] | tuple[str, ...]) -> str:

@@ -233,22 +233,17 @@ def read_conversations(path: str, data, require_response: bool = True) -> list[C
 
 def load_splits(data, seed: int) -> dict[str, list[Conversation]]:
     """train / validation / test conversations (validation from a seeded split when asked)."""
-    import random
+    from deltatune.data.readers import split_then_sample
 
     if not data.train:
         raise ConfigError("data.train: required; set it to a .jsonl, .json, .csv or .tsv file of "
                           "instruction data")
     splits = {"train": read_conversations(data.train, data)}
-    if data.max_train_samples and data.max_train_samples < len(splits["train"]):
-        splits["train"] = random.Random(seed).sample(splits["train"], data.max_train_samples)
-    if data.validation:
-        splits["validation"] = read_conversations(data.validation, data)
-    elif data.validation_split:
-        order = list(range(len(splits["train"])))
-        random.Random(seed + 1).shuffle(order)
-        cut = max(1, round(len(order) * data.validation_split))
-        splits["validation"] = [splits["train"][i] for i in sorted(order[:cut])]
-        splits["train"] = [splits["train"][i] for i in sorted(order[cut:])]
+    validation = read_conversations(data.validation, data) if data.validation else None
+    splits["train"], validation = split_then_sample(splits["train"], validation, data.validation_split,
+                                                    data.max_train_samples, seed)
+    if validation is not None:
+        splits["validation"] = validation
     if data.test:
         splits["test"] = read_conversations(data.test, data)
     return splits

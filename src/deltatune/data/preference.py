@@ -17,7 +17,6 @@ optional ``margin`` field gives a per-pair margin for the reward model.
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass, field
 
@@ -27,7 +26,7 @@ from pydantic import Field
 
 from deltatune.config import DataConfig
 from deltatune.data.conversations import Conversation, FieldMap, _get, _message_list, _string
-from deltatune.data.readers import Row, read_rows
+from deltatune.data.readers import Row, read_rows, split_then_sample
 from deltatune.errors import ConfigError, DataError
 from deltatune.losses.lm import IGNORE_INDEX
 
@@ -183,17 +182,14 @@ def load_pair_splits(data, seed: int) -> tuple[dict[str, list[PreferencePair]], 
         raise ConfigError("data.train: required; set it to a file of preference pairs")
     splits, stats = {}, {}
     splits["train"], stats["train"] = read_pairs(data.train, data)
-    if data.max_train_samples and data.max_train_samples < len(splits["train"]):
-        splits["train"] = random.Random(seed).sample(splits["train"], data.max_train_samples)
+    validation = None
     if data.validation:
-        splits["validation"], stats["validation"] = read_pairs(data.validation, data)
-    elif data.validation_split:
-        order = list(range(len(splits["train"])))
-        random.Random(seed + 1).shuffle(order)
-        cut = max(1, round(len(order) * data.validation_split))
-        splits["validation"] = [splits["train"][i] for i in sorted(order[:cut])]
-        splits["train"] = [splits["train"][i] for i in sorted(order[cut:])]
-        stats["validation"] = PairStats(rows=len(splits["validation"]))
+        validation, stats["validation"] = read_pairs(data.validation, data)
+    splits["train"], validation = split_then_sample(splits["train"], validation, data.validation_split,
+                                                    data.max_train_samples, seed)
+    if validation is not None:
+        splits["validation"] = validation
+        stats.setdefault("validation", PairStats(rows=len(validation)))
     if data.test:
         splits["test"], stats["test"] = read_pairs(data.test, data)
     return splits, stats

@@ -3,7 +3,6 @@ preference layout (the answers in the file, if any, are not used), as chat messa
 
 from __future__ import annotations
 
-import random
 from typing import Literal
 
 from pydantic import Field
@@ -11,7 +10,7 @@ from pydantic import Field
 from deltatune.config import DataConfig
 from deltatune.data.conversations import FieldMap, rows_to_conversations
 from deltatune.data.preference import rows_to_pairs
-from deltatune.data.readers import read_rows
+from deltatune.data.readers import read_rows, split_then_sample
 from deltatune.errors import ConfigError, DataError
 
 PAIR_LAYOUTS = ("hh", "prompt_chosen_rejected", "messages_pair")
@@ -52,14 +51,9 @@ def load_prompt_splits(data, seed: int) -> dict[str, list[list[dict]]]:
         raise ConfigError("data.train: required; set it to a file of prompts (any instruction or "
                           "preference layout)")
     splits = {"train": read_prompts(data.train, data)}
-    if data.max_train_samples and data.max_train_samples < len(splits["train"]):
-        splits["train"] = random.Random(seed).sample(splits["train"], data.max_train_samples)
-    if data.validation:
-        splits["validation"] = read_prompts(data.validation, data)
-    elif data.validation_split:
-        order = list(range(len(splits["train"])))
-        random.Random(seed + 1).shuffle(order)
-        cut = max(1, round(len(order) * data.validation_split))
-        splits["validation"] = [splits["train"][i] for i in sorted(order[:cut])]
-        splits["train"] = [splits["train"][i] for i in sorted(order[cut:])]
+    validation = read_prompts(data.validation, data) if data.validation else None
+    splits["train"], validation = split_then_sample(splits["train"], validation, data.validation_split,
+                                                    data.max_train_samples, seed)
+    if validation is not None:
+        splits["validation"] = validation
     return splits

@@ -56,11 +56,18 @@ class Row(dict):
 def read_rows(path: str | Path, fmt: str | None = None) -> list[Row]:
     """Read every record of ``path`` as a :class:`Row`.
 
-    ``fmt`` is one of :data:`FORMATS`; when None it comes from the file extension. Raises
+    ``fmt`` is one of :data:`FORMATS` (or parquet / arrow / hf, see :mod:`deltatune.data.tables`);
+    when None it comes from the file extension (a folder of shards or a ``save_to_disk`` folder, and
+    ``hf://org/name`` hub ids, are recognised too). Raises
     :class:`DataError` for a missing file, an empty file, bad UTF-8, malformed JSON, a JSON value
     that is not an object, a CSV/TSV row with the wrong number of columns, or an unknown format.
     """
+    from deltatune.data.tables import read_table_rows, table_format
+
     path = str(path)
+    columnar = table_format(path, fmt)
+    if columnar is not None:
+        return read_table_rows(path, columnar)
     _check_is_file(path)
     fmt = _resolve_format(path, fmt)
     text = _decode(_read_bytes(path), path)
@@ -88,7 +95,8 @@ def _resolve_format(path: str, fmt: str | None) -> str:
         return _EXTENSIONS[suffix]
     shown = f"extension '{suffix}'" if suffix else "no file extension"
     raise DataError(f"cannot tell the format from {shown}; supported formats are {supported} "
-                    f"(.jsonl, .json, .csv, .tsv). Rename the file, or set `data.format:` "
+                    f"(.jsonl, .json, .csv, .tsv), and parquet (a file, glob or folder), Arrow folders "
+                    f"from save_to_disk and hf://org/name hub datasets. Rename the file, or set `data.format:` "
                     f"(e.g. `data.format: jsonl`) in the config.", path=path)
 
 
@@ -327,3 +335,23 @@ _FORMAT_HINTS = {
     "csv": "a header row such as text,label followed by one row per example",
     "tsv": "a header row such as text<TAB>label followed by one row per example",
 }
+
+
+def split_then_sample(train: list, validation: list | None, validation_split: float | None,
+                      max_train_samples: int | None, seed: int) -> tuple[list, list | None]:
+    """(train, validation) of unlabelled examples: the validation split is cut first (seeded by
+    ``seed + 1``), then the training rows are sampled (seeded by ``seed``), so the held-out set does
+    not change with ``max_train_samples``. Both keep file order. ``validation`` (from a file) wins."""
+    import random
+
+    if validation is None and validation_split:
+        order = list(range(len(train)))
+        random.Random(seed + 1).shuffle(order)
+        cut = max(1, round(len(order) * validation_split))
+        held = set(order[:cut])
+        validation = [x for i, x in enumerate(train) if i in held]
+        train = [x for i, x in enumerate(train) if i not in held]
+    if max_train_samples and max_train_samples < len(train):
+        keep = set(random.Random(seed).sample(range(len(train)), max_train_samples))
+        train = [x for i, x in enumerate(train) if i in keep]
+    return train, validation
