@@ -22,7 +22,7 @@ demo: setup
 	$(BIN)/deltatune demo
 
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
 
 bench: setup
 	$(BIN)/python benchmarks/classification.py

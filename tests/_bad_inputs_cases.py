@@ -1062,3 +1062,60 @@ def _(c):
 def _(c):
     run = c.use("sft")
     return Spec(["predict", run.name, "hello"], [run.name, "generate"], protect=[run])
+
+
+# ----------------------------------------------------------------------------- compare, bench, check (issue 17)
+
+
+def measure_argv(c, command: str, *extra: str) -> list[str]:
+    return [command, f"model.name={c.world.bert}", *CLS_COMMON, *extra]
+
+
+@case("message", "compare-unknown-method")
+def _(c):
+    return Spec(measure_argv(c, "compare", "--methods", "lora,lorra", "--output-dir", "cmp"), ["lorra", "lora"],
+                absent=[c.tmp / "cmp"])
+
+
+@case("message", "compare-seeds-not-integers")
+def _(c):
+    return Spec(measure_argv(c, "compare", "--methods", "lora", "--seeds", "0,one"), ["--seeds", "0,1,2"])
+
+
+@case("lose", "compare-into-a-foreign-directory")
+def _(c):
+    c.file("mine/notes.txt", "keep me")
+    return Spec(measure_argv(c, "compare", "--methods", "bitfit", "--output-dir", "mine"), ["mine", "choose"],
+                protect=[c.tmp / "mine"])
+
+
+@case("message", "bench-not-a-run")
+def _(c):
+    return Spec(["bench", "val.jsonl"], ["val.jsonl", "not a deltatune run"])
+
+
+@case("message", "bench-bad-batch-sizes")
+def _(c):
+    run = c.use("cls")
+    return Spec(["bench", run.name, "--batch-sizes", "1,zero"], ["--batch-sizes", "1,16"], protect=[run])
+
+
+@case("message", "check-missing-data-file")
+def _(c):
+    return Spec(measure_argv(c, "check", "data.train=missing.jsonl", "--fast"), ["missing.jsonl"])
+
+
+@case("message", "check-negative-memory")
+def _(c):
+    return Spec(measure_argv(c, "check", "--memory-mb", "-5"), ["--memory-mb", "positive"])
+
+
+@case("message", "eval-baseline-on-sft-data")
+def _(c):
+    run = c.use("cls")
+    return Spec(["eval", run.name, "--data", "sft.jsonl", "--baseline"], ["sft.jsonl", "text"], protect=[run])
+
+
+@case("message", "early-stopping-zero")
+def _(c):
+    return Spec(c.cls("train.early_stopping=0"), ["train.early_stopping", "0"])

@@ -48,6 +48,9 @@ def test_errors_name_the_row_and_hub_ids_fail_clearly_offline(tables, monkeypatc
         read_rows("hf://org/some-dataset?split=train")
     with pytest.raises(DataError, match="no .parquet file"):
         read_rows(str(tables / "nothing-*.parquet"))
+    (tables / "damaged.parquet").write_bytes(b"x")
+    with pytest.raises(DataError, match="damaged.parquet.*not a readable Parquet file"):
+        read_rows(str(tables / "damaged.parquet"))
 
 
 def test_training_from_parquet_through_the_cli(tables, tmp_path, capsys):

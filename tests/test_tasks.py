@@ -147,7 +147,7 @@ def test_task_list_and_options_come_from_the_registry(toy_task, capsys):
     assert "toy_regress" in help_text and "data.target_field" in help_text and "data.layout" in help_text
     with pytest.raises(ConfigError, match="data.target_field: an option of task 'toy_regress'"):
         load_config(None, ["data.target_field=z"])
-    with pytest.raises(ConfigError, match="data.layout: an option of tasks 'dpo', 'reward' and 'sft'"):
+    with pytest.raises(ConfigError, match="data.layout: an option of tasks 'dpo', 'ppo', 'reward' and 'sft'"):
         load_config(None, ["task=toy_regress", "data.layout=alpaca"])
     with pytest.raises(ConfigError, match="unknown task 'toy_regres'; did you mean `toy_regress`"):
         load_config(None, ["task=toy_regres"])

@@ -1,4 +1,5 @@
-"""Command line: ``deltatune train | preview | eval | predict | generate | chat | merge | models | methods | tasks | demo``.
+"""Command line: ``deltatune train | preview | eval | predict | generate | chat | merge | models | methods | tasks | demo
+| compare | bench | check`` (the last three in :mod:`deltatune.cli_measure`).
 
 Every command is a thin shell over a plain Python function. Errors a user can cause print one
 line (``error: ...``) and exit with status 2 — no traceback.
@@ -26,7 +27,8 @@ def _cmd_train(args) -> int:
         cfg.output_dir = args.output_dir
     if args.resume:
         cfg.train.resume = True
-    summary = run_config(cfg, overwrite=args.overwrite, allow_data_change=args.allow_data_change)
+    summary = run_config(cfg, overwrite=args.overwrite, allow_data_change=args.allow_data_change,
+                         preflight=not args.no_check)
     if summary.get("task"):  # the main process reports; other processes of a distributed run return {}
         print(json.dumps(summary, indent=2) if args.json else _summary_text(summary))
     return 0
@@ -47,10 +49,18 @@ def _target(args, command: str):
 
 
 def _cmd_eval(args) -> int:
+    from deltatune.cli_code import check_data_eval, cmd_code_eval
     from deltatune.runs.services import evaluate
 
+    if args.code is not None:
+        return cmd_code_eval(args)
+    check_data_eval(args)
     if args.samples is not None and args.samples < 0:
         raise UserError(f"--samples: must be 0 or more (got {args.samples})")
+    if args.baseline:
+        from deltatune.cli_measure import cmd_eval_baseline
+
+        return cmd_eval_baseline(args)
     run = _target(args, "eval")
     report = evaluate(run, args.data, samples=args.samples)
     print(json.dumps(report, indent=2) if args.json
@@ -243,7 +253,8 @@ def _common_data_keys() -> tuple[str, ...]:
 def _cmd_demo(args) -> int:
     from deltatune.demo import run_demo
 
-    run_demo(output_dir=args.output_dir, train_samples=args.train_samples)
+    run_demo(output_dir=args.output_dir, train_samples=args.train_samples,
+             methods=args.methods.split(",") if args.methods else None)
     return 0
 
 
@@ -269,6 +280,7 @@ def _add_train(sub) -> None:
     t.add_argument("--allow-data-change", action="store_true",
                    help="with --resume: accept data files whose content changed since the checkpoint")
     t.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    t.add_argument("--no-check", action="store_true", help="skip the fast pre-flight checks of the data")
     t.set_defaults(func=_cmd_train)
 
 
@@ -280,12 +292,18 @@ def _target_args(parser, what: str = "a trained run directory") -> None:
 
 
 def _add_post_run(sub) -> None:
-    e = sub.add_parser("eval", help="evaluate a trained run (or an adapter) on a labelled file")
+    from deltatune.cli_code import add_code_eval_args
+
+    e = sub.add_parser("eval", help="evaluate a trained run (or an adapter) on a labelled file, "
+                                    "or on code benchmarks by running the generated code (--code)")
     _target_args(e)
-    e.add_argument("--data", required=True, help="labelled file with the training config's fields")
+    e.add_argument("--data", help="labelled file with the training config's fields (with --code: the benchmark file)")
     e.add_argument("--json", action="store_true", help="print metrics as JSON on stdout")
     e.add_argument("--samples", type=int, default=None,
-                   help="sft: examples to generate for ROUGE-L/BLEU/exact match (default generate.eval_samples)")
+                   help="sft: examples to generate for ROUGE-L/BLEU/exact match (default generate.eval_samples); "
+                        "with --code: answers per task, the n of pass@k (default 1, greedy)")
+    e.add_argument("--baseline", action="store_true", help="also evaluate the untuned base model and show the change")
+    add_code_eval_args(e)
     e.set_defaults(func=_cmd_eval)
 
     pr = sub.add_parser("predict", help="predict labels with a trained classifier run (or adapter)")
@@ -358,9 +376,10 @@ def _add_listings(sub) -> None:
     ta = sub.add_parser("tasks", help="list the tasks, their data options and their commands")
     ta.set_defaults(func=_cmd_tasks)
 
-    d = sub.add_parser("demo", help="LoRA on the bundled MiniLM with a small SST-2 sample")
-    d.add_argument("--output-dir", default=None, help="run directory (default runs/demo-<time>)")
-    d.add_argument("--train-samples", type=int, default=None, help="training sentences to use")
+    d = sub.add_parser("demo", help="fine-tuning methods compared on the bundled MiniLM with an SST-2 sample")
+    d.add_argument("--output-dir", default=None, help="comparison directory (default runs/demo; reused when run again)")
+    d.add_argument("--train-samples", type=int, default=None, help="training sentences to use (default 2000)")
+    d.add_argument("--methods", help="comma-separated methods (default full,lora,ia3,bitfit,prompt_tuning)")
     d.set_defaults(func=_cmd_demo)
 
 
@@ -371,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_post_run(sub)
     _add_generation(sub)
     _add_listings(sub)
+    from deltatune.cli_measure import add_measure_commands
+
+    add_measure_commands(sub)
     return p
 
 
@@ -381,7 +403,7 @@ def _parse(argv: list[str] | None):
     if extra and args.command == "generate" and not any(x.startswith("-") for x in extra):
         args.prompts, extra = [*args.prompts, *extra], []  # prompts after options
     if extra:
-        if args.command not in ("train", "preview") or any(x.startswith("-") or "=" not in x for x in extra):
+        if args.command not in ("train", "preview", "compare", "check") or any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     return args

@@ -40,8 +40,9 @@ class DataConfig(_Strict):
     test: str | None = Field(None, description="test file, evaluated once at the end")
     validation_split: float | None = Field(
         None, gt=0, lt=1, description="fraction of train held out (seeded, stratified) when no validation file")
-    format: Literal["jsonl", "json", "csv", "tsv"] | None = Field(
-        None, description="file format; default from the file extension")
+    format: Literal["jsonl", "json", "csv", "tsv", "parquet", "arrow", "hf"] | None = Field(
+        None, description="file format; default from the file extension (parquet: a file, glob or folder "
+        "of shards; arrow: a Dataset.save_to_disk folder; hf: hf://org/name?split=train&config=x)")
     max_length: int | None = Field(
         None, gt=1, description="tokens per example; default: the task's (128 classify, 1024 sft)")
     max_train_samples: int | None = Field(
@@ -88,6 +89,9 @@ class TrainConfig(_Strict):
     greater_is_better: bool | None = Field(
         None, description="whether a higher metric_for_best is better; default false for loss and "
         "perplexity, else true")
+    early_stopping: int | None = Field(
+        None, gt=0, description="stop when metric_for_best has not improved for this many evaluations "
+        "(the best checkpoint is kept); null = train the whole budget")
     seed: int = Field(42, description="seed for init, dropout and data order")
     log_every: int = Field(10, gt=0, description="write a metrics.jsonl line every N steps")
     progress: bool = Field(True, description="show a progress bar")
@@ -119,6 +123,7 @@ class Config(_Strict):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     output_dir: str | None = Field(None, description="run directory; default runs/<task>-<method>-<time>")
     _max_length_is_default: bool = PrivateAttr(False)  # the task's default, not the user's choice
+    _metric_is_default: bool = PrivateAttr(False)  # metric_for_best not set by the user (a task may refine it)
 
     @field_validator("method", mode="before")
     @classmethod
@@ -138,6 +143,7 @@ class Config(_Strict):
             self._max_length_is_default = True
             d.max_length = spec.default_max_length
         if t.metric_for_best is None:
+            self._metric_is_default = True
             t.metric_for_best = spec.default_metric
         if spec.best_metrics and t.metric_for_best not in spec.best_metrics:
             raise ValueError(f"train.metric_for_best: {spec.name} runs evaluate "

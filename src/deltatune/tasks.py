@@ -110,6 +110,9 @@ class TaskSpec:
     """``(cfg, examples, color) -> text`` for ``deltatune preview``: the data as the model sees it."""
     check: Callable[[Config], None] | None = None
     """Task-specific config checks that need more than one section (raise ValueError with the fix)."""
+    inspect: Callable[[Config], Any] | None = None
+    """``cfg -> DataView``: the examples as the pre-flight data checks see them (text, labels, length,
+    trained tokens; :mod:`deltatune.checks.views`). None: ``deltatune check`` runs the config checks only."""
     summary_keys: tuple[str, ...] = field(default_factory=tuple)
     """Summary values the CLI prints after training."""
     adapter_default: bool = False

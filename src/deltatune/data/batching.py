@@ -60,7 +60,7 @@ def pad_collate(features: list[dict], pad_token_id: int) -> dict[str, torch.Tens
     """Right-pad ``input_ids`` (and ``token_type_ids``) to the batch's longest example.
 
     Returns ``input_ids`` (B, T), ``attention_mask`` (B, T), optional ``token_type_ids`` (B, T) and
-    ``labels`` (B,), plus ``num_units`` = B (the loss normaliser for exact accumulation).
+    ``labels`` (B,) (multi-label: (B, C) float), plus ``num_units`` = B (the loss normaliser for exact accumulation).
     """
     longest = max(len(f["input_ids"]) for f in features)
     batch_size = len(features)
@@ -77,6 +77,7 @@ def pad_collate(features: list[dict], pad_token_id: int) -> dict[str, torch.Tens
     out = {"input_ids": ids, "attention_mask": mask, "num_units": torch.tensor(batch_size)}
     if has_types:
         out["token_type_ids"] = types
-    if features[0].get("label") is not None:
-        out["labels"] = torch.tensor([f["label"] for f in features], dtype=torch.long)
+    if features[0].get("label") is not None:  # class ids (B,), or multi-label 0/1 targets (B, C)
+        labels = [f["label"] for f in features]
+        out["labels"] = torch.tensor(labels, dtype=torch.float if isinstance(labels[0], list) else torch.long)
     return out

@@ -100,10 +100,11 @@ def detect_layout(row: Row, fields: FieldMap, require_response: bool = True) -> 
 
 
 def rows_to_conversations(rows: Sequence[Row], layout: str = "auto", fields: FieldMap | None = None,
-                          system_prompt: str | None = None, require_response: bool = True
-                          ) -> list[Conversation]:
+                          system_prompt: str | None = None, require_response: bool = True,
+                          allow_empty_answer: bool = False) -> list[Conversation]:
     """Convert rows (all of one layout) to conversations. ``require_response=False`` accepts
-    prompt-only rows (alpaca without ``output``, chats ending with a user message): for generation."""
+    prompt-only rows (alpaca without ``output``, chats ending with a user message): for generation.
+    ``allow_empty_answer``: an empty answer is kept (the encoder drops it, counted) instead of an error."""
     fields = fields or FieldMap()
     if not rows:
         return []
@@ -113,7 +114,7 @@ def rows_to_conversations(rows: Sequence[Row], layout: str = "auto", fields: Fie
                "text": _text_row}[layout]
     out = []
     for row in rows:
-        conv = convert(row, fields, require_response)
+        conv = convert(row, fields, require_response, allow_empty_answer)
         conv.path = row.path
         if system_prompt and not conv.raw and conv.messages[0]["role"] != "system":
             conv.messages.insert(0, {"role": "system", "content": system_prompt})
@@ -153,7 +154,7 @@ def _user(instruction: str, inp: str) -> dict:
     return {"role": "user", "content": content, "instruction": instruction, "input": inp}
 
 
-def _alpaca(row: Row, fields: FieldMap, need_answer: bool = True) -> Conversation:
+def _alpaca(row: Row, fields: FieldMap, need_answer: bool = True, allow_empty: bool = False) -> Conversation:
     msgs = []
     system = _get(row, fields, "system", required=False)
     if system:
@@ -172,7 +173,7 @@ def _alpaca(row: Row, fields: FieldMap, need_answer: bool = True) -> Conversatio
     msgs.append(_user(instruction, inp))
     output = _get(row, fields, "output", required=need_answer)
     if output is not None or need_answer:
-        msgs.append({"role": "assistant", "content": _string(output, row, fields["output"])})
+        msgs.append({"role": "assistant", "content": _string(output, row, fields["output"], allow_empty)})
     return Conversation(msgs, line=row.line)
 
 
@@ -194,31 +195,33 @@ def _message_list(value, row: Row, name: str, fields: FieldMap) -> list[dict]:
     return out
 
 
-def _messages(row: Row, fields: FieldMap, need_answer: bool = True) -> Conversation:
+def _messages(row: Row, fields: FieldMap, need_answer: bool = True, allow_empty: bool = False) -> Conversation:
     key = fields["messages"] if fields["messages"] in row else "conversations"
     msgs = _message_list(_get(row, fields, "messages") if key != "conversations" else row[key],
                          row, key, fields)
-    if need_answer and not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
+    answered = any(m["role"] == "assistant" and m["content"].strip() for m in msgs)
+    if need_answer and not allow_empty and not answered:
         raise DataError("no assistant message with content: nothing to train on", path=row.path,
                         line=row.line, field=key)
     return Conversation(msgs, line=row.line)
 
 
-def _prompt_completion(row: Row, fields: FieldMap, need_answer: bool = True) -> Conversation:
+def _prompt_completion(row: Row, fields: FieldMap, need_answer: bool = True,
+                       allow_empty: bool = False) -> Conversation:
     prompt, completion = _get(row, fields, "prompt"), _get(row, fields, "completion")
     if isinstance(prompt, list):  # conversational pair (TRL's layout)
         msgs = _message_list(prompt, row, fields["prompt"], fields)
         answer = _message_list(completion, row, fields["completion"], fields)
-        if not any(m["role"] == "assistant" and m["content"].strip() for m in answer):
+        if not allow_empty and not any(m["role"] == "assistant" and m["content"].strip() for m in answer):
             raise DataError("the completion has no assistant message with content: nothing to train on",
                             path=row.path, line=row.line, field=fields["completion"])
         return Conversation(msgs + answer, line=row.line)
     msgs = [{"role": "user", "content": _string(prompt, row, fields["prompt"])},
-            {"role": "assistant", "content": _string(completion, row, fields["completion"])}]
+            {"role": "assistant", "content": _string(completion, row, fields["completion"], allow_empty)}]
     return Conversation(msgs, raw=True, line=row.line)
 
 
-def _text_row(row: Row, fields: FieldMap, need_answer: bool = True) -> Conversation:
+def _text_row(row: Row, fields: FieldMap, need_answer: bool = True, allow_empty: bool = False) -> Conversation:
     text = _string(_get(row, fields, "text"), row, fields["text"])
     return Conversation([{"role": "assistant", "content": text}], raw=True, line=row.line)
 
@@ -228,7 +231,8 @@ def read_conversations(path: str, data, require_response: bool = True) -> list[C
     from deltatune.data.readers import read_rows
 
     return rows_to_conversations(read_rows(path, data.format), data.layout, FieldMap(data.fields),
-                                 data.system_prompt, require_response=require_response)
+                                 data.system_prompt, require_response=require_response,
+                                 allow_empty_answer=getattr(data, "empty_answers", "error") == "drop")
 
 
 def load_splits(data, seed: int) -> dict[str, list[Conversation]]:

@@ -62,12 +62,12 @@ def read_rows(path: str | Path, fmt: str | None = None) -> list[Row]:
     :class:`DataError` for a missing file, an empty file, bad UTF-8, malformed JSON, a JSON value
     that is not an object, a CSV/TSV row with the wrong number of columns, or an unknown format.
     """
-    from deltatune.data.tables import read_table_rows, table_format
+    from deltatune.data.tables import read_table_records, table_format
 
     path = str(path)
     columnar = table_format(path, fmt)
     if columnar is not None:
-        return read_table_rows(path, columnar)
+        return [Row.make(record, path, i + 1) for i, record in enumerate(read_table_records(path, columnar))]
     _check_is_file(path)
     fmt = _resolve_format(path, fmt)
     text = _decode(_read_bytes(path), path)

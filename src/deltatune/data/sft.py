@@ -311,9 +311,11 @@ class EncodeStats:
 def encode_conversations(convs: Sequence[Conversation], template: Template, tokenizer,
                          max_length: int | None = None, truncation: str = "truncate"
                          ) -> tuple[list[dict], EncodeStats]:
-    """Features ``{input_ids, labels, line}`` for each kept example, and the counts."""
-    feats = [dict(zip(("input_ids", "labels"), encode_segments(tokenizer, template.segments(c))),
-                  line=c.line) for c in convs]
+    """Features ``{input_ids, labels, line}`` for each kept example, and the counts. An example whose
+    answers are all empty (``data.empty_answers: drop``) counts as one without target tokens."""
+    feats = [dict(zip(("input_ids", "labels"), encode_segments(tokenizer, template.segments(c))), line=c.line)
+             if any(m["role"] == "assistant" and m["content"].strip() for m in c.messages)
+             else {"input_ids": [], "labels": [], "line": c.line} for c in convs]
     return apply_max_length(feats, max_length, truncation)
 
 

@@ -41,6 +41,7 @@ def open_table(path: str, fmt: str):
     datasets.disable_progress_bars()
     if fmt == "parquet":
         files = _parquet_files(path)
+        _check_parquet(files)
         return datasets.Dataset.from_parquet(files)
     if fmt == "arrow":
         try:
@@ -54,14 +55,25 @@ def open_table(path: str, fmt: str):
     return _hub(path)
 
 
-def read_table_rows(path: str, fmt: str):
-    """Every row of a columnar source as a Row (``line`` = row number)."""
-    from deltatune.data.readers import Row
-
+def read_table_records(path: str, fmt: str) -> list[dict]:
+    """Every row of a columnar source as a dict, in order (row numbers are positions + 1)."""
     table = open_table(path, fmt)
     if len(table) == 0:
         raise DataError("no rows found", path=path)
-    return [Row.make(record, path, i + 1) for i, record in enumerate(table)]
+    return list(table)
+
+
+def _check_parquet(files: list[str]) -> None:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    for file in files:
+        try:
+            pq.read_metadata(file)
+        except (pyarrow.ArrowException, OSError) as exc:
+            raise DataError(f"not a readable Parquet file ({str(exc).splitlines()[0]}); write it again, "
+                            "e.g. with pandas.DataFrame.to_parquet or datasets.Dataset.to_parquet",
+                            path=file) from None
 
 
 def _parquet_files(path: str) -> list[str]:

@@ -47,7 +47,7 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
 
 
 def generate_texts(model, tokenizer, prompt_ids: list[list[int]], settings: GenerateConfig,
-                   seed: int | None = None) -> list[str]:
+                   seed: int | None = None, stop_when: Callable[[str], bool] | None = None) -> list[str]:
     """Generate one answer per prompt; returns the answers in input order.
 
     Prompts are sorted by length (longest first) and generated ``settings.batch_size`` at a time, left
@@ -56,6 +56,8 @@ def generate_texts(model, tokenizer, prompt_ids: list[list[int]], settings: Gene
     skipped), up to the first end token; each text is then cut before the first stop string.
     ``seed`` seeds sampling (``torch.manual_seed``) so that the same call gives the same answers; the
     caller's random state is restored afterwards, so evaluating mid-training does not change training.
+    ``stop_when(answer so far)``: a row stops once it returns True (e.g. when a fenced code block is
+    closed); it is asked after every new token, on the decoded answer.
     """
     if not prompt_ids:
         return []
@@ -71,8 +73,10 @@ def generate_texts(model, tokenizer, prompt_ids: list[list[int]], settings: Gene
         for start in range(0, len(order), settings.batch_size):
             chunk = order[start:start + settings.batch_size]
             input_ids, attention_mask = left_pad([prompt_ids[i] for i in chunk], kwargs["pad_token_id"])
+            extra = {} if stop_when is None else {"stopping_criteria": StoppingCriteriaList(
+                [_TextStop(tokenizer, input_ids.shape[1], stop_when)])}
             out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                 **kwargs)
+                                 **kwargs, **extra)
             for i, row in zip(chunk, out[:, input_ids.shape[1]:].tolist()):
                 texts[i] = cut_at_stop(_decode_answer(tokenizer, row, end_ids), settings.stop)
     return texts
@@ -290,6 +294,17 @@ class _StopScanner:
         """Length of the longest end of the text that is the beginning of a stop string."""
         return max((j for s in self.stops for j in range(len(s) - 1, 0, -1)
                     if self.text.endswith(s[:j])), default=0)
+
+
+class _TextStop(StoppingCriteria):
+    """Ends a row once ``predicate`` holds for its decoded new text (after column ``width``)."""
+
+    def __init__(self, tokenizer, width: int, predicate: Callable[[str], bool]):
+        self.tokenizer, self.width, self.predicate = tokenizer, width, predicate
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
+        return torch.tensor([self.predicate(t) for t in texts], dtype=torch.bool, device=input_ids.device)
 
 
 class _Cancel(StoppingCriteria):

@@ -43,5 +43,15 @@ def scalar_line(report: dict, title: str = "") -> str:
 
 
 def write_reports(run_dir: Path, report: dict, markdown: str, stem: str = "eval_report") -> None:
+    """``<stem>.json``, ``<stem>.md`` and ``<stem>.html`` (plots of ``metrics.jsonl`` and of the report;
+    a failure to draw them is logged, never the end of a finished run)."""
     write_json_atomic(report, run_dir / f"{stem}.json")
     write_text_atomic(markdown, run_dir / f"{stem}.md")
+    try:
+        from deltatune.evaluation.run_html import run_html
+
+        write_text_atomic(run_html(run_dir, report), run_dir / f"{stem}.html")
+    except Exception as exc:  # noqa: BLE001 - the report is advice; the trained run must not be lost
+        from deltatune.training.logging import log
+
+        log(f"{stem}.html not written ({type(exc).__name__}: {exc}); the .json and .md reports are complete")

@@ -206,7 +206,6 @@ def _peft_config(model: nn.Module, opts: IA3Options, ctx: ModelContext) -> dict:
         "modules_to_save": ctx.head_modules or None,
         "init_ia3_weights": True,
         "inference_mode": True,
-        "library": "deltatune",
     }
 
 

@@ -229,7 +229,6 @@ def _peft_config(model: nn.Module, opts: LoraOptions, ctx: ModelContext) -> dict
         "use_dora": opts.use_dora,
         "init_lora_weights": True,
         "inference_mode": True,
-        "library": "deltatune",
     }
 
 
@@ -291,6 +290,7 @@ LORA = register(MethodSpec(
     save=save_lora,
     load=load_lora,
     default_lr=1e-3,
+    variants={"dora": {"use_dora": True}, "rslora": {"use_rslora": True}},
     mergeable=True,
     merge=merge_and_unload_lora,
     param_lr=lora_param_lr,

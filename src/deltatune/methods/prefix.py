@@ -316,7 +316,6 @@ def _peft_config(model: nn.Module, opts: PrefixOptions, ctx: ModelContext) -> di
         "prefix_projection": False,                # the file holds the computed prefixes
         "modules_to_save": ctx.head_modules or None,
         "inference_mode": True,
-        "library": "deltatune",
     }
 
 

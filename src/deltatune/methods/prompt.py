@@ -291,7 +291,6 @@ def _peft_config(model: nn.Module, opts: PromptOptions, ctx: ModelContext) -> di
         "tokenizer_name_or_path": ctx.base_model if opts.init == "text" else None,
         "modules_to_save": ctx.head_modules or None,
         "inference_mode": True,
-        "library": "deltatune",
     }
     if soft_prompt_of(model).at:  # PEFT would put the prompt first: say so in the file
         config["deltatune_placement"] = "after_cls"

@@ -90,6 +90,9 @@ class MethodSpec:
     options_from_saved: Callable[[Path], MethodOptions] | None = None
     """The options an adapter directory was trained with (ours or PEFT's), to ``apply`` before
     ``load`` an adapter trained elsewhere."""
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Named presets of this method's options that ``deltatune compare --methods`` accepts as method
+    names (LoRA: ``dora`` = ``use_dora: true``)."""
 
     @property
     def config_cls(self) -> type[MethodOptions]:
@@ -131,6 +134,18 @@ def get_method(name: str) -> MethodSpec:
         raise ConfigError(f"method.name: unknown method '{name}'"
                           f"{suggest_key(name, sorted(methods))}")
     return methods[name]
+
+
+def resolve_method(name: str) -> tuple[MethodSpec, dict[str, Any]]:
+    """A method name or a registered variant name (``dora``) -> (its method, the options it sets)."""
+    methods = available()
+    if name in methods:
+        return methods[name], {}
+    for spec in methods.values():
+        if name in spec.variants:
+            return spec, dict(spec.variants[name])
+    names = sorted([*methods, *(v for spec in methods.values() for v in spec.variants)])
+    raise ConfigError(f"unknown method '{name}'{suggest_key(name, names).replace('valid keys', 'methods')}")
 
 
 def validate_method_config(raw: dict[str, Any] | MethodOptions) -> MethodOptions:

@@ -1,75 +1,75 @@
-"""Sequence classification: wiring only (rows -> examples -> token ids -> batches; classifier head;
-cross-entropy from the loss table; accuracy/F1 reports; ``predict``)."""
+"""Sequence classification, single- or multi-label: wiring only (rows -> examples -> token ids or
+windows -> batches; classifier head; a loss from the loss table with class weights; reports with
+per-class scores; ``predict``)."""
 
 from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field
 from torch.utils.data import DataLoader
 
-from deltatune.config import Config, DataConfig, _Strict
+from deltatune.checks.views import classify_view
+from deltatune.config import Config
 from deltatune.data.batching import LengthGroupedBatchSampler, pad_collate
-from deltatune.data.classify import LabelSet, load_classification_data, tokenize
-from deltatune.errors import DataError
-from deltatune.evaluation.classify import evaluate_feats, evaluate_file, format_report, predict
+from deltatune.data.classify import LabelSet, load_classification_data
+from deltatune.data.classify_options import (MULTI_ONLY_METRICS, ClassifyData, ClassifyOptions, check,
+                                             select_metric)
+from deltatune.data.labels import check_learnable, label_counts
+from deltatune.data.windows import document_count, encode_examples
+from deltatune.evaluation.classify import Scorer, evaluate_file, format_report, predict
+from deltatune.evaluation.classify_report import run_markdown
 from deltatune.evaluation.metrics import scalar_metrics
-from deltatune.evaluation.reports import classification_markdown
 from deltatune.io import read_json, write_json_atomic
-from deltatune.losses.classification import CLASSIFICATION_LOSSES, classifier_batch_loss
+from deltatune.losses.classification import classifier_batch_loss, make_loss, resolve_class_weights
 from deltatune.models import fit_max_length, load_for_classification
 from deltatune.tasks import TaskSpec, register_task
-
-
-class ClassifyData(DataConfig):
-    text_field: str = Field("text", description="field holding the input text")
-    text_pair_field: str | None = Field(None, description="optional second text (sentence pairs)")
-    label_field: str = Field("label", description="field holding the label (string or integer)")
-    label_names: list[str] | dict[int | str, str] | None = Field(
-        None, description="names for integer labels (list indexed by label, or {value: name})")
-
-
-class ClassifyOptions(_Strict):
-    loss: Literal[tuple(CLASSIFICATION_LOSSES)] = Field(
-        "cross_entropy", description=f"training loss: {', '.join(CLASSIFICATION_LOSSES)}")
+from deltatune.training.logging import log
 
 
 class ClassifyJob:
     """One classification run's data, model and parts (see :class:`deltatune.tasks.TaskJob`)."""
 
     def __init__(self, cfg: Config):
-        d, t = cfg.data, cfg.train
-        data = load_classification_data(d.train, d.validation, d.test, d.validation_split, d.text_field,
-                                        d.text_pair_field, d.label_field, d.label_names, t.seed,
-                                        d.max_train_samples, fmt=d.format)
-        if len({e.label for e in data.train}) < 2:
-            raise DataError(f"every training example has the same label ({data.labels.names[data.train[0].label]!r}), "
-                            "so the model would learn to predict it always; add examples of the other "
-                            "classes", path=d.train, field=d.label_field)
-        self.cfg, self.labels = cfg, data.labels
-        self.names = [data.labels.id2label[i] for i in range(len(data.labels))]
-        self.model, self.tokenizer, self.model_path = load_for_classification(
-            cfg.model.name, len(self.names), data.labels.id2label, t.seed, dtype=cfg.model.dtype)
+        d, t, o = cfg.data, cfg.train, cfg.classify
+        data = load_classification_data(
+            d.train, d.validation, d.test, d.validation_split, d.text_field, d.text_pair_field, d.label_field,
+            d.label_names, t.seed, d.max_train_samples, fmt=d.format, test_split=d.test_split,
+            label_separator=d.label_separator if d.multi_label else None)
+        check_learnable(data.train, data.labels, d.multi_label, d.train, d.label_field)
+        self.cfg, self.labels, self.names = cfg, data.labels, list(data.labels.names)
+        self.model, self.tokenizer, self.model_path = load_classifier(cfg, cfg.model.name, data.labels, t.seed)
         fit_max_length(cfg, self.model)
-        self.counts = {s: len(v) for s, v in (("train", data.train), ("validation", data.validation),
-                                               ("test", data.test)) if v}
-        self.feats = {split: tokenize(self.tokenizer, exs, d.max_length) for split, exs in
-                      (("train", data.train), ("validation", data.validation), ("test", data.test)) if exs}
+        counts = label_counts(data.train, len(self.names))
+        self.weights = resolve_class_weights(o.class_weights, self.names, data.labels.values, counts,
+                                             len(data.train), d.multi_label)
+        if self.weights is not None:  # config.yaml records the weights used, not just "balanced"
+            o.class_weights = dict(zip(self.names, self.weights))
+        self.label_counts, self.selection = dict(zip(self.names, counts)), select_metric(cfg, counts)
+        self.scorer = scorer_for(cfg, self.names)
+        splits = (("train", data.train), ("validation", data.validation), ("test", data.test))
+        self.feats = {s: encode_examples(self.tokenizer, exs, d.max_length, d.windows, len(self.names),
+                                         training=s == "train") for s, exs in splits if exs}
         self.has_validation = "validation" in self.feats
-        self.loss_fn = partial(classifier_batch_loss, loss=CLASSIFICATION_LOSSES[cfg.classify.loss])
+        self.loss_fn = partial(classifier_batch_loss, loss=make_loss(o.loss, self.weights, o.gamma))
 
     def describe(self) -> str:
-        return (f"data: {self.counts.get('train', 0)} train, {self.counts.get('validation', 0)} "
-                f"validation, {self.counts.get('test', 0)} test examples; labels: {', '.join(self.names)}")
+        if self.has_validation:
+            log(f"best checkpoint by {self.selection['metric']} ({self.selection['reason']})")
+        windows = {s: f" ({len(f)} windows)" if self.cfg.data.windows else "" for s, f in self.feats.items()}
+        weights = f"; class weights {self.cfg.classify.class_weights}" if self.weights else ""
+        return (f"data: {', '.join(f'{document_count(f)} {s}{windows[s]}' for s, f in self.feats.items())} "
+                f"examples; labels: {', '.join(self.names)}{weights}")
 
     def header(self) -> dict:
-        return {"labels": self.names}
+        o, d = self.cfg.classify, self.cfg.data
+        return {"labels": self.names, "multi_label": d.multi_label, "label_counts": self.label_counts,
+                "loss": o.loss, "gamma": o.gamma, "class_weights": o.class_weights, "selection": self.selection,
+                "windows": d.windows.model_dump() if d.windows else None}
 
     def evaluate(self, model, split: str = "validation") -> dict:
-        return evaluate_feats(model, self.feats[split], self.tokenizer.pad_token_id, self.names)
+        return self.scorer.evaluate(model, self.feats[split], self.tokenizer.pad_token_id)
 
     def eval_metrics(self, model) -> dict:
         return scalar_metrics(self.evaluate(model))
@@ -84,31 +84,44 @@ class ClassifyJob:
                           collate_fn=partial(pad_collate, pad_token_id=self.tokenizer.pad_token_id))
 
     def final(self, model) -> dict:
+        how = self.cfg.classify.threshold
+        if isinstance(how, str) and self.has_validation:
+            tuned = self.scorer.tune(model, self.feats["validation"], self.tokenizer.pad_token_id, how == "per_label")
+            log(f"decision thresholds ({how}, on validation): {dict(zip(self.names, tuned))}")
         return {s: self.evaluate(model, s) for s in ("validation", "test") if s in self.feats}
 
     def save(self, run_dir: Path) -> None:
         write_json_atomic({"id2label": {str(k): v for k, v in self.labels.id2label.items()},
-                           "values": self.labels.values}, run_dir / "labels.json")
+                           "values": self.labels.values, "multi_label": self.scorer.multi_label,
+                           "thresholds": self.scorer.thresholds}, run_dir / "labels.json")
 
     def summary(self, report: dict) -> dict:
         return {f"{s}_{k}": v for s in ("validation", "test") if s in report
                 for k, v in scalar_metrics(report[s]).items()}
 
     def markdown(self, report: dict, result) -> str:
-        p = report["trainable_parameters"]
-        sections = {**({"base (untuned)": report["base"]} if "base" in report else {}),
-                    **{s: report[s] for s in ("validation", "test") if s in report}}
-        return classification_markdown(
-            f"deltatune classification: {report['method']} on {report['model']}", sections,
-            {"trainable": f"{p['trainable']:,} / {p['total']:,} ({p['percent']:.3f}%)",
-             "train tokens/s": f"{result.tokens_per_s:.0f}", "peak memory MB": result.peak_memory_mb})
+        return run_markdown(report, result)
+
+
+def scorer_for(cfg: Config, names: list[str], thresholds: list[float] | None = None) -> Scorer:
+    d, how = cfg.data, cfg.classify.threshold
+    fixed = [how] * len(names) if isinstance(how, float) and d.multi_label else None
+    return Scorer(names, d.multi_label, d.windows.aggregate if d.windows else "mean", thresholds or fixed)
+
+
+def load_classifier(cfg: Config, source: str, labels: LabelSet, seed: int):
+    model, tokenizer, path = load_for_classification(source, len(labels), labels.id2label, seed, dtype=cfg.model.dtype)
+    if cfg.data.multi_label:  # saved in config.json: transformers' own loss is then BCE too
+        model.config.problem_type = "multi_label_classification"
+    return model, tokenizer, path
 
 
 def load_model(cfg: Config, source: str, run_dir: Path | None, saved: Path):
-    """The classifier of a finished run (labels from its labels.json) or of a PEFT adapter (as many
-    labels as its saved head has outputs, named by index)."""
+    """The classifier of a finished run (labels and thresholds from its labels.json) or of a PEFT
+    adapter (as many labels as its saved head has outputs, named by index)."""
     from deltatune.runs.loaded import saved_head_outputs
 
+    saved_labels = {}
     if run_dir is not None and (run_dir / "labels.json").is_file():
         saved_labels = read_json(run_dir / "labels.json", "label list")
         id2label = {int(k): v for k, v in saved_labels["id2label"].items()}
@@ -116,27 +129,30 @@ def load_model(cfg: Config, source: str, run_dir: Path | None, saved: Path):
     else:
         n = saved_head_outputs(saved)
         labels = LabelSet(list(range(n)), [str(i) for i in range(n)])
-    model, tokenizer, path = load_for_classification(source, len(labels), labels.id2label, 0,
-                                                     dtype=cfg.model.dtype)
-    return model, tokenizer, path, {"labels": labels}
+    model, tokenizer, path = load_classifier(cfg, source, labels, cfg.train.seed)  # untuned: the run's base head
+    return model, tokenizer, path, {"labels": labels,
+                                    "scorer": scorer_for(cfg, labels.names, saved_labels.get("thresholds"))}
 
 
 CLASSIFY = register_task(TaskSpec(
     name="classify",
-    description="sequence classification (a new head on an encoder or decoder; accuracy, F1)",
+    description="sequence classification, single- or multi-label (a new head on an encoder or decoder; "
+                "class weights, focal loss, sliding windows; accuracy, F1)",
     data_options=ClassifyData,
     options=ClassifyOptions,
     prepare=ClassifyJob,
     load_model=load_model,
+    inspect=classify_view,
     model_kind="classifier",
     peft_task_type="SEQ_CLS",
     default_max_length=128,
     default_metric="accuracy",
     best_metrics=("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro",
-                  "precision_weighted", "recall_weighted"),
+                  "precision_weighted", "recall_weighted", *MULTI_ONLY_METRICS),
     evaluate_file=evaluate_file,
     format_report=format_report,
     predict=predict,
-    summary_keys=("validation_accuracy", "validation_f1_macro", "test_accuracy"),
+    check=check,
+    summary_keys=("validation_accuracy", "validation_f1_macro", "test_accuracy", "test_f1_macro"),
     adapter_default=True,
 ))

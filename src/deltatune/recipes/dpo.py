@@ -16,6 +16,7 @@ import torch
 from pydantic import Field
 from torch.utils.data import DataLoader
 
+from deltatune.checks.views import pairs_view
 from deltatune.config import Config, _Strict
 from deltatune.data.batching import LengthGroupedBatchSampler
 from deltatune.data.preference import (PreferenceData, describe_stats, encode_pairs, load_pair_splits, pair_collate,
@@ -99,8 +100,10 @@ class DpoJob:
         self.tokenizer.save_pretrained(run_dir / "tokenizer")
 
     def summary(self, report: dict) -> dict:
-        return {"template": self.template.name, **{f"{side}_{k}": report[side][k] for side in ("base", "tuned", "test")
-                                                   if side in report for k in REPORT_KEYS if k in report[side]}}
+        scores = {f"{side}_{k}": report[side][k] for side in ("base", "tuned", "test") if side in report
+                  for k in REPORT_KEYS if k in report[side]}
+        # the reference log-probs are computed before the training loop, so not in train_seconds
+        return {"template": self.template.name, "reference_seconds": round(self.reference.seconds, 3), **scores}
 
     def markdown(self, report: dict, result) -> str:
         p, o = report["trainable_parameters"], self.cfg.dpo
@@ -140,6 +143,7 @@ DPO = register_task(TaskSpec(
     options=DpoOptions,
     prepare=DpoJob,
     load_model=load_model,
+    inspect=pairs_view,
     model_kind="causal_lm",
     peft_task_type="CAUSAL_LM",
     default_max_length=1024,

@@ -10,6 +10,7 @@ import torch
 from pydantic import Field
 from torch.utils.data import DataLoader
 
+from deltatune.checks.views import pairs_view
 from deltatune.config import Config, _Strict
 from deltatune.data.batching import LengthGroupedBatchSampler
 from deltatune.data.preference import (PreferenceData, PreferencePair, describe_stats, encode_pairs, load_pair_splits,
@@ -131,6 +132,7 @@ REWARD = register_task(TaskSpec(
     options=RewardOptions,
     prepare=RewardJob,
     load_model=load_model,
+    inspect=pairs_view,
     model_kind="classifier",
     peft_task_type="SEQ_CLS",
     default_max_length=512,

@@ -13,6 +13,7 @@ import torch
 from pydantic import Field
 from torch.utils.data import DataLoader
 
+from deltatune.checks.views import sft_view
 from deltatune.config import Config, DataConfig
 from deltatune.data.batching import LengthGroupedBatchSampler
 from deltatune.data.conversations import load_splits
@@ -42,6 +43,9 @@ class SftData(DataConfig):
         "chat, alpaca (### Instruction/### Input/### Response), raw (no template), or a Jinja chat "
         "template (inline text or a .jinja file)")
     system_prompt: str | None = Field(None, description="system message for rows that have none")
+    empty_answers: Literal["error", "drop"] = Field(
+        "error", description="rows whose answer is empty: stop at the first (file and line), or drop them "
+        "(counted with the examples without response tokens)")
     truncation: Literal["truncate", "drop"] = Field(
         "truncate", description="examples longer than max_length are cut at the end, or dropped")
     packing: bool = Field(
@@ -144,6 +148,7 @@ SFT = register_task(TaskSpec(
     data_options=SftData,
     prepare=SftJob,
     load_model=load_model,
+    inspect=sft_view,
     model_kind="causal_lm",
     peft_task_type="CAUSAL_LM",
     default_max_length=1024,

@@ -98,9 +98,11 @@ def finished_run_config(run_dir: Path) -> Config:
     return load_config(cfg_path)
 
 
-def load_run(run_dir: str | Path, command: str | None = None) -> LoadedRun:
+def load_run(run_dir: str | Path, command: str | None = None, untuned: bool = False) -> LoadedRun:
     """Rebuild the trained model of a finished run directory (checking first, when ``command`` is
-    given, that the command applies to the run's task)."""
+    given, that the command applies to the run's task). ``untuned``: the run's base model as it was
+    before training instead (the method not applied; a classifier gets a fresh head), the baseline
+    of ``eval --baseline``, ``bench --baseline`` and ``compare``."""
     run_dir = Path(run_dir)
     cfg = finished_run_config(run_dir)
     task, method = get_task(cfg.task), get_method(cfg.method.name)
@@ -109,11 +111,11 @@ def load_run(run_dir: str | Path, command: str | None = None) -> LoadedRun:
     if not saved.is_dir():
         raise UserError(f"{run_dir}: no {method.saved_dir}/ directory, so the trained weights are "
                         f"missing; train the run again with `deltatune train {run_dir / 'config.yaml'} --overwrite`")
-    return _build(cfg, task, method, saved, run_dir)
+    return _build(cfg, task, method, saved, run_dir, untuned)
 
 
 def load_adapter(adapter_dir: str | Path, model_name: str | None = None,
-                 task_name: str | None = None, command: str | None = None) -> LoadedRun:
+                 task_name: str | None = None, command: str | None = None, untuned: bool = False) -> LoadedRun:
     """An adapter trained elsewhere (PEFT format) on ``model_name`` (default: the base model its
     adapter_config.json names). The task follows from its ``task_type`` unless ``task_name``."""
     adapter_dir = Path(adapter_dir)
@@ -131,13 +133,16 @@ def load_adapter(adapter_dir: str | Path, model_name: str | None = None,
     cfg = validate_config({"task": task.name, "model": {"name": str(model_name)},
                            "method": method.options_from_saved(adapter_dir).model_dump()},
                           source=str(adapter_dir / "adapter_config.json"))
-    return _build(cfg, task, method, adapter_dir, None)
+    return _build(cfg, task, method, adapter_dir, None, untuned)
 
 
-def _build(cfg: Config, task: TaskSpec, method: MethodSpec, saved: Path, run_dir: Path | None) -> LoadedRun:
-    source = str(saved) if method.trains_whole_model else cfg.model.name
+def _build(cfg: Config, task: TaskSpec, method: MethodSpec, saved: Path, run_dir: Path | None,
+           untuned: bool = False) -> LoadedRun:
+    source = str(saved) if method.trains_whole_model and not untuned else cfg.model.name
     model, tokenizer, path, extras = task.load_model(cfg, source, run_dir, saved)
-    if not method.trains_whole_model:
+    if untuned:
+        extras = {**extras, "untuned": True}
+    elif not method.trains_whole_model:
         ctx = ModelContext(base_model=str(path), task_type=task.peft_task_type,
                            head_modules=head_module_names(model))
         method.apply(model, cfg.method, ctx)
@@ -147,17 +152,17 @@ def _build(cfg: Config, task: TaskSpec, method: MethodSpec, saved: Path, run_dir
 
 
 def load_target(run_dir: str | None, adapter: str | None, model_name: str | None,
-                command: str | None = None) -> LoadedRun:
+                command: str | None = None, untuned: bool = False) -> LoadedRun:
     """What a post-run command works on: a run directory, or ``--adapter DIR`` (with ``--model``)."""
     if run_dir and adapter:
         raise UserError("give a RUN_DIR or --adapter DIR, not both")
     if adapter:
-        return load_adapter(adapter, model_name, command=command)
+        return load_adapter(adapter, model_name, command=command, untuned=untuned)
     if not run_dir:
         raise UserError("give a RUN_DIR (the --output-dir of `deltatune train`) or --adapter DIR --model NAME")
     if model_name:
         raise UserError("--model goes with --adapter; a run directory knows its base model")
-    return load_run(run_dir, command=command)
+    return load_run(run_dir, command=command, untuned=untuned)
 
 
 def saved_head_outputs(adapter_dir: Path) -> int:

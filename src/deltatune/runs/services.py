@@ -106,5 +106,40 @@ def generation_target(run_dir: str | None, model_name: str | None, adapter: str 
                                            key="--template" if template else "data.template"), cfg
 
 
-__all__ = ["LoadedRun", "evaluate", "generation_target", "load_adapter", "load_run", "load_target",
+def evaluate_code(run_dir: str | None = None, model_name: str | None = None, adapter: str | None = None,
+                  settings=None, template: str | None = None) -> dict:
+    """Generated code judged by running it (MBPP, HumanEval: pass@k, execution rate, BLEU) for a
+    causal-LM run, an adapter on its base model, or (``model_name`` alone) a base model.
+    ``settings``: a :class:`deltatune.evaluation.code_eval.CodeEvalSettings` (default: MBPP, greedy)."""
+    from deltatune.evaluation.code_eval import CodeEvalSettings, evaluate_model_code, load_tasks
+
+    settings = settings or CodeEvalSettings()
+    load_tasks(settings)  # a missing file or a bad --tasks fails before a model loads
+    require_causal_lm(run_dir, adapter, "be evaluated on generated code")
+    model, tokenizer, tmpl, _ = generation_target(run_dir, model_name, adapter, template)
+    name = run_dir or (f"{adapter} on {model_name or 'its base model'}" if adapter else model_name)
+    return evaluate_model_code(model, tokenizer, tmpl, settings, model_name=str(name))
+
+
+def require_causal_lm(run_dir: str | None, adapter: str | None, what: str) -> None:
+    """Refuse a run (or adapter) whose task is not a causal LM before loading its model."""
+    from deltatune.io import read_json
+    from deltatune.runs.loaded import finished_run_config
+    from deltatune.tasks import get_task, task_for_adapter
+
+    if run_dir and not adapter:
+        task, name = get_task(finished_run_config(Path(run_dir)).task), run_dir
+    elif adapter and (Path(adapter) / "adapter_config.json").is_file():
+        task_type = read_json(Path(adapter) / "adapter_config.json", "adapter config").get("task_type")
+        task, name = task_for_adapter(task_type, Path(adapter)), adapter
+    else:
+        return  # nothing to check here: generation_target says what is missing
+    if task.model_kind != "causal_lm":
+        able = sorted(n for n, t in available_tasks().items() if t.model_kind == "causal_lm")
+        kind = "adapter" if adapter else "run"
+        raise UserError(f"{name} is a '{task.name}' {kind} (a {task.model_kind}), which cannot {what}: that "
+                        f"needs a causal LM, i.e. a run of task {', '.join(able)}, or --model NAME for a base model")
+
+
+__all__ = ["LoadedRun", "evaluate", "evaluate_code", "generation_target", "load_adapter", "load_run", "load_target",
            "merge", "predict", "score"]

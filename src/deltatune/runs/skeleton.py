@@ -32,8 +32,11 @@ def data_fingerprints(cfg: Config) -> dict[str, dict]:
     return {key: file_fingerprint(path) for key, path in cfg.data.files().items() if Path(path).exists()}
 
 
-def train_run(cfg: Config, overwrite: bool = False, allow_data_change: bool = False) -> dict:
-    """Train, evaluate and save one run of any task; returns its summary (``run_dir`` included)."""
+def train_run(cfg: Config, overwrite: bool = False, allow_data_change: bool = False,
+              preflight: bool = False) -> dict:
+    """Train, evaluate and save one run of any task; returns its summary (``run_dir`` included).
+    ``preflight``: run the fast pre-flight checks (:mod:`deltatune.checks`) on the data first and log
+    their findings (advice: they never stop the run)."""
     from accelerate.utils import set_seed
 
     from deltatune.training.memory import limit_allocator_retention
@@ -50,6 +53,8 @@ def train_run(cfg: Config, overwrite: bool = False, allow_data_change: bool = Fa
     set_seed(cfg.train.seed)
     job = task.prepare(cfg)
     log(job.describe())
+    if preflight:
+        _preflight(cfg)
     if plan.resume:  # after prepare: it may fit data.max_length to the model, as the first run did
         check_same_config(cfg, plan.target)
     work = open_run(plan, cfg)
@@ -62,6 +67,24 @@ def train_run(cfg: Config, overwrite: bool = False, allow_data_change: bool = Fa
     if summary:  # empty on the other processes of a distributed run
         summary["run_dir"] = str(plan.target)
     return summary
+
+
+def _preflight(cfg: Config) -> None:
+    import os
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    from deltatune.checks import run_checks
+
+    try:
+        report = run_checks(cfg, slow=False)
+    except Exception as exc:  # noqa: BLE001 - advice only: a failing check must not stop training
+        log(f"pre-flight checks skipped ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        return
+    for f in report.findings:
+        log(f"check {f.severity}: {f.title}: {f.evidence}\n    fix: {f.fix}")
+    if not report.findings:
+        log(f"pre-flight checks: nothing found ({', '.join(report.ran)})")
 
 
 def _apply_method(cfg: Config, task: TaskSpec, method: MethodSpec, job: TaskJob) -> ModelContext:

@@ -36,7 +36,7 @@ from deltatune.errors import UserError
 from deltatune.training.checkpoint import (latest_checkpoint, load_checkpoint, load_trainable,
                                            save_checkpoint)
 from deltatune.training.compile import RegionalCompile
-from deltatune.training.logging import MetricsWriter, Progress, peak_memory_mb
+from deltatune.training.logging import MetricsWriter, Progress, log, peak_memory_mb
 from deltatune.training.optim import build_optimizer, build_scheduler
 
 # loss_fn(model, batch) -> (sum of per-unit losses, number of units, number of real tokens)
@@ -92,6 +92,8 @@ def train(model: nn.Module, loader: Iterable, loss_fn: LossFn, cfg: TrainConfig,
             start = time.perf_counter()
             if cfg.checkpoint_every:
                 loop.checkpoint(start)
+            if loop.watch.stopped:
+                break
         elif cfg.checkpoint_every and (loop.res.steps % cfg.checkpoint_every == 0 or last):
             loop.checkpoint(start)
     loop.res.train_seconds += time.perf_counter() - start
@@ -123,6 +125,7 @@ class _Loop:
         self.window = {"loss": 0.0, "units": 0, "tokens": 0}
         self.window_start = time.perf_counter()
         self.batches = None
+        self.watch = _Watch(cfg)
 
     def resume(self) -> None:
         """Restore the latest checkpoint; metrics lines written after it are dropped (redone)."""
@@ -138,6 +141,8 @@ class _Loop:
             if self.res.best_step is not None and (self.ckpt_root / f"step-{self.res.best_step}").is_dir():
                 self.best_state = load_trainable(self.ckpt_root / f"step-{self.res.best_step}")
         self.res.steps = start_step
+        if self.res.best_step is not None:  # evaluations since the best one, for early stopping
+            self.watch.since_best = (start_step - self.res.best_step) // self.eval_every
         self.progress.bar.update(start_step)
         self.writer.truncate_after(start_step)
         self.writer.write({"event": "resume", "step": start_step, "checkpoint": str(latest)})
@@ -168,6 +173,7 @@ class _Loop:
         if finite:
             self.window["loss"] += loss_sum
             self.window["units"] += units
+            self.watch.loss, self.watch.units = self.watch.loss + loss_sum, self.watch.units + units
             for key, value in extras.items():
                 self.window[f"extra/{key}"] = self.window.get(f"extra/{key}", 0.0) + value
         self.window["tokens"] += tokens
@@ -196,6 +202,7 @@ class _Loop:
         with self.regional.eager() if self.regional else contextlib.nullcontext():
             self.best_state = _evaluate(self.model, evaluate, self.cfg, self.res, self.writer,
                                         self.progress, self.best_state)
+        self.watch.after_evaluation(self.res, self.writer)
         self.model.train()
 
     def checkpoint(self, started: float) -> None:
@@ -223,6 +230,50 @@ class _Loop:
                            "peak_memory_mb": res.peak_memory_mb, "skipped_steps": res.skipped_steps,
                            "best_step": res.best_step})
         return res
+
+
+class _Watch:
+    """Overfitting warning and early stopping, from the evaluations and the training loss between them.
+
+    Overfitting: the validation metric got worse at two evaluations in a row while the training loss
+    (mean over the steps since the previous evaluation) fell at both: logged once, and written to
+    metrics.jsonl as an ``overfitting`` event. Early stopping (``train.early_stopping`` = patience):
+    no new best ``metric_for_best`` for that many evaluations stops the run; the best state is kept."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg, self.loss, self.units = cfg, 0.0, 0
+        self.history: list[tuple[int, float, float | None]] = []  # (step, metric, training loss)
+        self.since_best, self.worse_in_a_row, self.warned, self.stopped = 0, 0, False, False
+
+    def after_evaluation(self, res: LoopResult, writer: MetricsWriter) -> None:
+        metric = self.cfg.metric_for_best
+        train = self.loss / self.units if self.units else None
+        self.loss, self.units = 0.0, 0
+        self.history.append((res.steps, res.last_eval[metric], train))
+        self.since_best = 0 if res.best_step == res.steps else self.since_best + 1
+        if len(self.history) >= 2:
+            (_, before, t_before), (_, now, t_now) = self.history[-2:]
+            worse = now < before if self.cfg.greater_is_better else now > before
+            fell = train is not None and t_before is not None and t_now < t_before
+            self.worse_in_a_row = self.worse_in_a_row + 1 if worse and fell else 0
+        if self.worse_in_a_row == 2 and not self.warned:
+            self.warned = True
+            (s0, m0, l0), (s2, m2, l2) = self.history[-3], self.history[-1]
+            self._event(writer, res.steps, "overfitting",
+                        f"overfitting: validation {metric} went from {m0:.4f} (step {s0}) to {m2:.4f} (step {s2}) "
+                        f"while the training loss fell from {l0:.4f} to {l2:.4f}; the best checkpoint (step "
+                        f"{res.best_step}) is kept; consider train.early_stopping, fewer epochs or more data")
+        if self.cfg.early_stopping and self.since_best >= self.cfg.early_stopping:
+            self.stopped = True
+            self._event(writer, res.steps, "early_stop",
+                        f"early stopping at step {res.steps}: no better validation {metric} than "
+                        f"{res.best_metric:.4f} (step {res.best_step}) for {self.since_best} evaluations "
+                        f"(train.early_stopping={self.cfg.early_stopping}); the best checkpoint is kept")
+
+    @staticmethod
+    def _event(writer: MetricsWriter, step: int, event: str, message: str) -> None:
+        log(message)
+        writer.write({"event": event, "step": step, "message": message})
 
 
 def _forever(loader: Iterable, skip: int = 0):

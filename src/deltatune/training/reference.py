@@ -29,13 +29,18 @@ class Reference:
     def __init__(self, model, pad_id: int, feats: dict[str, list[dict]], model_name: str):
         self.model, self.pad_id, self.feats, self.model_name = model, pad_id, feats, model_name
         self.method, self.frozen, self.cached = None, None, {}
+        self.seconds = 0.0  # spent computing reference log-probs before training (not in train_seconds)
 
     def attach(self, method, precompute: bool, run_dir: Path | None) -> None:
         """Called once the method is applied, before training: precompute every split (cached in
         ``run_dir``), or keep a frozen copy for methods that cannot be switched off."""
+        import time
+
         self.method = method
         if precompute:
+            start = time.perf_counter()
             self._precompute(run_dir / CACHE if run_dir else None)
+            self.seconds = time.perf_counter() - start
         elif method.switch_off is None:
             self.frozen = copy.deepcopy(self.model).eval().requires_grad_(False)
 

@@ -1,0 +1,95 @@
+"""The classify task's config sections: its ``data:`` options (:class:`ClassifyData`, with
+``data.windows``), its own ``classify:`` section (:class:`ClassifyOptions`: loss, class weights, focal
+gamma, multi-label threshold), the checks across sections, and the default metric that selects the
+best checkpoint when the training labels are imbalanced."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, field_validator
+
+from deltatune.config import DataConfig, _Strict
+from deltatune.data.labels import IMBALANCED_RATIO, imbalance_ratio
+from deltatune.data.windows import Windows
+from deltatune.losses.classification import CLASSIFICATION_LOSSES, MULTI_LABEL_LOSSES
+
+if TYPE_CHECKING:
+    from deltatune.config import Config
+
+MULTI_ONLY_METRICS = ("f1_micro", "f1_samples", "precision_micro", "recall_micro")
+
+
+class ClassifyData(DataConfig):
+    text_field: str = Field("text", description="field holding the input text")
+    text_pair_field: str | None = Field(None, description="optional second text (sentence pairs)")
+    label_field: str = Field("label", description="field holding the label (string or integer)")
+    label_names: list[str] | dict[int | str, str] | None = Field(
+        None, description="names for integer labels (list indexed by label, or {value: name})")
+    multi_label: bool = Field(False, description="rows have a set of labels (a list, [] for none, or a string "
+                              "split on label_separator): independent sigmoids, binary cross-entropy")
+    label_separator: str = Field(",", description="multi_label: separator of labels given as one string")
+    test_split: float | None = Field(None, gt=0, lt=1, description="fraction of train held out (stratified, "
+                                     "seed 0) as the test set when no test file; validation_split splits the rest")
+    windows: Windows | None = Field(None, description="long documents as overlapping windows of max_length "
+                                    "tokens: {stride, aggregate: mean|max|first, max_train_windows}")
+
+
+class ClassifyOptions(_Strict):
+    loss: Literal[tuple(CLASSIFICATION_LOSSES)] | None = Field(
+        None, description="cross_entropy or focal (single-label), binary_cross_entropy or binary_focal "
+        "(multi-label); default the first of each")
+    class_weights: Literal["balanced"] | dict[int | str, float] | list[float] | None = Field(
+        None, description="loss weight per label: balanced (from the training labels: n/(C*n_c); multi-label "
+        "pos_weight negatives/positives), {label: weight} or a list; config.yaml gets the weights used")
+    gamma: float = Field(2.0, ge=0, description="focal losses: scale each example by (1 - p_true)^gamma (0 = no focusing)")
+    threshold: float | Literal["tuned", "per_label"] = Field(
+        0.5, description="multi-label decision threshold: a number, tuned (one, best validation micro-F1) or "
+        "per_label (each label's best validation F1); saved with the run")
+
+    @field_validator("class_weights")
+    @classmethod
+    def _positive(cls, value):
+        weights = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        if any(w <= 0 for w in weights):
+            raise ValueError("weights must be positive numbers (1 = unweighted)")
+        return value
+
+    @field_validator("threshold")
+    @classmethod
+    def _probability(cls, value):
+        if isinstance(value, float) and not 0 < value < 1:
+            raise ValueError("a threshold is a probability between 0 and 1 (exclusive)")
+        return value
+
+
+def check(cfg: Config) -> None:
+    """Fill the loss default (so config.yaml says what ran) and refuse options that do not fit."""
+    d, o, multi = cfg.data, cfg.classify, cfg.data.multi_label
+    o.loss = o.loss or ("binary_cross_entropy" if multi else "cross_entropy")
+    if (o.loss in MULTI_LABEL_LOSSES) != multi:
+        fits = "binary_cross_entropy or binary_focal" if multi else "cross_entropy or focal"
+        raise ValueError(f"classify.loss: {o.loss} does not fit data.multi_label: {str(multi).lower()}; use {fits}")
+    if not multi and (o.threshold != 0.5 or cfg.train.metric_for_best in MULTI_ONLY_METRICS):
+        key = "classify.threshold" if o.threshold != 0.5 else "train.metric_for_best"
+        raise ValueError(f"{key}: for multi-label runs only; set data.multi_label: true or remove it")
+    if isinstance(o.threshold, str) and not (d.validation or d.validation_split):
+        raise ValueError(f"classify.threshold: {o.threshold} is tuned on validation data; set data.validation "
+                         "or data.validation_split, or give a number")
+    if d.windows and d.text_pair_field:
+        raise ValueError("data.windows: slides over one text; remove data.text_pair_field or data.windows")
+
+
+def select_metric(cfg: Config, counts: list[int]) -> dict:
+    """Macro-F1 selects the best checkpoint when the training labels are imbalanced (and the user
+    chose no metric); says which metric selects, and why."""
+    ratio, t = imbalance_ratio(counts), cfg.train
+    if not getattr(cfg, "_metric_is_default", False):
+        reason = "set in the config"
+    elif ratio >= IMBALANCED_RATIO:
+        t.metric_for_best = "f1_macro"
+        reason = f"training labels are imbalanced: largest/smallest class {ratio:.2f} >= {IMBALANCED_RATIO}"
+    else:
+        t.metric_for_best = "f1_micro" if cfg.data.multi_label else t.metric_for_best
+        reason = f"training labels are balanced: largest/smallest class {ratio:.2f} < {IMBALANCED_RATIO}"
+    return {"metric": t.metric_for_best, "reason": reason, "imbalance_ratio": round(ratio, 4)}
