@@ -165,3 +165,13 @@ def test_methods_lists_every_method_with_its_trainable_share(tiny_bert, capsys):
     for name in available():
         assert name in out
     assert "100.000%" in out  # full fine-tuning trains everything
+
+
+def test_methods_lists_the_lora_variants_as_rows(tiny_bert, capsys):
+    assert main(["methods", "--model", str(tiny_bert)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    for variant, option in (("dora", "use_dora: True"), ("rslora", "use_rslora: True"),
+                            ("loraplus", "loraplus_lr_ratio: 16")):
+        assert option in rows[variant] and "%" in rows[variant]
+    dora, lora = (int(rows[k].split()[1].replace(",", "")) for k in ("dora", "lora"))
+    assert dora > lora  # DoRA adds a magnitude vector per adapted layer

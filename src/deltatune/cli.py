@@ -218,18 +218,20 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_methods(args) -> int:
-    from deltatune.methods.registry import available
-    from deltatune.methods.shares import trainable_shares
+    from deltatune.methods.shares import method_rows, trainable_shares
 
     shares = trainable_shares(args.model)
     print(f"{'method':<14} {'trainable on ' + args.model:>32}  description")
-    for name, spec in sorted(available().items()):
-        share = shares[name]
+    for row, spec, opts in method_rows():
+        share = shares[row]
         shown = (f"{share['trainable']:>11,} ({share['percent']:7.3f}%)" if isinstance(share, dict)
                  else "n/a")
         merge = ("; mergeable" if spec.merge else "" if spec.trains_whole_model else "; not mergeable")
-        print(f"{name:<14} {shown:>32}  {spec.description} [lr {spec.default_lr:g}{merge}]")
-    print("\n(default options, 2-label head included; `--model NAME` counts on another model)")
+        what = (f"{spec.name} with {', '.join(f'{k}: {v}' for k, v in opts.items())}" if opts
+                else spec.description)
+        print(f"{row:<14} {shown:>32}  {what} [lr {spec.default_lr:g}{merge}]")
+    print("\n(default options, 2-label head included; variants are names `compare --methods` accepts; "
+          "`--model NAME` counts on another model)")
     return 0
 
 

@@ -5,9 +5,19 @@ from __future__ import annotations
 from deltatune.methods.registry import ModelContext, available, trainable_report
 
 
+def method_rows() -> list[tuple[str, object, dict]]:
+    """(row name, method spec, options) for every method and every variant it declares (LoRA's
+    ``dora``, ``rslora``, ``loraplus``), in name order with each method's variants after it."""
+    rows = []
+    for name, spec in sorted(available().items()):
+        rows.append((name, spec, {}))
+        rows += [(variant, spec, dict(opts)) for variant, opts in sorted(spec.variants.items())]
+    return rows
+
+
 def trainable_shares(model_name: str, num_labels: int = 2) -> dict[str, dict | str]:
-    """Apply every method (default options) to a fresh copy of a classification model and count
-    trainable parameters; a method that does not apply gives its error message instead."""
+    """Apply every method and variant (default options) to a fresh copy of a classification model
+    and count trainable parameters; a method that does not apply gives its error message instead."""
     import copy
 
     import torch
@@ -19,12 +29,12 @@ def trainable_shares(model_name: str, num_labels: int = 2) -> dict[str, dict | s
                                             {i: str(i) for i in range(num_labels)})
     ctx = ModelContext(base_model=str(path), task_type="SEQ_CLS", head_modules=head_module_names(base))
     shares: dict[str, dict | str] = {}
-    for name, spec in sorted(available().items()):
+    for row, spec, opts in method_rows():
         model = copy.deepcopy(base)
         torch.manual_seed(0)
         try:
-            spec.apply(model, spec.options(name=name), ctx)
-            shares[name] = trainable_report(model)
+            spec.apply(model, spec.options(name=spec.name, **opts), ctx)
+            shares[row] = trainable_report(model)
         except UserError as exc:
-            shares[name] = str(exc).split(";")[0]
+            shares[row] = str(exc).split(";")[0]
     return shares
