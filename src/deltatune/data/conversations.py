@@ -237,17 +237,7 @@ def read_conversations(path: str, data, require_response: bool = True) -> list[C
 
 def load_splits(data, seed: int) -> dict[str, list[Conversation]]:
     """train / validation / test conversations (validation from a seeded split when asked)."""
-    from deltatune.data.readers import split_then_sample
+    from deltatune.data.readers import read_splits
 
-    if not data.train:
-        raise ConfigError("data.train: required; set it to a .jsonl, .json, .csv or .tsv file of "
-                          "instruction data")
-    splits = {"train": read_conversations(data.train, data)}
-    validation = read_conversations(data.validation, data) if data.validation else None
-    splits["train"], validation = split_then_sample(splits["train"], validation, data.validation_split,
-                                                    data.max_train_samples, seed)
-    if validation is not None:
-        splits["validation"] = validation
-    if data.test:
-        splits["test"] = read_conversations(data.test, data)
-    return splits
+    return read_splits(lambda path: read_conversations(path, data), data, seed,
+                       "instruction data (.jsonl, .json, .csv, .tsv or .parquet)")

@@ -10,8 +10,8 @@ from pydantic import Field
 from deltatune.config import DataConfig
 from deltatune.data.conversations import FieldMap, rows_to_conversations
 from deltatune.data.preference import rows_to_pairs
-from deltatune.data.readers import read_rows, split_then_sample
-from deltatune.errors import ConfigError, DataError
+from deltatune.data.readers import read_rows, read_splits
+from deltatune.errors import DataError
 
 PAIR_LAYOUTS = ("hh", "prompt_chosen_rejected", "messages_pair")
 
@@ -47,13 +47,5 @@ def read_prompts(path: str, data) -> list[list[dict]]:
 
 def load_prompt_splits(data, seed: int) -> dict[str, list[list[dict]]]:
     """train / validation prompts (validation from a seeded split when asked)."""
-    if not data.train:
-        raise ConfigError("data.train: required; set it to a file of prompts (any instruction or "
-                          "preference layout)")
-    splits = {"train": read_prompts(data.train, data)}
-    validation = read_prompts(data.validation, data) if data.validation else None
-    splits["train"], validation = split_then_sample(splits["train"], validation, data.validation_split,
-                                                    data.max_train_samples, seed)
-    if validation is not None:
-        splits["validation"] = validation
-    return splits
+    return read_splits(lambda path: read_prompts(path, data), data, seed,
+                       "prompts (any instruction or preference layout)", test=False)

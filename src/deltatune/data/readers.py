@@ -337,6 +337,24 @@ _FORMAT_HINTS = {
 }
 
 
+def read_splits(read, data, seed: int, what: str, test: bool = True) -> dict[str, list]:
+    """train / validation (a file, or a seeded split of train) / test items of one run's ``data``
+    options, where ``read(path)`` turns one file into a list of items (conversations, prompts)."""
+    from deltatune.errors import ConfigError
+
+    if not data.train:
+        raise ConfigError(f"data.train: required; set it to a file of {what}")
+    splits = {"train": read(data.train)}
+    validation = read(data.validation) if data.validation else None
+    splits["train"], validation = split_then_sample(splits["train"], validation, data.validation_split,
+                                                    data.max_train_samples, seed)
+    if validation is not None:
+        splits["validation"] = validation
+    if test and data.test:
+        splits["test"] = read(data.test)
+    return splits
+
+
 def split_then_sample(train: list, validation: list | None, validation_split: float | None,
                       max_train_samples: int | None, seed: int) -> tuple[list, list | None]:
     """(train, validation) of unlabelled examples: the validation split is cut first (seeded by
