@@ -106,6 +106,20 @@ def run_cli(argv: list[str], capsys) -> tuple[int | None, str, str, BaseExceptio
     return code, out, err, escaped
 
 
+def run_cli_read_only(argv: list[str], paths: list[Path]) -> tuple[int | None, str, str, None]:
+    """The CLI in a child process that sees ``paths`` read-only (bind mounts in its own mount
+    namespace: how a read-only folder is staged for root, whom chmod does not stop)."""
+    import shlex
+
+    mounts = " && ".join(f"mount --bind {shlex.quote(str(p))} {shlex.quote(str(p))} && "
+                         f"mount -o remount,bind,ro {shlex.quote(str(p))}" for p in paths)
+    command = f"{mounts} && exec {shlex.join([sys.executable, '-m', 'deltatune', *argv])}"
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
+                          capture_output=True, text=True, timeout=600, env=env)
+    return done.returncode, done.stdout, done.stderr, None
+
+
 def snapshot(path: Path) -> dict[str, str] | None:
     """Every file's bytes (hashed) and every directory under ``path``; None when it does not exist."""
     if path.is_symlink() or path.is_file():
@@ -201,7 +215,10 @@ def test_bad_input(build, world, tmp_path, monkeypatch, capsys):
             print(f"skipped: {spec.skip}")
             pytest.skip(spec.skip)
         before = {p: snapshot(p) for p in spec.protect}
-        code, _, err, escaped = run_cli(spec.argv, capsys)
+        if ctx.read_only:
+            code, _, err, escaped = run_cli_read_only(spec.argv, ctx.read_only)
+        else:
+            code, _, err, escaped = run_cli(spec.argv, capsys)
         problems = judge(spec, code, err, escaped, before)
         print("exit", code, "|", " | ".join(m.group(0)[:300] for m in re.finditer(r"^.*error: .*$", err, re.M)))
     finally:
