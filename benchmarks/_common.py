@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -17,3 +18,18 @@ def cpu_busy_fraction(interval: float = 1.0) -> float:
     except OSError:
         return 0.0
     return 1 - (i1 - i0) / max(t1 - t0, 1)
+
+
+def result_line(out_path: Path, way: str, keep_errors: bool = True) -> dict | None:
+    """The last JSON line of a child's output file that reports ``way`` (None if there is none, or if it
+    reports an error and ``keep_errors`` is false)."""
+    if not out_path.is_file():
+        return None
+    for line in reversed(out_path.read_text(errors="replace").splitlines()):
+        try:
+            candidate = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(candidate, dict) and candidate.get("way") == way:
+            return candidate if keep_errors or "error" not in candidate else None
+    return None

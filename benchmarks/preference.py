@@ -85,7 +85,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_busy_fraction  # noqa: E402
+from _common import cpu_busy_fraction, result_line  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "hh_rlhf" / "harmless-base_test.jsonl"
@@ -483,6 +483,9 @@ def run_child(way: str, args, work: Path) -> dict:
            "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--cache-dir", str(work)]
     cmd += ["--max-steps", str(args.max_steps)] if args.max_steps else []
     out_path, log = work / f"{way}.out", work / f"{way}.log"
+    if args.reuse and (earlier := result_line(out_path, way, keep_errors=False)) is not None:
+        print(f"reusing {way} from {out_path} (measured {time.ctime(out_path.stat().st_mtime)})", flush=True)
+        return dict(earlier, reused_from=str(out_path))
     print(f"$ {' '.join(cmd)}\n  (log: {log})", flush=True)
     busy = cpu_busy_fraction()  # timings assume an otherwise idle machine
     if busy > 0.25:
@@ -494,15 +497,7 @@ def run_child(way: str, args, work: Path) -> dict:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)  # tell Popen it has been reaped
-    result = None
-    for line in reversed(out_path.read_text(errors="replace").splitlines()):
-        try:
-            candidate = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(candidate, dict) and candidate.get("way") == way:
-            result = candidate
-            break
+    result = result_line(out_path, way)
     if result is None:
         tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:] or ["no output"]
         result = {"way": way, "task": WAYS[way][0], "error": f"child exited {proc.returncode} without a result: "
@@ -511,6 +506,9 @@ def run_child(way: str, args, work: Path) -> dict:
                   exit_code=proc.returncode)
     if "error" in result:
         print(f"  FAILED: {result['error']}\n  (traceback in {log})", flush=True)
+    else:  # the parent's measurements, kept with the child's line for --reuse
+        with open(out_path, "a") as out:
+            out.write(json.dumps(result) + "\n")
     return result
 
 
@@ -649,6 +647,8 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, help="stop every way after N optimizer steps (smoke tests)")
     p.add_argument("--quick", action="store_true", help="smoke test: 8 pairs, batch 4, max_length 128")
     p.add_argument("--workdir", help="keep child logs here (default: a temp dir)")
+    p.add_argument("--reuse", action="store_true", help="with --workdir: keep the results of ways that already "
+                   "finished there (a run killed part-way goes on where it stopped); each is marked reused_from")
     p.add_argument("--json", type=Path, help=f"results file (default {RESULTS_JSON.relative_to(HERE.parent)}; not "
                    "written for --quick or --max-steps runs unless given)")
     p.add_argument("--way", choices=list(WAYS), help="run one way in this process and print one JSON line")
@@ -666,6 +666,8 @@ def main() -> None:
     unknown = [w for w in ways if w not in WAYS]
     if unknown:
         p.error(f"unknown way(s) {', '.join(unknown)}; choose from {', '.join(WAYS)}")
+    if args.reuse and not args.workdir:
+        p.error("--reuse needs --workdir (the folder of the earlier run)")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="deltatune-preference-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     inputs = check_inputs(args)

@@ -73,7 +73,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_busy_fraction  # noqa: E402
+from _common import cpu_busy_fraction, result_line  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATA_JSON = HERE.parent.parent / "shared" / "data" / "instruction" / "alpaca_subset_1k.json"
@@ -419,15 +419,7 @@ def run_child(way: str, args, work: Path) -> dict:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)  # tell Popen it has been reaped
-    result = None
-    for line in reversed(out_path.read_text(errors="replace").splitlines()):
-        try:
-            candidate = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(candidate, dict) and candidate.get("way") == way:
-            result = candidate
-            break
+    result = result_line(out_path, way)
     if result is None:
         tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:] or ["no output"]
         result = {"way": way, "error": f"child exited {proc.returncode} without a result: {tail[0][:300]}"}
