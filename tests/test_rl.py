@@ -92,6 +92,10 @@ def test_ppo_and_grpo_raise_the_reward_with_bounded_kl(setup, tmp_path, capsys, 
         assert last > first + 0.1, (algo, first, last)
         assert summary["tuned_score"] > summary["base_score"] and summary["tuned_win_rate"] > 0.5
         assert max(r["kl"] for r in log) < 5
+        if algo == "ppo":  # the value head's fit is logged (GRPO has no value head)
+            assert any(-10 < r.get("explained_variance", -99) <= 1 for r in log)
+        else:
+            assert not any("explained_variance" in r for r in log)
         report = (out / "eval_report.md").read_text()
         assert "| prompt | base | reward | tuned | reward |" in report
     # a large KL coefficient keeps the policy near the reference

@@ -22,8 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from deltatune.evaluation.generation import end_token_ids, left_pad
-from deltatune.losses.rl import (KL_ESTIMATORS, entropy_from_logits, gae, group_advantages, per_token_rewards,
-                                 shifted_logprobs, whiten)
+from deltatune.losses.rl import (KL_ESTIMATORS, entropy_from_logits, explained_variance, gae, group_advantages,
+                                 per_token_rewards, shifted_logprobs, whiten)
 
 
 @dataclass
@@ -139,6 +139,7 @@ class Rollouts:
         advantages, returns = gae(rewards, values, mask, s.gamma, s.lam)
         batch.update(advantages=whiten(advantages, mask) if s.whiten_advantages else advantages,
                      returns=returns, old_values=values)
+        batch["explained_variance"] = explained_variance(values, returns, mask)
 
     def _stats(self, batch: dict, kl: torch.Tensor, responses: list, start: float, generated: float) -> dict:
         lengths = torch.tensor([len(r) for r in responses], dtype=torch.float32)
@@ -147,7 +148,8 @@ class Rollouts:
                 "kl": float((kl.sum(1)).mean()), "kl_coef": float(self.kl.value),
                 "response_length": float(lengths.mean()),
                 "rollout_tokens_per_s": float(lengths.sum() / max(generated - start, 1e-9)),
-                "rollout_seconds": done - start}
+                "rollout_seconds": done - start,
+                **({"explained_variance": ev} if math.isfinite(ev := batch.get("explained_variance", math.nan)) else {})}
 
 
 class RolloutStream:
@@ -245,7 +247,7 @@ def update_loss(model, value_head: nn.Module | None, batch: dict, options, tempe
     units, tokens = float(batch["num_units"]), max(float(mask.sum()), 1.0)
     extras = {"clip_fraction": float(clipped) * units, "approx_kl": float(approx_kl) * units,
               "entropy": float((entropy.detach() * mask).sum()) / tokens * units,
-              "value_loss": float(value_loss.detach()) / tokens * units, **{k: stats[k] * units for k in STAT_KEYS}}
+              "value_loss": float(value_loss.detach()) / tokens * units, **{k: stats[k] * units for k in (*STAT_KEYS, "explained_variance") if k in stats}}
     return loss, extras
 
 
