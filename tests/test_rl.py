@@ -135,3 +135,27 @@ def test_a_killed_rl_run_resumes(setup, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 24 and summary["tuned_score"] is not None
+
+
+def test_rollouts_sample_from_the_whole_distribution(setup):
+    """The log-probs, ratios and KL use the full softmax, so rollouts must not cut it: no top-k (transformers
+    would apply top_k=50 unless told), and top-p 1 unless the user set ``generate.top_p``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from deltatune.config import GenerateConfig
+    from deltatune.training.rollout import RolloutSettings, generate, on_policy_top_p
+
+    assert on_policy_top_p(GenerateConfig()) == 1.0 and on_policy_top_p(GenerateConfig(top_p=0.8)) == 0.8
+    model = AutoModelForCausalLM.from_pretrained(setup["llama"])
+    tokenizer = AutoTokenizer.from_pretrained(setup["llama"])
+    seen = {}
+    original = model.generate
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return original(*a, **kw)
+
+    model.generate = spy
+    settings = RolloutSettings("grpo", 1, 2, 1, 2, 4, 1.0, on_policy_top_p(GenerateConfig()), 1.0, 0.95, "k3", False)
+    responses = generate(model, tokenizer, [[1, 5, 6], [1, 7]], settings, seed=0)
+    assert len(responses) == 2 and seen["top_k"] == 0 and seen["top_p"] == 1.0 and seen["do_sample"]

@@ -22,7 +22,8 @@ from deltatune.io import save_safetensors_atomic
 from deltatune.losses.rl import AdaptiveKLController, FixedKLController
 from deltatune.models import fit_max_length, load_for_causal_lm
 from deltatune.tasks import TaskSpec, register_task
-from deltatune.training.rollout import Rollouts, RolloutSettings, RolloutStream, attach_value_head, update_loss
+from deltatune.training.rollout import (Rollouts, RolloutSettings, RolloutStream, attach_value_head, on_policy_top_p,
+                                        update_loss)
 
 
 class PpoOptions(_Strict):
@@ -61,7 +62,7 @@ class PpoJob:
         self.ids = {s: [prompt_ids(self.tokenizer, self.template, p)[-room:] for p in ps] for s, ps in self.splits.items()}
         self.has_validation = bool(self.splits.get("validation"))
         self.settings = RolloutSettings(o.algorithm, o.prompts_per_rollout, o.group_size or (4 if o.algorithm == "grpo" else 1),
-                                        o.epochs, t.batch_size, g.max_new_tokens, g.temperature, g.top_p, o.gamma, o.lam,
+                                        o.epochs, t.batch_size, g.max_new_tokens, g.temperature, on_policy_top_p(g), o.gamma, o.lam,
                                         o.kl_estimator if o.algorithm == "ppo" else "k3", o.whiten_advantages)
         self.method = self.frozen = self.value_head = None
         self.base_scores = None

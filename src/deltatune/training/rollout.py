@@ -42,6 +42,12 @@ class RolloutSettings:
     whiten_advantages: bool
 
 
+def on_policy_top_p(generate_options) -> float:
+    """Rollouts sample from the whole (tempered) distribution, the one the log-probs and the KL are
+    computed on, unless ``generate.top_p`` was set explicitly (then from its nucleus)."""
+    return generate_options.top_p if "top_p" in generate_options.model_fields_set else 1.0
+
+
 def forward(model, value_head: nn.Module | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Log-probs (B, T) of the rows' own tokens, values (B, T) or None, and entropies (B, T), from one
@@ -71,7 +77,7 @@ def generate(model, tokenizer, prompts: list[list[int]], settings: RolloutSettin
         if seed is not None:
             torch.manual_seed(seed)
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
-                             temperature=settings.temperature, top_p=settings.top_p,
+                             temperature=settings.temperature, top_p=settings.top_p, top_k=0,  # no top-k cut
                              max_new_tokens=settings.max_new_tokens, pad_token_id=pad,
                              eos_token_id=list(ends) or None)
     responses = []
@@ -251,5 +257,5 @@ def update_loss(model, value_head: nn.Module | None, batch: dict, options, tempe
     return loss, extras
 
 
-__all__ = ["RolloutSettings", "Rollouts", "RolloutStream", "attach_value_head", "forward", "generate", "pad_rows",
-           "update_loss"]
+__all__ = ["RolloutSettings", "Rollouts", "RolloutStream", "attach_value_head", "forward", "generate",
+           "on_policy_top_p", "pad_rows", "update_loss"]
