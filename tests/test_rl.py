@@ -35,11 +35,13 @@ def setup(tmp_path_factory):
 
 
 def args(setup, out, *extra):
+    """A tiny random model samples almost uniformly from its whole vocabulary, which PPO shifts too slowly for a
+    test; the top-k and nucleus cuts a user can set (``generate.top_k``, ``top_p``) keep learning within a few dozen steps."""
     r = setup["root"]
     return ["train", "task=ppo", f"model.name={setup['llama']}", f"data.train={r / 'prompts.jsonl'}",
             "data.validation_split=0.25", f"ppo.reward={r / 'rewards.py'}:early_letters", "generate.max_new_tokens=12",
             "train.epochs=3", "train.batch_size=8", "train.learning_rate=1e-2", "train.progress=false",
-            "train.precision=fp32", "train.log_every=4", "--output-dir", str(out), "--json", *extra]
+            "train.precision=fp32", "train.log_every=4", "generate.top_k=50", "generate.top_p=0.9", "--output-dir", str(out), "--json", *extra]
 
 
 def rollout_log(out):
@@ -79,6 +81,16 @@ def test_first_rollout_has_ratio_one_and_kl_zero(setup, one_thread):
     same = Rollouts(model, tok, value_head, lambda: (model, torch.no_grad()), lambda p, r: [0.0] * len(r),
                     settings, FixedKLController(0.1)).make(prompts, messages, seed=0)
     assert same["stats"]["kl"] == 0  # ... and 0 when the reference is the policy itself
+    # the LM head runs on response positions only: the same log-probs and entropies as the whole model's logits
+    from deltatune.losses.rl import entropy_from_logits, shifted_logprobs
+
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        picked, _, entropy = forward(model, None, batch["input_ids"], batch["attention_mask"], 1.0, batch["mask"],
+                                     entropy=True)
+    torch.testing.assert_close(picked[mask], shifted_logprobs(logits, batch["input_ids"])[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy[mask], entropy_from_logits(logits[:, :-1])[mask[:, 1:]], atol=1e-5, rtol=1e-5)
+    assert not picked[~mask].any() and not entropy[~mask].any()
 
 
 def test_ppo_and_grpo_raise_the_reward_with_bounded_kl(setup, tmp_path, capsys, one_thread):

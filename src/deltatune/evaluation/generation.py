@@ -241,7 +241,8 @@ def _generate_kwargs(tokenizer, settings: GenerateConfig, end_ids: list[int]) ->
     kwargs: dict = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
                     "pad_token_id": pad_id, "eos_token_id": end_ids or None}
     if settings.do_sample:
-        kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+        kwargs.update(temperature=settings.temperature, top_p=settings.top_p,
+                      **({} if settings.top_k is None else {"top_k": settings.top_k}))
     if settings.stop:
         # Stops the generation at a stop string (the text is cut again after decoding, exactly).
         kwargs.update(stop_strings=list(settings.stop), tokenizer=tokenizer)

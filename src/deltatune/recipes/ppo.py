@@ -63,7 +63,7 @@ class PpoJob:
         self.has_validation = bool(self.splits.get("validation"))
         self.settings = RolloutSettings(o.algorithm, o.prompts_per_rollout, o.group_size or (4 if o.algorithm == "grpo" else 1),
                                         o.epochs, t.batch_size, g.max_new_tokens, g.temperature, on_policy_top_p(g), o.gamma, o.lam,
-                                        o.kl_estimator if o.algorithm == "ppo" else "k3", o.whiten_advantages)
+                                        o.kl_estimator if o.algorithm == "ppo" else "k3", o.whiten_advantages, g.top_k or 0)
         self.method = self.frozen = self.value_head = None
         self.base_scores = None
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from deltatune.evaluation.generation import end_token_ids, left_pad
 from deltatune.losses.rl import (KL_ESTIMATORS, entropy_from_logits, explained_variance, gae, group_advantages,
-                                 per_token_rewards, shifted_logprobs, whiten)
+                                 per_token_rewards, whiten)
 
 
 @dataclass
@@ -40,28 +40,42 @@ class RolloutSettings:
     lam: float
     kl_estimator: str
     whiten_advantages: bool
+    top_k: int = 0            # 0: no top-k cut (the log-probs use the whole softmax)
 
 
 def on_policy_top_p(generate_options) -> float:
     """Rollouts sample from the whole (tempered) distribution, the one the log-probs and the KL are
-    computed on, unless ``generate.top_p`` was set explicitly (then from its nucleus)."""
+    computed on, unless ``generate.top_p`` was set explicitly (then from its nucleus). Likewise no
+    top-k cut unless ``generate.top_k`` is set (transformers would apply 50 if not told)."""
     return generate_options.top_p if "top_p" in generate_options.model_fields_set else 1.0
 
 
 def forward(model, value_head: nn.Module | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-            temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Log-probs (B, T) of the rows' own tokens, values (B, T) or None, and entropies (B, T), from one
-    forward of the policy trunk (the value head shares it)."""
+            temperature: float = 1.0, positions: torch.Tensor | None = None,
+            entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Log-probs (B, T) of the rows' own tokens, values (B, T) or None, and entropies (B, T) (None
+    unless asked), from one forward of the policy trunk (the value head shares it).
+
+    The LM head runs only where a log-prob is wanted: at the tokens ``positions`` marks (B, T; the
+    response mask), from the hidden state one position earlier; elsewhere log-probs and entropies are 0.
+    Prompts are often several times longer than responses, and the head with its vocabulary-wide
+    softmax is a large share of a small model's forward."""
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    logits = model.get_output_embeddings()(hidden).float()
+    need = (attention_mask if positions is None else positions)[:, 1:].bool()
+    logits = model.get_output_embeddings()(hidden[:, :-1][need]).float()  # (N, V): one row per wanted token
     if temperature != 1.0:
         logits = logits / temperature
-    logps = shifted_logprobs(logits, input_ids)
-    entropy = F.pad(entropy_from_logits(logits[:, :-1]), (1, 0))
+    lse = torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(-1, input_ids[:, 1:][need].unsqueeze(-1)).squeeze(-1) - lse
+    zeros = hidden.new_zeros(need.shape, dtype=torch.float32)
+    logps = F.pad(zeros.masked_scatter(need, picked), (1, 0))
+    ent = None
+    if entropy:
+        ent = F.pad(zeros.masked_scatter(need, entropy_from_logits(logits)), (1, 0))
     values = None
     if value_head is not None:
         values = F.pad(value_head(hidden[:, :-1].to(value_head.weight.dtype)).squeeze(-1).float(), (1, 0))
-    return logps, values, entropy
+    return logps, values, ent
 
 
 @torch.no_grad()
@@ -77,7 +91,7 @@ def generate(model, tokenizer, prompts: list[list[int]], settings: RolloutSettin
         if seed is not None:
             torch.manual_seed(seed)
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
-                             temperature=settings.temperature, top_p=settings.top_p, top_k=0,  # no top-k cut
+                             temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
                              max_new_tokens=settings.max_new_tokens, pad_token_id=pad,
                              eos_token_id=list(ends) or None)
     responses = []
@@ -124,10 +138,12 @@ class Rollouts:
         scores = torch.tensor(self.reward(messages, texts), dtype=torch.float32)
         generated = time.perf_counter()
         batch = pad_rows(prompts, responses, self.tokenizer.pad_token_id)
-        logps, values, _ = forward(model, self.value_head, batch["input_ids"], batch["attention_mask"], s.temperature)
+        logps, values, _ = forward(model, self.value_head, batch["input_ids"], batch["attention_mask"], s.temperature,
+                                   batch["mask"])
         ref_model, off = self.reference()
         with off:
-            ref_logps, _, _ = forward(ref_model, None, batch["input_ids"], batch["attention_mask"], s.temperature)
+            ref_logps, _, _ = forward(ref_model, None, batch["input_ids"], batch["attention_mask"], s.temperature,
+                                      batch["mask"])
         model.train(was_training)
         batch.update(old_logps=logps, ref_logps=ref_logps, scores=scores)
         kl = KL_ESTIMATORS[s.kl_estimator](logps, ref_logps) * batch["mask"]
@@ -236,7 +252,8 @@ def update_loss(model, value_head: nn.Module | None, batch: dict, options, tempe
     if not math.isfinite(stats["kl"]) or stats["kl"] > options.max_kl:
         raise UserError(f"the policy drifted from the reference: rollout KL {stats['kl']:.3g} > ppo.max_kl "
                         f"{options.max_kl}; the last good checkpoint is kept. Lower train.learning_rate or raise ppo.kl_coef")
-    logps, values, entropy = forward(model, value_head, batch["input_ids"], batch["attention_mask"], temperature)
+    logps, values, entropy = forward(model, value_head, batch["input_ids"], batch["attention_mask"], temperature,
+                                     batch["mask"], entropy=True)
     mask = batch["mask"]
     if options.algorithm == "ppo":
         loss, clipped, approx_kl = ppo_policy_loss(logps, batch["old_logps"], batch["advantages"], mask, options.clip)
