@@ -18,9 +18,10 @@ from deltatune.data.labels import LabelSet, get_field
 from deltatune.data.readers import Row, read_rows
 from deltatune.errors import ConfigError, DataError
 
-__all__ = ["ClassificationData", "Example", "LabelSet", "examples_from_file", "get_field", "has_field",
-           "load_classification_data", "rows_to_examples", "stratified_sample", "stratified_split",
-           "tokenize"]
+__all__ = ["ClassificationData", "Example", "LabelSet", "check_split_options", "encode_texts",
+           "examples_from_file", "get_field", "has_field", "load_classification_data", "rows_to_examples",
+           "sample_positions", "split_off_positions", "split_positions", "stratified_sample",
+           "stratified_split", "tokenize"]
 
 
 @dataclass
@@ -109,11 +110,11 @@ def _allocate(counts: list[int], total: int, low: list[int], high: list[int]) ->
     return alloc
 
 
-def _pick(examples: Sequence[Example], seed: int, how_many) -> set[int]:
-    """Indices chosen per class: ``how_many(counts) -> per-class counts``, seeded sampling."""
+def _pick(labels: Sequence, seed: int, how_many) -> set[int]:
+    """Positions chosen per class of ``labels``: ``how_many(counts) -> per-class counts``, seeded sampling."""
     groups: dict = {}
-    for i, ex in enumerate(examples):
-        groups.setdefault(ex.label, []).append(i)
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
     keys = sorted(groups, key=lambda k: (k is not None, k if k is not None else 0))
     counts = how_many([len(groups[k]) for k in keys])
     rng = random.Random(seed)
@@ -123,6 +124,25 @@ def _pick(examples: Sequence[Example], seed: int, how_many) -> set[int]:
     return chosen
 
 
+def split_positions(labels: Sequence, fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """:func:`stratified_split` of the examples with these ``labels``, as (train, validation) positions."""
+    if not 0 < fraction < 1:
+        raise ConfigError(f"validation_split must be between 0 and 1 (e.g. 0.1 for 10%), "
+                          f"got {fraction}.")
+    total = round(len(labels) * fraction)
+    chosen = _pick(labels, seed, lambda counts: _allocate(
+        counts, total, [0] * len(counts), [max(c - 1, 0) for c in counts]))
+    return [i for i in range(len(labels)) if i not in chosen], sorted(chosen)
+
+
+def sample_positions(labels: Sequence, size: int, seed: int = 0) -> list[int]:
+    """:func:`stratified_sample` of the examples with these ``labels``, as positions."""
+    if size >= len(labels):
+        return list(range(len(labels)))
+    return sorted(_pick(labels, seed, lambda counts: _allocate(
+        counts, size, [1 if size >= len(counts) else 0] * len(counts), counts)))
+
+
 def stratified_split(examples: Sequence[Example], fraction: float,
                      seed: int = 0) -> tuple[list[Example], list[Example]]:
     """Split into (train, validation) with about ``fraction`` of each class in validation.
@@ -130,15 +150,8 @@ def stratified_split(examples: Sequence[Example], fraction: float,
     Seeded and deterministic; both parts keep the input order. A class with at least two examples
     always keeps one in train; a class with one example stays in train.
     """
-    if not 0 < fraction < 1:
-        raise ConfigError(f"validation_split must be between 0 and 1 (e.g. 0.1 for 10%), "
-                          f"got {fraction}.")
-    total = round(len(examples) * fraction)
-    chosen = _pick(examples, seed, lambda counts: _allocate(
-        counts, total, [0] * len(counts), [max(c - 1, 0) for c in counts]))
-    train = [ex for i, ex in enumerate(examples) if i not in chosen]
-    val = [ex for i, ex in enumerate(examples) if i in chosen]
-    return train, val
+    train, val = split_positions([ex.label for ex in examples], fraction, seed)
+    return [examples[i] for i in train], [examples[i] for i in val]
 
 
 def stratified_sample(examples: Sequence[Example], size: int, seed: int = 0) -> list[Example]:
@@ -148,9 +161,7 @@ def stratified_sample(examples: Sequence[Example], size: int, seed: int = 0) -> 
     """
     if size >= len(examples):
         return list(examples)
-    chosen = _pick(examples, seed, lambda counts: _allocate(
-        counts, size, [1 if size >= len(counts) else 0] * len(counts), counts))
-    return [ex for i, ex in enumerate(examples) if i in chosen]
+    return [examples[i] for i in sample_positions([ex.label for ex in examples], size, seed)]
 
 
 @dataclass
@@ -165,6 +176,19 @@ class ClassificationData:
 
 TEST_SPLIT_SEED = 0
 """``test_split`` always draws with this seed, so every run of a config scores on the same test rows."""
+
+
+def check_split_options(validation_path, validation_split, test_path, test_split, max_train_samples) -> None:
+    """ConfigErrors for split options that contradict each other."""
+    if validation_path is not None and validation_split:
+        raise ConfigError("both validation_path and validation_split are set; choose one "
+                          "(a validation file, or a fraction of the training file).")
+    if test_path is not None and test_split:
+        raise ConfigError("data.test and data.test_split are both set; choose one (a test file, or a "
+                          "fraction of the training file).")
+    if max_train_samples is not None and max_train_samples < 1:
+        raise ConfigError(f"max_train_samples must be a positive integer, got "
+                          f"{max_train_samples}.")
 
 
 def load_classification_data(train_path: str | Path, validation_path: str | Path | None = None,
@@ -186,15 +210,7 @@ def load_classification_data(train_path: str | Path, validation_path: str | Path
     prediction-only (labels None). ``fmt`` forces the format of all files. ``label_separator`` set:
     multi-label rows (:mod:`deltatune.data.multilabel`).
     """
-    if validation_path is not None and validation_split:
-        raise ConfigError("both validation_path and validation_split are set; choose one "
-                          "(a validation file, or a fraction of the training file).")
-    if test_path is not None and test_split:
-        raise ConfigError("data.test and data.test_split are both set; choose one (a test file, or a "
-                          "fraction of the training file).")
-    if max_train_samples is not None and max_train_samples < 1:
-        raise ConfigError(f"max_train_samples must be a positive integer, got "
-                          f"{max_train_samples}.")
+    check_split_options(validation_path, validation_split, test_path, test_split, max_train_samples)
     read = dict(fmt=fmt, text_field=text_field, text_pair_field=text_pair_field,
                 label_field=label_field, label_separator=label_separator)
     train_path = str(train_path)
@@ -228,9 +244,16 @@ def _label_set(rows, label_field, label_names, path, label_separator) -> LabelSe
 def _split_off(train: list[Example], fraction: float, seed: int, what: str,
                path: str) -> tuple[list[Example], list[Example]]:
     """(rest, held out): a stratified ``fraction`` of ``train`` held out as the ``what`` set."""
-    rest, held = stratified_split(train, fraction, seed)
+    rest, held = split_off_positions([e.label for e in train], fraction, seed, what, path)
+    return [train[i] for i in rest], [train[i] for i in held]
+
+
+def split_off_positions(labels: Sequence, fraction: float, seed: int, what: str,
+                        path: str) -> tuple[list[int], list[int]]:
+    """(rest, held out) positions of :func:`split_positions`; a DataError when nothing is held out."""
+    rest, held = split_positions(labels, fraction, seed)
     if not held:
-        raise DataError(f"{what}_split={fraction} of {len(train)} training examples leaves no {what} "
+        raise DataError(f"{what}_split={fraction} of {len(labels)} training examples leaves no {what} "
                         f"examples; use a larger data.{what}_split or give a data.{what} file.", path=path)
     return rest, held
 
@@ -246,11 +269,17 @@ def _read_examples(path, labels: LabelSet, fmt, text_field, text_pair_field, lab
                             label_separator)
 
 
-def tokenize(tokenizer, examples: list[Example], max_length: int) -> list[dict]:
-    """Token ids per example, truncated, unpadded (padding happens per batch)."""
+def encode_texts(tokenizer, examples: list[Example], max_length: int):
+    """The tokenizer's encoding (``input_ids``, ``token_type_ids`` where it makes them) of examples,
+    truncated, unpadded."""
     texts = [e.text for e in examples]
     pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
-    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    return tokenizer(texts, pairs, truncation=True, max_length=max_length, return_attention_mask=False)
+
+
+def tokenize(tokenizer, examples: list[Example], max_length: int) -> list[dict]:
+    """Token ids per example, truncated, unpadded (padding happens per batch)."""
+    enc = encode_texts(tokenizer, examples, max_length)
     feats = []
     for i, e in enumerate(examples):
         f = {"input_ids": enc["input_ids"][i], "label": e.label}

@@ -33,6 +33,9 @@ class ClassifyData(DataConfig):
                                      "seed 0) as the test set when no test file; validation_split splits the rest")
     windows: Windows | None = Field(None, description="long documents as overlapping windows of max_length "
                                     "tokens: {stride, aggregate: mean|max|first, max_train_windows}")
+    cache: bool | None = Field(None, description="tokenize once: keep the tokenized data on disk (Arrow, memory-mapped, "
+                               "under $DELTATUNE_HOME/tokens) for the next run, eval and --resume; default: for "
+                               "training files of 256 KiB or more (single-label, no windows)")
 
 
 class ClassifyOptions(_Strict):

@@ -24,7 +24,7 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from deltatune.errors import DataError
 
@@ -79,6 +79,47 @@ def read_rows(path: str | Path, fmt: str | None = None) -> list[Row]:
         raise DataError(f"no rows found; a {fmt} file needs at least one row "
                         f"({_FORMAT_HINTS[fmt]}).", path=path)
     return rows
+
+
+def iter_rows(path: str | Path, fmt: str | None = None) -> Iterator[Row]:
+    """The rows :func:`read_rows` returns, one at a time, without holding the file in memory (JSON
+    Lines, CSV, TSV and columnar sources stream; a ``.json`` list is read whole).
+
+    Valid files give exactly the rows (and lines) of :func:`read_rows`. A bad file raises a
+    :class:`DataError`, but not always the one :func:`read_rows` raises (an empty file yields no rows,
+    bad UTF-8 is not located): callers re-read a bad file with :func:`read_rows` for its message.
+    """
+    from deltatune.data.tables import iter_table_records, table_format
+
+    path = str(path)
+    columnar = table_format(path, fmt)
+    if columnar is not None:
+        yield from (Row.make(record, path, i + 1) for i, record in enumerate(iter_table_records(path, columnar)))
+        return
+    _check_is_file(path)
+    fmt = _resolve_format(path, fmt)
+    if fmt == "json":
+        yield from read_rows(path, fmt)
+        return
+    try:
+        with open(path, "rb") as fh:
+            if fmt == "jsonl":
+                yield from _iter_jsonl(_utf8_lines(fh), path)
+            else:
+                yield from _iter_delimited(io.TextIOWrapper(fh, encoding="utf-8-sig", newline=""), path,
+                                           *_DIALECTS[fmt])
+    except (UnicodeDecodeError, OSError) as e:
+        raise DataError(f"cannot read the file as UTF-8 ({e})", path=path) from None
+
+
+def _utf8_lines(fh) -> Iterator[str]:
+    """The lines of a binary file split on ``\\n`` only (as ``str.split("\\n")``), strictly decoded."""
+    first = True
+    for raw in fh:
+        if first and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8):]
+        first = False
+        yield raw[:-1].decode("utf-8") if raw.endswith(b"\n") else raw.decode("utf-8")
 
 
 def _resolve_format(path: str, fmt: str | None) -> str:
@@ -156,8 +197,13 @@ def _decode(data: bytes, path: str) -> str:
 
 def _read_jsonl(text: str, path: str) -> list[Row]:
     """One JSON object per line; blank lines are skipped."""
-    rows = []
-    for number, line in enumerate(text.split("\n"), 1):
+    return list(_iter_jsonl(text.split("\n"), path))
+
+
+def _iter_jsonl(lines, path: str):
+    """The rows of JSON Lines given as decoded lines (without their ``\\n``), one at a time."""
+    count = 0
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -166,16 +212,16 @@ def _read_jsonl(text: str, path: str) -> list[Row]:
             raise _duplicate_error(e, path, number) from None
         except json.JSONDecodeError as e:
             hint = " Each line must be one complete JSON object, e.g. " + _EXAMPLE_OBJECT + "."
-            if not rows and line.lstrip().startswith("["):
+            if not count and line.lstrip().startswith("["):
                 hint = _LIST_HINT
             raise DataError(f"not valid JSON: {e.msg} (column {e.colno}).{hint}",
                             path=path, line=number) from None
         if not isinstance(value, dict):
-            hint = _LIST_HINT if isinstance(value, list) and not rows else ""
+            hint = _LIST_HINT if isinstance(value, list) and not count else ""
             raise DataError(f"expected a JSON object like {_EXAMPLE_OBJECT}, got "
                             f"{_json_type(value)}.{hint}", path=path, line=number)
-        rows.append(Row.make(value, path, number))
-    return rows
+        count += 1
+        yield Row.make(value, path, number)
 
 
 _LIST_HINT = (" This looks like a JSON list (a .json file), not JSON Lines: rename the file to .json "
@@ -248,27 +294,33 @@ def _json_type(value) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+_DIALECTS = {  # delimiter, quoting, how to fix a malformed row
+    "csv": (",", csv.QUOTE_MINIMAL, 'put fields that contain commas in double quotes, e.g. "good, not great",1'),
+    "tsv": ("\t", csv.QUOTE_NONE, "a tab inside a value splits it in two: replace tabs inside values with spaces"),
+}
+
+
 def _read_csv(text: str, path: str) -> list[Row]:
     """Comma-separated with a header row and standard ``"`` quoting."""
-    return _read_delimited(text, path, ",", csv.QUOTE_MINIMAL,
-                           'put fields that contain commas in double quotes, '
-                           'e.g. "good, not great",1')
+    return _read_delimited(text, path, *_DIALECTS["csv"])
 
 
 def _read_tsv(text: str, path: str) -> list[Row]:
     """Tab-separated with a header row and no quoting (``"`` is a plain character)."""
-    return _read_delimited(text, path, "\t", csv.QUOTE_NONE,
-                           "a tab inside a value splits it in two: replace tabs inside "
-                           "values with spaces")
+    return _read_delimited(text, path, *_DIALECTS["tsv"])
 
 
 def _read_delimited(text: str, path: str, delimiter: str, quoting: int, fix: str) -> list[Row]:
     """Shared CSV/TSV reader: header row, then one Row per record (blank lines skipped)."""
+    return list(_iter_delimited(io.StringIO(text, newline=""), path, delimiter, quoting, fix))
+
+
+def _iter_delimited(stream, path: str, delimiter: str, quoting: int, fix: str):
+    """The rows of a CSV/TSV text stream (opened with ``newline=""``), one at a time."""
     # Long documents (legal, code) easily pass csv's default 128 KiB field limit.
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting,
-                        strict=True)
-    rows: list[Row] = []
+    reader = csv.reader(stream, delimiter=delimiter, quoting=quoting, strict=True)
+    count = 0
     start = 1  # a record starts on the line after the previous record ended
     try:
         header, header_line = None, 0
@@ -278,23 +330,23 @@ def _read_delimited(text: str, path: str, delimiter: str, quoting: int, fix: str
                 header, header_line = _check_header(values, path, line), line
                 break
         if header is None:
-            return rows
+            return
         width = len(header)
         for values in reader:
             line, start = start, reader.line_num + 1
             if len(values) == width:  # the fast path: no Python-level __init__
                 row = Row(zip(header, values))
                 row.path, row.line = path, line
-                rows.append(row)
+                count += 1
+                yield row
             elif values and (len(values) > 1 or values[0].strip()):
                 _wrong_width(values, header, header_line, path, line, fix)
     except csv.Error as e:
         raise DataError(f"malformed row: {e}. Check the quoting on this line; {fix}.",
                         path=path, line=start) from None
-    if not rows:
+    if not count:
         raise DataError(f"has a header row ({', '.join(header)}) but no data rows below it.",
                         path=path)
-    return rows
 
 
 def _check_header(values: list[str], path: str, line: int) -> list[str]:

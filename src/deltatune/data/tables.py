@@ -63,6 +63,15 @@ def read_table_records(path: str, fmt: str) -> list[dict]:
     return list(table)
 
 
+def iter_table_records(path: str, fmt: str, batch_size: int = 1000):
+    """The records of :func:`read_table_records` one at a time, read a batch of rows at a time."""
+    table = open_table(path, fmt)
+    for batch in table.iter(batch_size=batch_size):
+        columns = list(batch)
+        for values in zip(*(batch[c] for c in columns)):
+            yield dict(zip(columns, values))
+
+
 def _check_parquet(files: list[str]) -> None:
     import pyarrow
     import pyarrow.parquet as pq

@@ -13,12 +13,15 @@ from torch.utils.data import DataLoader
 from deltatune.checks.views import classify_view
 from deltatune.config import Config
 from deltatune.data.batching import LengthGroupedBatchSampler, pad_collate
-from deltatune.data.classify import LabelSet, load_classification_data
+from deltatune.data.classify import LabelSet
+from deltatune.data.classify_tokens import ClassificationInputs, cached_file_features
 from deltatune.data.classify_options import (MULTI_ONLY_METRICS, ClassifyData, ClassifyOptions, check,
                                              select_metric)
-from deltatune.data.labels import check_learnable, label_counts
-from deltatune.data.windows import document_count, encode_examples
-from deltatune.evaluation.classify import Scorer, evaluate_file, format_report, predict
+from deltatune.data.labels import check_learnable
+from deltatune.data.token_cache import feature_lengths
+from deltatune.data.windows import document_count
+from deltatune.evaluation.classify import Scorer, format_report, predict
+from deltatune.evaluation.classify import evaluate_file as evaluate_in_memory
 from deltatune.evaluation.classify_report import run_markdown
 from deltatune.evaluation.metrics import scalar_metrics
 from deltatune.io import read_json, write_json_atomic
@@ -33,24 +36,19 @@ class ClassifyJob:
 
     def __init__(self, cfg: Config):
         d, t, o = cfg.data, cfg.train, cfg.classify
-        data = load_classification_data(
-            d.train, d.validation, d.test, d.validation_split, d.text_field, d.text_pair_field, d.label_field,
-            d.label_names, t.seed, d.max_train_samples, fmt=d.format, test_split=d.test_split,
-            label_separator=d.label_separator if d.multi_label else None)
-        check_learnable(data.train, data.labels, d.multi_label, d.train, d.label_field)
+        data = ClassificationInputs(d, t.seed)  # labels now; tokens once max_length fits the model
+        check_learnable(data.learnable, data.labels, d.multi_label, d.train, d.label_field)
         self.cfg, self.labels, self.names = cfg, data.labels, list(data.labels.names)
         self.model, self.tokenizer, self.model_path = load_classifier(cfg, cfg.model.name, data.labels, t.seed)
         fit_max_length(cfg, self.model)
-        counts = label_counts(data.train, len(self.names))
+        counts = data.counts
         self.weights = resolve_class_weights(o.class_weights, self.names, data.labels.values, counts,
-                                             len(data.train), d.multi_label)
+                                             data.train_size, d.multi_label)
         if self.weights is not None:  # config.yaml records the weights used, not just "balanced"
             o.class_weights = dict(zip(self.names, self.weights))
         self.label_counts, self.selection = dict(zip(self.names, counts)), select_metric(cfg, counts)
         self.scorer = scorer_for(cfg, self.names)
-        splits = (("train", data.train), ("validation", data.validation), ("test", data.test))
-        self.feats = {s: encode_examples(self.tokenizer, exs, d.max_length, d.windows, len(self.names),
-                                         training=s == "train") for s, exs in splits if exs}
+        self.feats = data.features(self.tokenizer, d.max_length, d.windows)
         self.has_validation = "validation" in self.feats
         self.loss_fn = partial(classifier_batch_loss, loss=make_loss(o.loss, self.weights, o.gamma))
 
@@ -77,7 +75,7 @@ class ClassifyJob:
     def loader(self, method, num_processes: int) -> DataLoader:
         t = self.cfg.train
         train = self.feats["train"]
-        sampler = LengthGroupedBatchSampler([len(f["input_ids"]) for f in train], t.batch_size,
+        sampler = LengthGroupedBatchSampler(feature_lengths(train), t.batch_size,
                                             group_by_length=t.group_by_length, seed=t.seed)
         # Own generator: iterating the loader must not draw from the global RNG (exact resume).
         return DataLoader(train, batch_sampler=sampler, generator=torch.Generator(),
@@ -132,6 +130,14 @@ def load_model(cfg: Config, source: str, run_dir: Path | None, saved: Path):
     model, tokenizer, path = load_classifier(cfg, source, labels, cfg.train.seed)  # untuned: the run's base head
     return model, tokenizer, path, {"labels": labels,
                                     "scorer": scorer_for(cfg, labels.names, saved_labels.get("thresholds"))}
+
+
+def evaluate_file(run, data_path: str, samples: int | None = None) -> dict:
+    d = run.cfg.data
+    feats = cached_file_features(d, data_path, run.tokenizer, run.extras["labels"], d.max_length)
+    if feats is None:
+        return evaluate_in_memory(run, data_path, samples)
+    return run.extras["scorer"].evaluate(run.model, feats, run.tokenizer.pad_token_id)
 
 
 CLASSIFY = register_task(TaskSpec(
