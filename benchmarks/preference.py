@@ -77,15 +77,13 @@ import json
 import os
 import platform
 import resource
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_busy_fraction, result_line  # noqa: E402
+from _common import spawn_way, tidy_workdir, ways_and_workdir, write_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "hh_rlhf" / "harmless-base_test.jsonl"
@@ -482,34 +480,7 @@ def run_child(way: str, args, work: Path) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--way", way, "--pairs", str(args.pairs),
            "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--cache-dir", str(work)]
     cmd += ["--max-steps", str(args.max_steps)] if args.max_steps else []
-    out_path, log = work / f"{way}.out", work / f"{way}.log"
-    if args.reuse and (earlier := result_line(out_path, way, keep_errors=False)) is not None:
-        print(f"reusing {way} from {out_path} (measured {time.ctime(out_path.stat().st_mtime)})", flush=True)
-        return dict(earlier, reused_from=str(out_path))
-    print(f"$ {' '.join(cmd)}\n  (log: {log})", flush=True)
-    busy = cpu_busy_fraction()  # timings assume an otherwise idle machine
-    if busy > 0.25:
-        print(f"  warning: CPUs {100 * busy:.0f}% busy before start (other processes?); tok/s may be understated")
-    env = dict(os.environ, TQDM_DISABLE="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1", HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    with open(out_path, "w") as out, open(log, "w") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)  # tell Popen it has been reaped
-    result = result_line(out_path, way)
-    if result is None:
-        tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:] or ["no output"]
-        result = {"way": way, "task": WAYS[way][0], "error": f"child exited {proc.returncode} without a result: "
-                  f"{tail[0][:300]}"}
-    result.update(process_peak_rss_mb=usage.ru_maxrss / 1024, process_wall_s=time.perf_counter() - t0,
-                  exit_code=proc.returncode)
-    if "error" in result:
-        print(f"  FAILED: {result['error']}\n  (traceback in {log})", flush=True)
-    else:  # the parent's measurements, kept with the child's line for --reuse
-        with open(out_path, "a") as out:
-            out.write(json.dumps(result) + "\n")
-    return result
+    return spawn_way(cmd, way, work, args.reuse, failed={"task": WAYS[way][0]})
 
 
 def ratio(a, b) -> str:
@@ -608,15 +579,6 @@ def goal_lines(ok: dict) -> list[str]:
     return lines
 
 
-def write_json(path: Path, payload: dict) -> None:
-    """Atomic: write a temp file next to `path`, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def check_inputs(args) -> dict:
     """Parent: our encoding equals TRL's conversational construction, pair by pair (train and held-out)."""
     from transformers import AutoTokenizer
@@ -662,22 +624,11 @@ def main() -> None:
         run_way(args)
         return
 
-    ways = args.ways.split(",") if args.ways else DEFAULT_WAYS
-    unknown = [w for w in ways if w not in WAYS]
-    if unknown:
-        p.error(f"unknown way(s) {', '.join(unknown)}; choose from {', '.join(WAYS)}")
-    if args.reuse and not args.workdir:
-        p.error("--reuse needs --workdir (the folder of the earlier run)")
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="deltatune-preference-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
+    ways, work = ways_and_workdir(p, args, WAYS, DEFAULT_WAYS, "deltatune-preference-bench-")
     inputs = check_inputs(args)
     results = [run_child(way, args, work) for way in ways]
     goals = print_table(results)
-    if not args.workdir:
-        if any("error" in r for r in results):
-            print(f"\nlogs of the failed ways kept in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    tidy_workdir(args, work, results)
     write_results(args, inputs, goals, results)
 
 

@@ -66,14 +66,13 @@ import os
 import platform
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_busy_fraction, result_line  # noqa: E402
+from _common import spawn_way, write_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATA_JSON = HERE.parent.parent / "shared" / "data" / "instruction" / "alpaca_subset_1k.json"
@@ -406,28 +405,9 @@ def run_child(way: str, args, work: Path) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--way", way, "--rows", str(args.rows)]
     cmd += ["--max-steps", str(args.max_steps)] if args.max_steps else []
     cmd += ["--trl-keep-eos"] if args.trl_keep_eos else []
-    out_path, log = work / f"{way}.out", work / f"{way}.log"
-    print(f"$ {' '.join(cmd)}\n  (log: {log})", flush=True)
-    busy = cpu_busy_fraction()  # timings assume an otherwise idle machine
-    if busy > 0.25:
-        print(f"  warning: CPUs {100 * busy:.0f}% busy before start (other processes?); tok/s may be understated")
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(work / "inductor-cache"))
     if way in COLD_CACHE_WAYS:
         shutil.rmtree(work / "inductor-cache", ignore_errors=True)
-    with open(out_path, "w") as out, open(log, "w") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)  # tell Popen it has been reaped
-    result = result_line(out_path, way)
-    if result is None:
-        tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:] or ["no output"]
-        result = {"way": way, "error": f"child exited {proc.returncode} without a result: {tail[0][:300]}"}
-    result.update(process_peak_rss_mb=usage.ru_maxrss / 1024, process_wall_s=time.perf_counter() - t0,
-                  exit_code=proc.returncode)
-    if "error" in result:
-        print(f"  FAILED: {result['error']}\n  (traceback in {log})", flush=True)
-    return result
+    return spawn_way(cmd, way, work, env={"TORCHINDUCTOR_CACHE_DIR": str(work / "inductor-cache")})
 
 
 def ratio(a, b) -> str:
@@ -486,15 +466,6 @@ def goal_lines(ok: dict, trl_best, trl, hand) -> list[str]:
         lines.append(f"goal {way}: " + "; ".join(checks or ["no reference ways ran"]))
     print("\n" + "\n".join(lines or ["goal: no deltatune way succeeded"]))
     return lines
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Atomic: write a temp file next to `path`, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def main() -> None:
