@@ -91,6 +91,28 @@ def test_answer_masks_are_exact_and_prompts_shared(tiny, template):
             assert ids[:start] == f["chosen_ids"][:start]  # one prompt for both answers
 
 
+def test_decoder_rewards_need_no_attention_mask(tiny):
+    """Right-padded rows of a causal model: no real token sees a pad, so the rewards (read at each row's
+    last token) are the same without the mask, which lets attention run its causal kernel in training."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from deltatune.data.preference import pair_collate
+    from deltatune.losses.preference import sequence_rewards
+
+    tok = AutoTokenizer.from_pretrained(tiny["llama"])
+    model = AutoModelForSequenceClassification.from_pretrained(tiny["llama"], num_labels=1).eval()
+    pairs, _ = rows_to_pairs(_rows(synthetic_pairs(6, seed=3)))
+    pairs[0].chosen += " and much longer than the others, so the other rows get padded at the end"
+    feats, _ = encode_pairs(pairs, make_template("chat", tok), tok, None)
+    for f, i in zip(feats, range(len(feats))):
+        f["index"] = i
+    with torch.no_grad():
+        masked = sequence_rewards(model, pair_collate(feats, tok.pad_token_id, attention_mask=True, split_parts=False))
+        bare = pair_collate(feats, tok.pad_token_id, attention_mask=False, split_parts=False)
+        assert "attention_mask" not in bare["parts"][0]
+        torch.testing.assert_close(sequence_rewards(model, bare), masked, atol=1e-5, rtol=1e-5)
+
+
 def test_too_long_pairs_cut_the_prompt_from_the_left_first(tiny):
     from transformers import AutoTokenizer
 

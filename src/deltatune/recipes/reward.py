@@ -20,7 +20,7 @@ from deltatune.evaluation.preference import pair_rewards, preference_markdown, r
 from deltatune.errors import UserError
 from deltatune.evaluation.reports import scalar_line
 from deltatune.losses.preference import bradley_terry, sequence_rewards
-from deltatune.models import fit_max_length, load_for_classification
+from deltatune.models import fit_max_length, is_encoder, load_for_classification
 from deltatune.preview import preview_pairs
 from deltatune.tasks import TaskSpec, register_task
 
@@ -73,6 +73,7 @@ class RewardJob:
                                             t.batch_size, group_by_length=t.group_by_length, seed=t.seed)
         return DataLoader(feats, batch_sampler=sampler, generator=torch.Generator(),
                           collate_fn=partial(pair_collate, pad_token_id=self.tokenizer.pad_token_id,
+                                             attention_mask=method.inserts_tokens or is_encoder(self.model.config),
                                              split_parts=num_processes == 1))
 
     def loss_fn(self, model, batch):
