@@ -110,6 +110,7 @@ def test_ppo_and_grpo_raise_the_reward_with_bounded_kl(setup, tmp_path, capsys, 
             assert not any("explained_variance" in r for r in log)
         report = (out / "eval_report.md").read_text()
         assert "| prompt | base | reward | tuned | reward |" in report
+        assert 'id="plot-rollouts"' in (out / "eval_report.html").read_text()  # score and KL curves
     # a large KL coefficient keeps the policy near the reference
     near = tmp_path / "near"
     assert main(args(setup, near, "ppo.kl_coef=5")) == 0

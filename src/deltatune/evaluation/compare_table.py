@@ -37,8 +37,9 @@ def stats(values: list[float]) -> dict:
 
 
 def read_curves(run_dir: Path, metric: str) -> dict:
-    """Training loss per logged step, the validation ``metric`` per evaluation, and warnings (events)."""
-    out = {"loss": [], "eval": [], "events": []}
+    """Training loss per logged step, the validation ``metric`` per evaluation, warnings (events), and for
+    RL runs the rollouts' mean score and KL per logged step."""
+    out = {"loss": [], "eval": [], "events": [], "rollouts": []}
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return out
@@ -51,6 +52,8 @@ def read_curves(run_dir: Path, metric: str) -> dict:
             out["events"].append(rec)
         elif "event" not in rec and isinstance(rec.get("loss"), (int, float)):
             out["loss"].append([rec["step"], rec["loss"]])
+            if isinstance(rec.get("score_mean"), (int, float)) and isinstance(rec.get("kl"), (int, float)):
+                out["rollouts"].append([rec["step"], rec["score_mean"], rec["kl"]])  # RL runs
         elif isinstance(rec.get(f"eval/{metric}"), (int, float)):
             out["eval"].append([rec["step"], rec[f"eval/{metric}"]])
     return out

@@ -175,6 +175,23 @@ def run_curves(loss: list, evals: list, metric: str) -> str:
     return to_svg(fig, "training loss curve")
 
 
+def score_and_kl(points: list) -> str:
+    """An RL run: the rollouts' mean score (left axis) and KL to the reference (right axis) per logged
+    step. ``points``: [[step, score, kl], ...]."""
+    fig, ax = new_figure(7.2, 3.8)
+    xs, scores, kls = zip(*points)
+    marker = "o" if len(xs) <= 20 else None
+    ax.plot(xs, scores, color=PALETTE[0], lw=1.8, marker=marker, ms=4)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("mean score of the rollout", color=PALETTE[0])
+    right = ax.twinx()
+    right.plot(xs, kls, color=PALETTE[1], lw=1.4, marker=marker, ms=3)
+    right.set_ylabel("KL to the reference", color=PALETTE[1])
+    right.grid(False)
+    ax.set_title("Score and KL of the rollouts")
+    return to_svg(fig, "rollout score and KL curves")
+
+
 def confusion_matrix(labels: list[str], matrix: list[list[int]], title: str) -> str:
     """Heat map of a confusion matrix (rows true, columns predicted), counts written in the cells."""
     n = len(labels)

@@ -83,6 +83,9 @@ def _plots(run_dir: Path, report: dict) -> list[dict]:
     if curves["loss"]:
         out.append({"id": "plot-loss", "svg": plots.run_curves(curves["loss"], curves["eval"], metric or ""),
                     "caption": "Training loss per logged step" + (f"; validation {metric} per evaluation" if curves["eval"] else "")})
+    if curves["rollouts"]:
+        out.append({"id": "plot-rollouts", "svg": plots.score_and_kl(curves["rollouts"]),
+                    "caption": "Mean score and KL to the reference of the rollouts, per logged step"})
     for name, section in (("validation (tuned)", tuned_section(report)), ("test", report.get("test"))):
         cm = (section or {}).get("confusion_matrix")
         if isinstance(cm, dict) and cm.get("matrix"):
