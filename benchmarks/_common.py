@@ -111,3 +111,19 @@ def tidy_workdir(args, work: Path, results: list[dict]) -> None:
         print(f"\nlogs of the failed ways kept in {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def record_failure(result: dict, error: Exception) -> None:
+    """A child way failed: its traceback to stderr (the log), one line of it in the result."""
+    import traceback
+
+    traceback.print_exc()
+    result["error"] = f"{type(error).__name__}: {error}".strip()[:500]
+
+
+def exit_with(result: dict) -> None:
+    """A child way's end: its one JSON result line on stdout; exit status 1 if it failed."""
+    import sys
+
+    print(json.dumps(result), flush=True)
+    sys.exit(1 if "error" in result else 0)

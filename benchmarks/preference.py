@@ -83,7 +83,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import spawn_way, tidy_workdir, ways_and_workdir, write_json  # noqa: E402
+from _common import (exit_with, record_failure, spawn_way, tidy_workdir, ways_and_workdir,  # noqa: E402
+                     write_json)
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "hh_rlhf" / "harmless-base_test.jsonl"
@@ -466,12 +467,8 @@ def run_way(args) -> None:
         result["expected_train_tokens"] = sum(len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in ctx["train"])
         result.update(WAYS[args.way][1](ctx, args))
     except Exception as e:  # noqa: BLE001 - reported in the table, the traceback goes to the log
-        import traceback
-
-        traceback.print_exc()
-        result["error"] = f"{type(e).__name__}: {e}".strip()[:500]
-    print(json.dumps(result), flush=True)
-    sys.exit(1 if "error" in result else 0)
+        record_failure(result, e)
+    exit_with(result)
 
 
 # --------------------------------------------------------------------------- parent / orchestration

@@ -72,7 +72,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import spawn_way, write_json  # noqa: E402
+from _common import exit_with, record_failure, spawn_way, write_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATA_JSON = HERE.parent.parent / "shared" / "data" / "instruction" / "alpaca_subset_1k.json"
@@ -391,12 +391,8 @@ def run_way(args) -> None:
         result["expected_train_tokens"] = sum(len(e["input_ids"]) for e in ctx["train"])  # one full epoch
         result.update(WAYS[args.way](ctx, args))
     except Exception as e:  # noqa: BLE001 - reported in the table, the traceback goes to the log
-        import traceback
-
-        traceback.print_exc()
-        result["error"] = f"{type(e).__name__}: {e}".strip()[:500]
-    print(json.dumps(result), flush=True)
-    sys.exit(1 if "error" in result else 0)
+        record_failure(result, e)
+    exit_with(result)
 
 
 # --------------------------------------------------------------------------- parent / orchestration
