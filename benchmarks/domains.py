@@ -36,7 +36,8 @@ Usage:
     .venv/bin/python benchmarks/domains.py --quick            # every path on tiny budgets (~10 min, 2 cores)
     .venv/bin/python benchmarks/domains.py                    # the README numbers (~1 h on 2 idle cores)
     .venv/bin/python benchmarks/domains.py --only medical_loss,anchors --workdir /tmp/dom
-Results: a markdown table on stdout and benchmarks/results/domains.json (``--quick``: domains_quick.json in
+Results: a markdown table on stdout and benchmarks/results/domains.json, or domains_<groups>.json for an
+``--only`` subset, so one subset never overwrites another (``--quick``: domains_quick.json in
 the work directory, which is kept; its numbers only show that every path runs).
 """
 
@@ -292,7 +293,8 @@ def main() -> None:
     import torch
     import transformers
 
-    path = work / "domains_quick.json" if args.quick else HERE / "results" / "domains.json"
+    part = "" if groups == set(GROUPS) else "_" + "_".join(g for g in GROUPS if g in groups)
+    path = work / "domains_quick.json" if args.quick else HERE / "results" / f"domains{part}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({
         "protocol": {"quick": args.quick, "medical_train": args.medical_train, "legal_train": args.legal_train,
