@@ -137,10 +137,11 @@ def test_reward_from_a_reward_run_and_guardrails(setup, tmp_path, capsys, one_th
     assert "cannot import" in capsys.readouterr().err
 
 
-def test_a_killed_rl_run_resumes(setup, tmp_path):
+@pytest.mark.parametrize("value_model", ["shared", "separate"])
+def test_a_killed_rl_run_resumes(setup, tmp_path, value_model):
     out = tmp_path / "run"
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "DELTATUNE_FAULT_AT_STEP": "8"}
-    cmd = [sys.executable, "-m", "deltatune", *args(setup, out, "train.checkpoint_every=4")]
+    cmd = [sys.executable, "-m", "deltatune", *args(setup, out, "train.checkpoint_every=4", f"ppo.value_model={value_model}")]
     killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL
     env.pop("DELTATUNE_FAULT_AT_STEP")
@@ -172,3 +173,53 @@ def test_rollouts_sample_from_the_whole_distribution(setup):
     settings = RolloutSettings("grpo", 1, 2, 1, 2, 4, 1.0, on_policy_top_p(GenerateConfig()), 1.0, 0.95, "k3", False)
     responses = generate(model, tokenizer, [[1, 5, 6], [1, 7]], settings, seed=0)
     assert len(responses) == 2 and seen["top_k"] == 0 and seen["top_p"] == 1.0 and seen["do_sample"]
+
+
+def test_a_separate_value_model_keeps_value_gradients_out_of_the_policy(setup):
+    from transformers import AutoModelForCausalLM
+
+    from deltatune.methods.lora import LORA, LoraOptions
+    from deltatune.methods.registry import ModelContext
+    from deltatune.training.rollout import attach_value_head, attach_value_model, forward
+
+    def lora_model(seed):
+        torch.manual_seed(seed)
+        m = AutoModelForCausalLM.from_pretrained(setup["llama"])
+        LORA.apply(m, LoraOptions(), ModelContext("x", "CAUSAL_LM", []))
+        for layer in [x for x in m.modules() if hasattr(x, "lora_B")]:  # non-zero B: gradients reach A too
+            torch.nn.init.normal_(layer.lora_B.weight, std=0.05)
+        return m
+
+    ids = torch.randint(3, 100, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    for kind in ("shared", "separate"):
+        policy = lora_model(0)
+        value = (attach_value_head(policy) if kind == "shared"
+                 else attach_value_model(policy, lora_model(1).base_model))
+        logps, values, _ = forward(policy, value, ids, mask)
+        assert values.shape == logps.shape == ids.shape and not values[:, 0].any()  # value at t from state t-1
+        values.sum().backward()
+        policy_lora = [p for n, p in policy.named_parameters() if "lora_" in n and "ppo_value" not in n]
+        reached = any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy_lora)
+        assert reached == (kind == "shared"), kind  # a separate value model's gradients stay in it
+        if kind == "separate":
+            head_and_trunk = [p for p in value.parameters() if p.requires_grad]
+            assert len(head_and_trunk) > 2 and all(p.grad is not None for p in head_and_trunk)
+            assert not any(p.requires_grad for n, p in value.trunk.named_parameters() if "lora_" not in n)
+
+
+def test_ppo_with_a_separate_value_model_trains_saves_and_checks(setup, tmp_path, capsys, one_thread):
+    out = tmp_path / "separate"
+    assert main(args(setup, out, "ppo.value_model=separate", "train.epochs=1")) == 0
+    capsys.readouterr()
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / "value_model.safetensors"))
+    assert "value_model.head.weight" in saved and any("lora_" in k for k in saved)
+    assert not (out / "value_head.safetensors").exists()
+    adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert adapter and not any("value" in k for k in adapter)  # the policy's adapter holds the policy only
+    assert any("explained_variance" in r for r in rollout_log(out))
+    assert main(args(setup, tmp_path / "grpo", "ppo.algorithm=grpo", "ppo.value_model=separate")) == 2
+    assert "ppo.value_model" in capsys.readouterr().err

@@ -50,11 +50,31 @@ def on_policy_top_p(generate_options) -> float:
     return generate_options.top_p if "top_p" in generate_options.model_fields_set else 1.0
 
 
+class ValueModel(nn.Module):
+    """A value network of its own (``ppo.value_model: separate``): a second copy of the model's trunk,
+    adapted by the run's method, with a linear head (hidden -> 1). Its gradients never reach the
+    policy's weights, at the cost of a second forward and backward per minibatch (as in InstructGPT and
+    TRL's PPO, where the value model is separate)."""
+
+    def __init__(self, trunk: nn.Module, hidden_size: int):
+        super().__init__()
+        self.trunk = trunk
+        self.head = nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Values (B, T), aligned like the log-probs: the value at t is read from the hidden state at t − 1."""
+        hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        return F.pad(self.head(hidden[:, :-1].to(self.head.weight.dtype)).squeeze(-1).float(), (1, 0))
+
+
 def forward(model, value_head: nn.Module | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             temperature: float = 1.0, positions: torch.Tensor | None = None,
             entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Log-probs (B, T) of the rows' own tokens, values (B, T) or None, and entropies (B, T) (None
-    unless asked), from one forward of the policy trunk (the value head shares it).
+    unless asked), from one forward of the policy trunk (a value head shares it; a :class:`ValueModel`
+    runs its own forward).
 
     The LM head runs only where a log-prob is wanted: at the tokens ``positions`` marks (B, T; the
     response mask), from the hidden state one position earlier; elsewhere log-probs and entropies are 0.
@@ -73,7 +93,9 @@ def forward(model, value_head: nn.Module | None, input_ids: torch.Tensor, attent
     if entropy:
         ent = F.pad(zeros.masked_scatter(need, entropy_from_logits(logits)), (1, 0))
     values = None
-    if value_head is not None:
+    if isinstance(value_head, ValueModel):  # a separate network: its own forward over the same rows
+        values = value_head(input_ids, attention_mask)
+    elif value_head is not None:
         values = F.pad(value_head(hidden[:, :-1].to(value_head.weight.dtype)).squeeze(-1).float(), (1, 0))
     return logps, values, ent
 
@@ -241,6 +263,15 @@ def attach_value_head(model) -> nn.Linear:
     return head
 
 
+def attach_value_model(model, trunk: nn.Module) -> ValueModel:
+    """A separate value network on ``trunk`` (the backbone of a second copy of the model, already
+    adapted by the run's method), registered on the policy (``model.ppo_value_model``) so that one
+    optimizer trains both and checkpoints hold both."""
+    value_model = ValueModel(trunk, model.config.hidden_size).to(next(model.parameters()).device)
+    model.ppo_value_model = value_model
+    return value_model
+
+
 def update_loss(model, value_head: nn.Module | None, batch: dict, options, temperature: float):
     """The summed PPO (policy + ``vf_coef`` x value − entropy bonus) or GRPO loss of one minibatch,
     and the sums to log (clip fraction, approximate KL, entropy, value loss, the rollout's statistics).
@@ -274,5 +305,5 @@ def update_loss(model, value_head: nn.Module | None, batch: dict, options, tempe
     return loss, extras
 
 
-__all__ = ["RolloutSettings", "Rollouts", "RolloutStream", "attach_value_head", "forward", "generate",
-           "on_policy_top_p", "pad_rows", "update_loss"]
+__all__ = ["RolloutSettings", "Rollouts", "RolloutStream", "ValueModel", "attach_value_head", "attach_value_model",
+           "forward", "generate", "on_policy_top_p", "pad_rows", "update_loss"]
