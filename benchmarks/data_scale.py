@@ -24,7 +24,8 @@ time of load + map. Tokenization throughput = rows / those seconds.
 Usage:
     .venv/bin/python benchmarks/data_scale.py                 # 10k, 100k, 400k, 1M
     .venv/bin/python benchmarks/data_scale.py --quick         # 2k and 20k: a smoke run
-Results: a markdown table on stdout and benchmarks/results/data_scale.json.
+Results: a markdown table on stdout and benchmarks/results/data_scale.json (data_scale_<sizes>[_no_check].json
+for a --sizes subset or --no-check).
 """
 
 from __future__ import annotations
@@ -156,8 +157,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="2,000 and 20,000 rows only (a smoke run)")
     p.add_argument("--sizes", help="comma-separated row counts (default 10000,100000,400000,1000000)")
     p.add_argument("--memory-route", default="", help="comma-separated sizes also run with data.cache: false")
-    p.add_argument("--no-check", action="store_true", help="pass --no-check (skip the pre-flight data checks, "
-                   "which read every row into memory) to deltatune train")
+    p.add_argument("--no-check", action="store_true", help="pass --no-check (skip the pre-flight data checks) "
+                   "to deltatune train")
     p.add_argument("--workdir", help="keep data, configs, logs, runs and caches here (default: a temp dir)")
     p.add_argument("--datasets-child", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--cache-dir", type=Path, help=argparse.SUPPRESS)
@@ -184,8 +185,13 @@ def main() -> None:
     print()
     print("\n".join(f"- {line}" for line in ratios(results, sizes)))
     if not args.quick:
-        RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS_JSON.write_text(json.dumps({"results": results, "ratios": ratios(results, sizes)}, indent=2) + "\n")
+        # a subset of sizes (or --no-check) gets its own file, so it never overwrites the full run
+        suffix = ("" if args.sizes is None else "_" + "_".join(map(str, sizes))) + ("_no_check" if args.no_check else "")
+        path = RESULTS_JSON.with_name(f"data_scale{suffix}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "no_check": args.no_check,
+                                    "results": results, "ratios": ratios(results, sizes)}, indent=2) + "\n")
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

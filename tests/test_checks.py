@@ -190,3 +190,29 @@ def test_early_stopping_stops_a_run(tmp_path, bert, one_thread):
     stop = [x for x in lines if x.get("event") == "early_stop"]
     assert stop and summary["steps"] == stop[0]["step"] < 24
     assert summary["steps"] - summary["best_step"] == 2
+
+
+def test_large_data_is_checked_from_streamed_columns_with_the_same_findings(tmp_path, bert, monkeypatch):
+    """Data on the token-cache route is checked from a cached columnar table (texts memory-mapped), and
+    every finding is the one the in-memory route gives."""
+    monkeypatch.setenv("DELTATUNE_HOME", str(tmp_path / "home"))
+    rows = [{"text": sentence(i), "label": "neg" if i < 8 else "pos"} for i in range(60)]
+    rows += [dict(rows[3], text=rows[3]["text"].upper() + " !"), dict(rows[20], label="neg")]  # exact, conflict
+    long = " ".join(sentence(500, 12).split())
+    rows += [{"text": long, "label": "pos"}, {"text": long.replace("alpha", "omega") + " extra", "label": "pos"}]
+    rows += [{"text": sentence(900, 60), "label": "pos"}]
+    val = balanced(10, offset=100) + [rows[5], {"text": long + " more", "label": "pos"}]
+    opts = ["data.max_length=32", "train.metric_for_best=accuracy", "data.test_split=0.2"]
+
+    def findings(cache):
+        found, report = checks(tmp_path, bert, rows, val, *opts, f"data.cache={cache}")
+        return {k: (f.severity, f.title, f.evidence, f.fix) for k, f in found.items()}, report
+
+    in_memory, _ = findings("false")
+    streamed, report = findings("true")
+    assert {"imbalance", "metric", "duplicates", "leakage", "truncation"} <= set(in_memory)
+    assert streamed == in_memory
+    assert list((tmp_path / "home" / "tokens").glob("checks-*")), "the streamed route was not taken"
+    assert "examples read: " in " ".join(report.notes)
+    again, _ = findings("true")  # a second run reads the cached table
+    assert again == in_memory

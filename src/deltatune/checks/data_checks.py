@@ -4,11 +4,13 @@ without trained tokens."""
 
 from __future__ import annotations
 
-import re
+import random
 from collections import Counter
 
+import numpy as np
+
 from deltatune.checks.findings import CheckReport, Finding
-from deltatune.checks.views import DataView, Item
+from deltatune.checks.views import DataView, Rows, normalise
 
 IMBALANCE_RATIO = 3.0
 """Largest/smallest class count from which labels count as imbalanced (the classify task switches
@@ -18,26 +20,25 @@ NEAR_LIMIT = 20000       # rows compared for near-duplicates (a seeded sample be
 DUPLICATE_SHARE = 0.01   # duplicates above this share of the rows are a warning, else info
 
 
-def normalise(text: str) -> str:
-    """Lower case, punctuation and repeated spaces removed: what "the same text" means here."""
-    return " ".join(re.sub(r"[\W_]+", " ", text.lower()).split())
-
-
 def _quote(text: str, limit: int = 70) -> str:
     text = " ".join(text.split())
     return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
-def _where(item: Item) -> str:
-    return f"line {item.line}" if item.line is not None else "a row"
-
-
-def label_counts(items: list[Item]) -> Counter:
-    return Counter(name for item in items for name in (item.labels or ()))
+def label_counts(rows: Rows | None) -> Counter:
+    """Rows per class name (a multi-label row counts once for each of its classes)."""
+    if rows is None or rows.labels is None:
+        return Counter()
+    per_set = np.bincount(rows.labels[rows.labels >= 0], minlength=len(rows.label_sets)).tolist()
+    counts: Counter = Counter()
+    for names, n in zip(rows.label_sets, per_set):
+        for name in names:
+            counts[name] += n
+    return +counts
 
 
 def imbalance(cfg, view: DataView) -> Finding | None:
-    counts = label_counts(view.splits.get("train", []))
+    counts = label_counts(view.splits.get("train"))
     if len(counts) < 2:
         return None
     (big, n_big), (small, n_small) = counts.most_common()[0], counts.most_common()[-1]
@@ -56,7 +57,7 @@ def imbalance(cfg, view: DataView) -> Finding | None:
 
 
 def metric(cfg, view: DataView) -> Finding | None:
-    counts = label_counts(view.splits.get("train", []))
+    counts = label_counts(view.splits.get("train"))
     if len(counts) < 2 or cfg.train.metric_for_best not in ("accuracy", "f1_micro", "precision_micro", "recall_micro"):
         return None
     ratio = counts.most_common()[0][1] / max(counts.most_common()[-1][1], 1)
@@ -89,45 +90,51 @@ def _near_pairs(a: list[str], b: list[str] | None = None) -> list[tuple[int, int
     return list(zip(s.row[keep].tolist(), s.col[keep].tolist(), s.data[keep].tolist()))
 
 
-def _sample(items: list[Item]) -> list[Item]:
-    if len(items) <= NEAR_LIMIT:
-        return items
-    import random
+def _sample(positions) -> list[int]:
+    """All ``positions`` (a sequence of ints: list, range or array), or a seeded sample of
+    :data:`NEAR_LIMIT` of them."""
+    if len(positions) <= NEAR_LIMIT:
+        return [int(p) for p in positions]
+    return [int(positions[i]) for i in random.Random(0).sample(range(len(positions)), NEAR_LIMIT)]
 
-    return random.Random(0).sample(items, NEAR_LIMIT)
+
+def _first_copies(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every row the position of the first row with its key, and the first rows in file order."""
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return first[inverse.reshape(-1)], np.sort(first)
 
 
 def duplicates(cfg, view: DataView) -> Finding | None:
-    items = view.splits.get("train", [])
-    first: dict[str, Item] = {}
-    exact, conflicts = [], []
-    for item in items:
-        key = normalise(item.text)
-        if key in first:
-            exact.append((first[key], item))
-            if item.labels is not None and item.labels != first[key].labels:
-                conflicts.append((first[key], item))
-        else:
-            first[key] = item
-    pool = _sample(list(first.values()))
-    near = [(pool[i], pool[j]) for i, j, _ in _near_pairs([normalise(x.text) for x in pool])]
-    if not exact and not near:
+    rows = view.splits.get("train")
+    if rows is None or not len(rows):
         return None
-    share = (len(exact) + len(near)) / max(len(items), 1)
-    evidence = [f"{len(exact)} of {len(items)} training rows repeat an earlier row (same text after lower-casing "
-                "and removing punctuation)" + (f", e.g. {_where(exact[0][1])} = {_where(exact[0][0])}: "
-                                               f"{_quote(exact[0][0].text)}" if exact else "")]
+    first_of, firsts = _first_copies(rows.keys)
+    exact = np.nonzero(first_of != np.arange(len(rows)))[0]  # rows repeating an earlier row, in file order
+    conflicts = []
+    if rows.labels is not None:
+        differ = (rows.labels[exact] >= 0) & (rows.labels[exact] != rows.labels[first_of[exact]])
+        conflicts = exact[differ]
+    pool = _sample(firsts)
+    near = [(pool[i], pool[j]) for i, j, _ in _near_pairs([normalise(rows.text(k)) for k in pool])]
+    if not len(exact) and not near:
+        return None
+    share = (len(exact) + len(near)) / len(rows)
+    e = int(exact[0]) if len(exact) else None
+    evidence = [f"{len(exact)} of {len(rows)} training rows repeat an earlier row (same text after lower-casing "
+                "and removing punctuation)" + (f", e.g. {rows.where(e)} = {rows.where(first_of[e])}: "
+                                               f"{_quote(rows.text(first_of[e]))}" if e is not None else "")]
     if near:
         a, b = near[0]
         evidence.append(f"{len(near)} more pairs are near-duplicates (TF-IDF cosine >= {NEAR_SIMILARITY}"
-                        f"{f', among {NEAR_LIMIT} sampled rows' if len(first) > NEAR_LIMIT else ''}), e.g. "
-                        f"{_where(a)} {_quote(a.text)} and {_where(b)} {_quote(b.text)}")
-    if conflicts:
-        a, b = conflicts[0]
+                        f"{f', among {NEAR_LIMIT} sampled rows' if len(firsts) > NEAR_LIMIT else ''}), e.g. "
+                        f"{rows.where(a)} {_quote(rows.text(a))} and {rows.where(b)} {_quote(rows.text(b))}")
+    if len(conflicts):
+        b = int(conflicts[0])
+        a = int(first_of[b])
         one = len(conflicts) == 1
         evidence.append(f"{len(conflicts)} duplicate{' carries' if one else 's carry'} a different label than "
-                        f"{'its' if one else 'their'} first copy "
-                        f"({_where(a)} '{'/'.join(a.labels)}' vs {_where(b)} '{'/'.join(b.labels)}')")
+                        f"{'its' if one else 'their'} first copy ({rows.where(a)} '{'/'.join(rows.label_names(a))}' "
+                        f"vs {rows.where(b)} '{'/'.join(rows.label_names(b))}')")
     return Finding("duplicates", "warning" if share >= DUPLICATE_SHARE or conflicts else "info",
                    "Duplicate training rows", "; ".join(evidence),
                    "remove repeated rows (they weigh those examples several times and, when a copy lands in "
@@ -135,27 +142,36 @@ def duplicates(cfg, view: DataView) -> Finding | None:
 
 
 def leakage(cfg, view: DataView) -> list[Finding]:
-    train = view.splits.get("train", [])
-    keys = {normalise(x.text) for x in train}
-    pool = _sample(train)
+    train = view.splits.get("train")
+    if train is None or not len(train):
+        return []
+    keys = np.unique(train.keys)
+    pool = _sample(range(len(train)))
+    pool_texts = None
     out = []
     for split in ("validation", "test"):
-        items = view.splits.get(split) or []
-        exact = [x for x in items if normalise(x.text) in keys]
-        rest = [x for x in items if normalise(x.text) not in keys]
-        near = {i: pool[j] for i, j, _ in _near_pairs([normalise(x.text) for x in rest],
-                                                      [normalise(x.text) for x in pool])}
-        if not exact and not near:
+        rows = view.splits.get(split)
+        if rows is None or not len(rows):
+            continue
+        seen = np.isin(rows.keys, keys)
+        exact, rest = np.nonzero(seen)[0], _sample(np.nonzero(~seen)[0])
+        if rest and pool_texts is None:
+            pool_texts = [normalise(train.text(k)) for k in pool]
+        near = {rest[i]: pool[j] for i, j, _ in _near_pairs([normalise(rows.text(k)) for k in rest], pool_texts)}
+        if not len(exact) and not near:
             continue
         n = len(exact) + len(near)
-        example = (f"{_where(exact[0])} {_quote(exact[0].text)}" if exact else
-                   f"{_where(rest[next(iter(near))])} {_quote(rest[next(iter(near))].text)} ~ "
-                   f"train {_where(next(iter(near.values())))}")
-        out.append(Finding("leakage", "warning" if n / len(items) >= DUPLICATE_SHARE else "info",
+        if len(exact):
+            example = f"{rows.where(exact[0])} {_quote(rows.text(exact[0]))}"
+        else:
+            i, j = next(iter(near.items()))
+            example = f"{rows.where(i)} {_quote(rows.text(i))} ~ train {train.where(j)}"
+        sampled = f", near-duplicates among {NEAR_LIMIT} sampled rows" if len(rows) - len(exact) > NEAR_LIMIT else ""
+        out.append(Finding("leakage", "warning" if n / len(rows) >= DUPLICATE_SHARE else "info",
                            f"{split.title()} rows also in the training data",
-                           f"{n} of {len(items)} {split} rows ({view.files.get(split, split)}; {n / len(items):.1%}: "
-                           f"{len(exact)} exact, {len(near)} near-duplicate) also appear in train, e.g. {example}; "
-                           f"the {split} score then partly measures memorisation",
+                           f"{n} of {len(rows)} {split} rows ({view.files.get(split, split)}; {n / len(rows):.1%}: "
+                           f"{len(exact)} exact, {len(near)} near-duplicate{sampled}) also appear in train, e.g. "
+                           f"{example}; the {split} score then partly measures memorisation",
                            f"remove those rows from the training file (or from {split}) so that {split} measures "
                            "generalisation"))
     return out
@@ -165,49 +181,53 @@ def truncation(cfg, view: DataView) -> list[Finding]:
     if view.policy == "windows":
         return []  # long documents are read in overlapping windows, nothing is cut
     out = []
-    for split, items in view.splits.items():
-        over = [x for x in items if x.tokens > view.max_length]
-        if not over:
+    for split, rows in view.splits.items():
+        tokens = rows.tokens
+        over = tokens > view.max_length
+        n_over = int(over.sum())
+        if not n_over:
             continue
-        lost = sum(x.tokens - view.max_length for x in over)
-        total = sum(x.tokens for x in items)
-        longest = max(x.tokens for x in over)
+        lost = int((tokens[over] - view.max_length).sum())
+        total = int(tokens.sum())
+        longest = int(tokens[over].max())
         verb = "drops" if view.policy == "drop" else "truncates"
-        p99 = sorted(x.tokens for x in items)[int(0.99 * (len(items) - 1))]
+        p99 = int(np.sort(tokens)[int(0.99 * (len(rows) - 1))])
         limit = min(p99, view.model_positions or p99)
-        share = sum(x.tokens <= limit for x in items) / len(items)
+        share = float((tokens <= limit).mean())
         room = ", the most the model takes" if limit == view.model_positions else ""
         fix = (f"raise data.max_length to {limit}{room} (covers {share:.0%} of {split} examples); longer "
                "inputs cost more memory and time per example")
         if "windows" in type(cfg.data).model_fields:
             fix += ", or read long documents in overlapping windows (data.windows: {stride: 64})"
-        out.append(Finding("truncation", "warning" if len(over) / len(items) >= 0.01 else "info",
+        out.append(Finding("truncation", "warning" if n_over / len(rows) >= 0.01 else "info",
                            f"max_length {verb} {split} examples",
-                           f"{len(over)} of {len(items)} {split} examples ({len(over) / len(items):.1%}) are longer "
-                           f"than data.max_length {view.max_length} (longest {longest} tokens, e.g. {_where(over[0])}); "
-                           f"{lost:,} of {total:,} tokens ({lost / max(total, 1):.1%}) are "
+                           f"{n_over} of {len(rows)} {split} examples ({n_over / len(rows):.1%}) are longer "
+                           f"than data.max_length {view.max_length} (longest {longest} tokens, e.g. "
+                           f"{rows.where(int(np.argmax(over)))}); {lost:,} of {total:,} tokens ({lost / max(total, 1):.1%}) are "
                            f"{'dropped' if view.policy == 'drop' else 'cut off'}", fix))
     return out
 
 
 def no_trained_tokens(cfg, view: DataView) -> list[Finding]:
     out = []
-    for split, items in view.splits.items():
-        empty = [x for x in items if x.trained == 0]
-        if not empty:
+    for split, rows in view.splits.items():
+        if rows.trained is None:
             continue
-        cut = [x for x in empty if x.tokens > view.max_length]
-        template = len(empty) - len(cut)
+        empty = np.nonzero(rows.trained == 0)[0]
+        if not len(empty):
+            continue
+        cut = int((rows.tokens[empty] > view.max_length).sum())
+        template = len(empty) - cut
         causes = []
         if template:
             causes.append(f"{template} because the template gives them no trained (answer) token at all")
         if cut:
-            causes.append(f"{len(cut)} because max_length {view.max_length} cuts their answers off")
-        every = len(empty) == len(items)
+            causes.append(f"{cut} because max_length {view.max_length} cuts their answers off")
+        every = len(empty) == len(rows)
         out.append(Finding("no_trained_tokens", "error" if every and split == "train" else "warning",
                            "No trained tokens" + (" in any example" if every else f" in some {split} examples"),
-                           f"{len(empty)} of {len(items)} {split} examples have no token the loss trains on "
-                           f"({'; '.join(causes)}), e.g. {_where(empty[0])}: {_quote(empty[0].text, 100)}; "
+                           f"{len(empty)} of {len(rows)} {split} examples have no token the loss trains on "
+                           f"({'; '.join(causes)}), e.g. {rows.where(empty[0])}: {_quote(rows.text(empty[0]), 100)}; "
                            "they are dropped" + ("; nothing would train" if every and split == "train" else ""),
                            "make the template render the answers (check data.layout, data.fields and "
                            "data.template; `deltatune preview CONFIG` marks the trained tokens)"
@@ -217,13 +237,13 @@ def no_trained_tokens(cfg, view: DataView) -> list[Finding]:
 
 def run(cfg, view: DataView, report: CheckReport) -> list[Finding]:
     found = []
-    labelled = any(x.labels for x in view.splits.get("train", []))
-    if labelled:
+    train = view.splits.get("train")
+    if train is not None and train.labels is not None and (train.labels >= 0).any():
         report.ran += ["imbalance", "metric"]
         found += [f for f in (imbalance(cfg, view), metric(cfg, view)) if f]
     report.ran += ["duplicates", "leakage", "truncation"]
     found += [f for f in (duplicates(cfg, view),) if f] + leakage(cfg, view) + truncation(cfg, view)
-    if any(x.trained is not None for items in view.splits.values() for x in items):
+    if any(rows.trained is not None for rows in view.splits.values()):
         report.ran.append("no_trained_tokens")
         found += no_trained_tokens(cfg, view)
     counts = {s: len(v) for s, v in view.splits.items()}

@@ -2,13 +2,34 @@
 duplicates and leakage), its labels, its length in tokens before ``max_length``, and how many of its
 tokens the loss trains on. A task provides this through ``TaskSpec.inspect``; the builders for the
 tasks shipped with deltatune are here (they read the data exactly as training does, and load only the
-tokenizer)."""
+tokenizer).
+
+The checks read columns (:class:`Rows`): a hash of each normalised text, its line, length, label and
+trained tokens, a few dozen bytes a row, and texts one at a time. Small data is read into
+:class:`Item` objects and turned into columns; a classification file large enough for the token cache
+is streamed once, chunk by chunk, into a cached Arrow table (texts included, memory-mapped), so the
+checks of a million-row file hold tens of megabytes, and a second run reads the table back."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
 
 from deltatune.losses.lm import IGNORE_INDEX
+
+
+def normalise(text: str) -> str:
+    """Lower case, punctuation and repeated spaces removed: what "the same text" means here."""
+    return " ".join(re.sub(r"[\W_]+", " ", text.lower()).split())
+
+
+def text_key(text: str) -> int:
+    """A signed 64-bit hash of the normalised text (two rows with the same key are duplicates)."""
+    return int.from_bytes(hashlib.blake2b(normalise(text).encode(), digest_size=8).digest(), "little", signed=True)
 
 
 @dataclass
@@ -20,13 +41,58 @@ class Item:
     trained: int | None = None                # tokens trained after the length policy (None: n/a)
 
 
+class Rows:
+    """One split's examples as columns: ``keys`` (:func:`text_key`), ``lines`` (-1: none),
+    ``tokens`` (length before max_length), ``labels`` (codes into ``label_sets``, -1: none; None when
+    the task has no labels), ``trained`` (tokens the loss trains on; None when not applicable), and
+    the text of row ``i`` from :meth:`text`."""
+
+    def __init__(self, keys, lines, tokens, text: Callable[[int], str], labels=None,
+                 label_sets: list[tuple[str, ...]] | None = None, trained=None):
+        self.keys = np.asarray(keys, dtype=np.int64)
+        self.lines = np.asarray(lines, dtype=np.int64)
+        self.tokens = np.asarray(tokens, dtype=np.int64)
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self.label_sets = list(label_sets or [])
+        self.trained = None if trained is None else np.asarray(trained, dtype=np.int64)
+        self._text = text
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def text(self, i) -> str:
+        return self._text(int(i))
+
+    def where(self, i) -> str:
+        line = int(self.lines[i])
+        return f"line {line}" if line >= 0 else "a row"
+
+    def label_names(self, i) -> tuple[str, ...] | None:
+        if self.labels is None or self.labels[i] < 0:
+            return None
+        return self.label_sets[int(self.labels[i])]
+
+    @classmethod
+    def from_items(cls, items: list[Item]) -> "Rows":
+        sets: dict[tuple[str, ...], int] = {}
+        codes = [-1 if x.labels is None else sets.setdefault(x.labels, len(sets)) for x in items]
+        labelled = any(x.labels is not None for x in items)
+        trained = [-1 if x.trained is None else x.trained for x in items]
+        return cls([text_key(x.text) for x in items], [-1 if x.line is None else x.line for x in items],
+                   [x.tokens for x in items], lambda i: items[i].text, codes if labelled else None, list(sets),
+                   trained if any(x.trained is not None for x in items) else None)
+
+
 @dataclass
 class DataView:
-    splits: dict[str, list[Item]]
+    splits: dict[str, Rows]                   # lists of Items are turned into Rows
     max_length: int
     files: dict[str, str] = field(default_factory=dict)   # split -> where it comes from
     policy: str = "truncate"                  # what happens to longer examples: truncate | drop | windows
     model_positions: int | None = None        # longest input the model takes, when known
+
+    def __post_init__(self):
+        self.splits = {s: r if isinstance(r, Rows) else Rows.from_items(r) for s, r in self.splits.items()}
 
 
 def view_for(cfg) -> DataView | None:
@@ -54,10 +120,16 @@ def _files(d) -> dict[str, str]:
 
 
 def classify_view(cfg) -> DataView:
-    """Classification examples as the recipe reads them (same splits and sample)."""
+    """Classification examples as the recipe reads them (same splits and sample): streamed through
+    the token cache where training would stream them (:func:`_streamed_classify_view`), else in memory."""
     from deltatune.data.classify import load_classification_data
+    from deltatune.data.classify_tokens import cache_route
 
     d = cfg.data
+    if cache_route(d):
+        view = _streamed_classify_view(cfg)
+        if view is not None:
+            return view
     multi = getattr(d, "multi_label", False)
     extra = {"test_split": getattr(d, "test_split", None)} if hasattr(d, "test_split") else {}
     if multi:
@@ -76,6 +148,85 @@ def classify_view(cfg) -> DataView:
                               _names(e.label, names), n) for e, n in zip(examples, lengths)]
     return DataView(splits, d.max_length, _files(d), "windows" if getattr(d, "windows", None) else "truncate",
                     _positions(cfg))
+
+
+def _streamed_classify_view(cfg) -> DataView | None:
+    """The classify view of data on the token-cache route: one streamed pass per file (validated with
+    the training route's functions) into a cached table of ``key``, ``line``, ``tokens``, ``label`` and
+    ``text`` per row; splits are the positions training uses. None when the data cannot be streamed (a
+    slow tokenizer, a file that fails validation: the in-memory route then raises the exact error)."""
+    from deltatune.data.classify_tokens import ClassificationInputs
+    from deltatune.data.token_cache import tokenizer_fingerprint
+    from deltatune.errors import ConfigError, DataError
+
+    d = cfg.data
+    tok = _tokenizer(cfg)
+    if tokenizer_fingerprint(tok) is None:
+        return None
+    try:
+        inputs = ClassificationInputs(d, cfg.train.seed)
+        if not inputs.streamed:
+            return None
+        sets = [(name,) for name in inputs.labels.names]
+        table = _check_table(inputs.cache, d, d.train, tok, inputs.labels)
+        pos = inputs.positions
+        splits = {"train": _table_rows(table, pos["train"], sets)}
+        for split in ("validation", "test"):
+            path = getattr(d, split)
+            if path:
+                splits[split] = _table_rows(_check_table(inputs.cache, d, path, tok, inputs.labels, split == "test"),
+                                            None, sets)
+            elif pos[split] is not None:
+                splits[split] = _table_rows(table, pos[split], sets)
+    except (DataError, ConfigError, OSError):
+        return None
+    return DataView(splits, d.max_length, _files(d), "truncate", _positions(cfg))
+
+
+def _check_table(cache, d, path: str, tok, labels, optional: bool = False):
+    from deltatune.data.classify_tokens import _has_field
+    from deltatune.data.token_cache import cache_key, tokenizer_fingerprint
+    from deltatune.io import file_fingerprint
+
+    key = cache_key("checks", file_fingerprint(path), tokenizer_fingerprint(tok), [labels.values, labels.names, optional],
+                    d.format, d.text_field, d.text_pair_field, d.label_field)
+
+    def batches():
+        keep = labels if not optional or _has_field(path, d.format, d.label_field) else None
+        return _check_batches(d, path, tok, keep)
+
+    table, _ = cache.get_or_build("checks", key, batches, _check_features(), {"file": str(path)})
+    return table
+
+
+def _check_batches(d, path: str, tok, labels):
+    from deltatune.data.classify import rows_to_examples
+    from deltatune.data.classify_tokens import row_chunks
+
+    for chunk in row_chunks(path, d.format):
+        exs = rows_to_examples(chunk, d.text_field, d.text_pair_field, d.label_field if labels else None, labels, path)
+        pairs = [e.text_pair for e in exs] if d.text_pair_field else None
+        lengths = [len(ids) for ids in tok([e.text for e in exs], pairs, truncation=False)["input_ids"]]
+        texts = [e.text + (f" || {e.text_pair}" if e.text_pair is not None else "") for e in exs]
+        yield {"key": [text_key(t) for t in texts], "line": [e.line for e in exs], "tokens": lengths,
+               "label": [-1 if e.label is None else e.label for e in exs], "text": texts}
+
+
+def _check_features():
+    import datasets
+
+    return datasets.Features({"key": datasets.Value("int64"), "line": datasets.Value("int64"),
+                              "tokens": datasets.Value("int64"), "label": datasets.Value("int64"),
+                              "text": datasets.Value("string")})
+
+
+def _table_rows(table, positions, label_sets) -> Rows:
+    """The rows of ``table`` at ``positions`` (None: all) as columns; texts read from the table on demand."""
+    idx = np.arange(len(table)) if positions is None else np.asarray(positions, dtype=np.int64)
+    cols = {c: table.column(c).to_numpy()[idx] for c in ("key", "line", "tokens", "label")}
+    text = table.column("text")
+    labels = cols["label"] if (cols["label"] >= 0).any() else None
+    return Rows(cols["key"], cols["line"], cols["tokens"], lambda i: text[int(idx[i])].as_py(), labels, label_sets)
 
 
 def _names(label, names: list[str]) -> tuple[str, ...] | None:

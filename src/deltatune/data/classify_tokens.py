@@ -220,17 +220,23 @@ def file_tokens(cache: TokenCache, d, path: str, tokenizer, labels: LabelSet, en
     return table
 
 
-def _token_batches(d, path: str, tokenizer, labels: LabelSet | None, max_length: int, types: bool):
+def row_chunks(path: str, fmt, size: int = CHUNK_ROWS):
+    """The rows of ``path`` streamed in lists of ``size``; a file without rows is a DataError."""
     chunk, any_rows = [], False
-    for row in iter_rows(path, d.format):
+    for row in iter_rows(path, fmt):
         chunk.append(row)
-        if len(chunk) == CHUNK_ROWS:
-            yield _encode_chunk(chunk, d, path, tokenizer, labels, max_length, types)
+        if len(chunk) == size:
+            yield chunk
             chunk, any_rows = [], True
     if chunk:
-        yield _encode_chunk(chunk, d, path, tokenizer, labels, max_length, types)
+        yield chunk
     elif not any_rows:
         raise DataError("no rows", path=path)
+
+
+def _token_batches(d, path: str, tokenizer, labels: LabelSet | None, max_length: int, types: bool):
+    for chunk in row_chunks(path, d.format):
+        yield _encode_chunk(chunk, d, path, tokenizer, labels, max_length, types)
 
 
 def _encode_chunk(rows, d, path, tokenizer, labels, max_length, types) -> dict:
