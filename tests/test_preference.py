@@ -113,6 +113,72 @@ def test_decoder_rewards_need_no_attention_mask(tiny):
         torch.testing.assert_close(sequence_rewards(model, bare), masked, atol=1e-5, rtol=1e-5)
 
 
+def _share_feats():
+    """Pairs with prompts of several lengths; answers that share their first token; a chosen answer
+    that is only the end token (a prefix of the rejected one)."""
+    g = torch.Generator().manual_seed(0)
+    feats = []
+    for i, (p, a, b) in enumerate([(7, 3, 5), (12, 4, 1), (3, 6, 6), (9, 0, 4), (5, 2, 2)]):
+        prompt, ca, ra = (torch.randint(5, 90, (n,), generator=g).tolist() for n in (p, a, b))
+        if i == 2:
+            ra[0] = ca[0]
+        feats.append({"chosen_ids": prompt + ca + [2], "chosen_labels": [IGNORE_INDEX] * p + ca + [2],
+                      "rejected_ids": prompt + ra + [2], "rejected_labels": [IGNORE_INDEX] * p + ra + [2],
+                      "index": i, "margin": None})
+    return feats
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_pairs_sharing_their_prompt_give_the_same_rewards_logps_and_gradients(tmp_path, kind, attention):
+    """One row per pair (prompt once, a 4-D mask keeping the answers apart, the rejected answer's
+    positions restarting after the prompt) computes exactly what two separate sequences do."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from deltatune.data.preference import pair_collate, shared_pair_collate
+    from deltatune.losses.preference import answer_logps, sequence_rewards
+
+    feats = _share_feats()
+    shared = shared_pair_collate(feats, 0)
+    assert shared["num_tokens"] == sum(len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in feats)
+    assert sum(int(p["input_ids"].ne(0).sum()) for p in shared["parts"]) < shared["num_tokens"]
+    lm = AutoModelForCausalLM.from_pretrained(make_tiny_model_dir(kind, tmp_path / "lm", task="causal_lm"),
+                                              attn_implementation=attention)
+    rm = AutoModelForSequenceClassification.from_pretrained(
+        make_tiny_model_dir(kind, tmp_path / "rm", num_labels=1), attn_implementation=attention)
+    for model, run in ((lm, lambda m, b: answer_logps(m, b)[0]), (rm, sequence_rewards)):
+        values = []
+        for batch in (pair_collate(feats, 0, attention_mask=False), shared):
+            model.zero_grad()
+            out = run(model, batch)
+            (out * torch.linspace(-1, 1, len(out))).sum().backward()
+            values.append((out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+        (a, grads_a), (b, grads_b) = values
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+        for ga, gb in zip(grads_a, grads_b):
+            torch.testing.assert_close(gb, ga, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(answer_logps(lm, shared)[1], answer_logps(lm, pair_collate(feats, 0))[1])
+
+
+def test_training_shares_prompts_only_where_it_can(tiny):
+    from transformers import AutoModelForSequenceClassification
+
+    from deltatune.config import load_config
+    from deltatune.data.preference import training_collate
+    from deltatune.methods.registry import get_method
+
+    d = load_config(None, ["task=reward", f"data.train={tiny['train']}"]).data
+    decoder = AutoModelForSequenceClassification.from_pretrained(tiny["llama"], num_labels=1)
+    encoder = AutoModelForSequenceClassification.from_pretrained(tiny["bert"], num_labels=1)
+    lora, prompt = get_method("lora"), get_method("prompt_tuning")
+    name = lambda f: f.func.__name__  # noqa: E731
+    assert name(training_collate(d, decoder, lora, 0, 1)) == "shared_pair_collate"
+    assert name(training_collate(d, encoder, lora, 0, 1)) == "pair_collate"
+    assert name(training_collate(d, decoder, prompt, 0, 1)) == "pair_collate"  # virtual tokens: a 2-D mask
+    assert name(training_collate(d, decoder, lora, 0, 2)) == "pair_collate"  # DDP: one forward per backward
+    assert name(training_collate(d.model_copy(update={"share_prompt": False}), decoder, lora, 0, 1)) == "pair_collate"
+
+
 def test_too_long_pairs_cut_the_prompt_from_the_left_first(tiny):
     from transformers import AutoTokenizer
 

@@ -177,6 +177,30 @@ def sequence_logps_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, head:
     return logps.index_add(0, rows, token_logps), keep.sum(dim=1)
 
 
+def _inputs(model: nn.Module, part: dict) -> dict:
+    """The model inputs of a part. A prefix-shared part's 4-D boolean mask (True = attend) goes to
+    SDPA as it is; other attention implementations add the mask to the scores, so they get it as
+    0 / the dtype's minimum."""
+    inputs = {k: part[k] for k in ("input_ids", "attention_mask", "position_ids") if k in part}
+    config = getattr(model, "config", None)
+    if part.get("shared") and getattr(config, "_attn_implementation", "sdpa") != "sdpa":
+        dtype = next(model.parameters()).dtype
+        mask = inputs["attention_mask"]
+        inputs["attention_mask"] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+            ~mask, torch.finfo(dtype).min)
+    return inputs
+
+
+def shared_logps(states: torch.Tensor, tokens: torch.Tensor, seq: torch.Tensor, n_seq: int,
+                 head: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs (n_seq,) and token counts of the answers of a prefix-shared part: ``states``
+    (N, H) the hidden states that predict ``tokens[i]`` of sequence ``seq[i]``; ``head`` the LM head."""
+    logits = head(states).float()
+    token_logps = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    logps = torch.zeros(n_seq, dtype=torch.float32, device=states.device).index_add(0, seq, token_logps)
+    return logps, torch.bincount(seq, minlength=n_seq)
+
+
 def pairwise_accuracy_ci(correct: list[bool], z: float = Z_95) -> tuple[float, float, float]:
     """Accuracy of n pairwise judgements with its Wilson score interval (95% by default):
 
@@ -220,10 +244,12 @@ def sequence_rewards(model: nn.Module, batch: dict) -> torch.Tensor:
     head = None if encoder else model.get_submodule(head_module_names(model)[0])
 
     def per_part(part: dict) -> torch.Tensor:
-        inputs = {k: part[k] for k in ("input_ids", "attention_mask") if k in part}
+        inputs = _inputs(model, part)
         if encoder:
             return model(**inputs).logits[:, 0].float()
         hidden = model.base_model(**inputs, use_cache=False).last_hidden_state
+        if part.get("shared"):  # one row per pair (data.preference.shared_pair_collate)
+            return head(hidden.flatten(0, 1)[part["last"]]).squeeze(-1).float()
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), part["last"]]
         return head(last).squeeze(-1).float()
 
@@ -238,8 +264,11 @@ def answer_logps(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Ten
     counts: list[torch.Tensor] = []
 
     def per_part(part: dict) -> torch.Tensor:
-        inputs = {k: part[k] for k in ("input_ids", "attention_mask") if k in part}
-        if wrapped:
+        inputs = _inputs(model, part)
+        if part.get("shared"):  # one row per pair (data.preference.shared_pair_collate; one process only)
+            hidden = model.base_model(**inputs, use_cache=False).last_hidden_state.flatten(0, 1)
+            logps, n = shared_logps(hidden[part["src"]], part["tokens"], part["seq"], len(part["rows"]), head)
+        elif wrapped:
             logps, n = sequence_logps(model(**inputs, use_cache=False).logits, part["labels"])
         else:
             hidden = model.base_model(**inputs, use_cache=False).last_hidden_state

@@ -8,7 +8,6 @@ otherwise every step runs it, with full fine-tuning keeping a frozen copy of the
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -19,8 +18,8 @@ from torch.utils.data import DataLoader
 from deltatune.checks.views import pairs_view
 from deltatune.config import Config, _Strict
 from deltatune.data.batching import LengthGroupedBatchSampler
-from deltatune.data.preference import (PreferenceData, describe_stats, encode_pairs, load_pair_splits, pair_collate,
-                                       read_pairs)
+from deltatune.data.preference import (PreferenceData, describe_stats, encode_pairs, load_pair_splits, read_pairs,
+                                       training_collate)
 from deltatune.data.sft import template_for
 from deltatune.evaluation.preference import dpo_report, pair_logps, preference_markdown
 from deltatune.evaluation.reports import scalar_line
@@ -82,8 +81,8 @@ class DpoJob:
         sampler = LengthGroupedBatchSampler([max(len(f["chosen_ids"]), len(f["rejected_ids"])) for f in feats],
                                             t.batch_size, group_by_length=t.group_by_length, seed=t.seed)
         return DataLoader(feats, batch_sampler=sampler, generator=torch.Generator(),
-                          collate_fn=partial(pair_collate, pad_token_id=self.tokenizer.pad_token_id,
-                                             attention_mask=method.inserts_tokens, split_parts=num_processes == 1))
+                          collate_fn=training_collate(self.cfg.data, self.model, method, self.tokenizer.pad_token_id,
+                                                      num_processes))
 
     def loss_fn(self, model, batch):
         o = self.cfg.dpo

@@ -3,7 +3,6 @@ batch -> a scalar head -> Bradley-Terry loss; pairwise accuracy with a 95% inter
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -14,13 +13,13 @@ from deltatune.checks.views import pairs_view
 from deltatune.config import Config, _Strict
 from deltatune.data.batching import LengthGroupedBatchSampler
 from deltatune.data.preference import (PreferenceData, PreferencePair, describe_stats, encode_pairs, load_pair_splits,
-                                       pair_collate, read_pairs)
+                                       read_pairs, training_collate)
 from deltatune.data.sft import template_for
 from deltatune.evaluation.preference import pair_rewards, preference_markdown, reward_report
 from deltatune.errors import UserError
 from deltatune.evaluation.reports import scalar_line
 from deltatune.losses.preference import bradley_terry, sequence_rewards
-from deltatune.models import fit_max_length, is_encoder, load_for_classification
+from deltatune.models import fit_max_length, load_for_classification
 from deltatune.preview import preview_pairs
 from deltatune.tasks import TaskSpec, register_task
 
@@ -72,9 +71,8 @@ class RewardJob:
         sampler = LengthGroupedBatchSampler([max(len(f["chosen_ids"]), len(f["rejected_ids"])) for f in feats],
                                             t.batch_size, group_by_length=t.group_by_length, seed=t.seed)
         return DataLoader(feats, batch_sampler=sampler, generator=torch.Generator(),
-                          collate_fn=partial(pair_collate, pad_token_id=self.tokenizer.pad_token_id,
-                                             attention_mask=method.inserts_tokens or is_encoder(self.model.config),
-                                             split_parts=num_processes == 1))
+                          collate_fn=training_collate(self.cfg.data, self.model, method, self.tokenizer.pad_token_id,
+                                                      num_processes))
 
     def loss_fn(self, model, batch):
         rewards = sequence_rewards(model, batch)
