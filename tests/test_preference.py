@@ -160,6 +160,17 @@ def test_pairs_sharing_their_prompt_give_the_same_rewards_logps_and_gradients(tm
     torch.testing.assert_close(answer_logps(lm, shared)[1], answer_logps(lm, pair_collate(feats, 0))[1])
 
 
+def test_evaluation_log_probs_are_the_same_with_shared_prompts(tiny):
+    from transformers import AutoModelForCausalLM
+
+    from deltatune.evaluation.preference import pair_logps
+
+    model = AutoModelForCausalLM.from_pretrained(tiny["llama"])
+    feats = _share_feats()
+    torch.testing.assert_close(pair_logps(model, feats, 0, batch_size=3, share=True),
+                               pair_logps(model, feats, 0, batch_size=3), atol=1e-5, rtol=1e-5)
+
+
 def test_training_shares_prompts_only_where_it_can(tiny):
     from transformers import AutoModelForSequenceClassification
 

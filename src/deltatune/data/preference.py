@@ -412,6 +412,17 @@ def shared_pair_collate(features: list[dict], pad_token_id: int, split_parts: bo
     return out
 
 
+def can_share_prompt(model, inserts_tokens: bool, num_processes: int = 1) -> bool:
+    """Whether :func:`shared_pair_collate` rows fit ``model``: a decoder, no virtual tokens (they
+    widen a 2-D mask), one process (DDP wants one forward per backward), and an attention that takes
+    a 4-D mask (SDPA or eager; not flash attention)."""
+    from deltatune.models.loading import is_encoder
+
+    attention = getattr(model.config, "_attn_implementation", "sdpa")
+    return (not is_encoder(model.config) and not inserts_tokens and num_processes == 1
+            and attention in ("sdpa", "eager"))
+
+
 def training_collate(d: PreferenceData, model, method, pad_token_id: int, num_processes: int):
     """The collate function of a preference task's training batches: prefix-shared rows
     (:func:`shared_pair_collate`) where ``data.share_prompt`` and the model allow, else
@@ -421,14 +432,11 @@ def training_collate(d: PreferenceData, model, method, pad_token_id: int, num_pr
     from deltatune.models.loading import is_encoder
     from deltatune.training.logging import log
 
-    encoder = is_encoder(model.config)
-    attention = getattr(model.config, "_attn_implementation", "sdpa")
-    if d.share_prompt and not encoder and not method.inserts_tokens and num_processes == 1 \
-            and attention in ("sdpa", "eager"):
+    if d.share_prompt and can_share_prompt(model, method.inserts_tokens, num_processes):
         log("data.share_prompt: one row per pair, its prompt read once (a 4-D attention mask keeps the answers apart)")
         return partial(shared_pair_collate, pad_token_id=pad_token_id)
-    return partial(pair_collate, pad_token_id=pad_token_id, attention_mask=method.inserts_tokens or encoder,
-                   split_parts=num_processes == 1)
+    return partial(pair_collate, pad_token_id=pad_token_id,
+                   attention_mask=method.inserts_tokens or is_encoder(model.config), split_parts=num_processes == 1)
 
 
 def describe_stats(stats: dict[str, PairStats], template_name: str, max_length: int | None) -> str:

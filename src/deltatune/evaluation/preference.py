@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import torch
 
-from deltatune.data.preference import pair_collate
+from deltatune.data.preference import can_share_prompt, pair_collate, shared_pair_collate
 from deltatune.losses.preference import (DPO_LOSSES, answer_logps, bradley_terry, dpo_rewards, mean_logps,
                                          pairwise_accuracy_ci, preference_metrics, sequence_rewards)
 
 
 @torch.no_grad()
-def _over_pairs(model, feats: list[dict], pad_id: int, fn, batch_size: int, attention_mask: bool) -> list:
-    """``fn(model, batch)`` over ``feats`` in batches sorted by length; outputs in input order."""
+def _over_pairs(model, feats: list[dict], pad_id: int, fn, batch_size: int, attention_mask: bool,
+                share: bool = False) -> list:
+    """``fn(model, batch)`` over ``feats`` in batches sorted by length; outputs in input order.
+    ``share``: prefix-shared rows where the model allows (:func:`can_share_prompt`; exact)."""
+    share = share and can_share_prompt(model, attention_mask)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -21,9 +24,10 @@ def _over_pairs(model, feats: list[dict], pad_id: int, fn, batch_size: int, atte
     results: list = [None] * len(feats)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = pair_collate([feats[i] for i in idx], pad_id, attention_mask)
-        batch = {k: ([{n: t.to(device) for n, t in p.items()} for p in v] if k == "parts" else v.to(device))
-                 for k, v in batch.items()}
+        chunk = [feats[i] for i in idx]
+        batch = shared_pair_collate(chunk, pad_id) if share else pair_collate(chunk, pad_id, attention_mask)
+        batch = {k: ([{n: t.to(device) if torch.is_tensor(t) else t for n, t in p.items()} for p in v]
+                     if k == "parts" else v.to(device)) for k, v in batch.items()}
         out = fn(model, batch)
         for j, i in enumerate(idx):
             results[i] = [o[j].item() for o in out]
@@ -43,14 +47,15 @@ def pair_rewards(model, feats: list[dict], pad_id: int, batch_size: int = 16) ->
 
 
 def pair_logps(model, feats: list[dict], pad_id: int, attention_mask: bool = False,
-               batch_size: int = 8) -> torch.Tensor:
-    """Summed answer log-probs and answer lengths, (N, 4): chosen, rejected, chosen count, rejected count."""
+               batch_size: int = 8, share: bool = False) -> torch.Tensor:
+    """Summed answer log-probs and answer lengths, (N, 4): chosen, rejected, chosen count, rejected count.
+    ``share``: each pair's prompt read once where the model allows (the same values)."""
     def fn(m, batch):
         logps, counts = answer_logps(m, batch)
         n = logps.shape[0] // 2
         return logps[:n], logps[n:], counts[:n].float(), counts[n:].float()
 
-    return torch.tensor(_over_pairs(model, feats, pad_id, fn, batch_size, attention_mask))
+    return torch.tensor(_over_pairs(model, feats, pad_id, fn, batch_size, attention_mask, share))
 
 
 def reward_report(chosen: torch.Tensor, rejected: torch.Tensor, pairs: list | None = None,

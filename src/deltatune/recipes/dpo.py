@@ -59,7 +59,7 @@ class DpoJob:
                                           self.stats.get(split))[0] for split, pairs in self.splits.items()}
         self.has_validation = bool(self.feats.get("validation"))
         self.reference = Reference(self.model, self.tokenizer.pad_token_id, self.feats,
-                                   f"{cfg.model.name}|{cfg.model.dtype}")
+                                   f"{cfg.model.name}|{cfg.model.dtype}", share=d.share_prompt)
 
     def describe(self) -> str:
         return describe_stats(self.stats, self.template.name, self.cfg.data.max_length)
@@ -69,7 +69,8 @@ class DpoJob:
 
     def evaluate(self, model, split: str = "validation") -> dict:
         o = self.cfg.dpo
-        policy = pair_logps(model, self.feats[split], self.tokenizer.pad_token_id, self.reference.inserts_tokens)
+        policy = pair_logps(model, self.feats[split], self.tokenizer.pad_token_id, self.reference.inserts_tokens,
+                            share=self.cfg.data.share_prompt)
         return dpo_report(policy, self.reference.logps(split), o.beta, o.loss, o.label_smoothing)
 
     def eval_metrics(self, model) -> dict:
@@ -123,13 +124,14 @@ def evaluate_file(run, data_path: str, samples: int | None = None) -> dict:
     pairs, stats = read_pairs(data_path, run.cfg.data)
     feats, _ = encode_pairs(pairs, run.template(), run.tokenizer, run.cfg.data.max_length, run.cfg.data.truncation,
                             stats)
+    share, pad = run.cfg.data.share_prompt, run.tokenizer.pad_token_id
     if run.method.switch_off is None:  # a whole fine-tuned model: the reference is the base model
         base, _, _ = load_for_causal_lm(run.cfg.model.name, dtype=run.cfg.model.dtype)
-        reference = pair_logps(base.eval(), feats, run.tokenizer.pad_token_id)
+        reference = pair_logps(base.eval(), feats, pad, share=share)
     else:
         with run.method.switch_off(run.model):
-            reference = pair_logps(run.model, feats, run.tokenizer.pad_token_id, run.method.inserts_tokens)
-    policy = pair_logps(run.model, feats, run.tokenizer.pad_token_id, run.method.inserts_tokens)
+            reference = pair_logps(run.model, feats, pad, run.method.inserts_tokens, share=share)
+    policy = pair_logps(run.model, feats, pad, run.method.inserts_tokens, share=share)
     o = run.cfg.dpo
     return {**dpo_report(policy, reference[:, :2], o.beta, o.loss, o.label_smoothing),
             "skipped_prompt_mismatch": stats.skipped_prompt_mismatch}

@@ -26,8 +26,10 @@ CACHE = "reference_logps.safetensors"
 class Reference:
     """Reference answer log-probs, (N, 2) per split (chosen, rejected), for pair features."""
 
-    def __init__(self, model, pad_id: int, feats: dict[str, list[dict]], model_name: str):
+    def __init__(self, model, pad_id: int, feats: dict[str, list[dict]], model_name: str, share: bool = False):
+        """``share``: read each pair's prompt once where the model allows (``data.share_prompt``)."""
         self.model, self.pad_id, self.feats, self.model_name = model, pad_id, feats, model_name
+        self.share = share
         self.method, self.frozen, self.cached = None, None, {}
         self.seconds = 0.0  # spent computing reference log-probs before training (not in train_seconds)
 
@@ -60,7 +62,8 @@ class Reference:
         if split not in self.cached:
             model, off = self._model()
             with off:
-                self.cached[split] = pair_logps(model, self.feats[split], self.pad_id, self.inserts_tokens)[:, :2]
+                self.cached[split] = pair_logps(model, self.feats[split], self.pad_id, self.inserts_tokens,
+                                                share=self.share)[:, :2]
         return self.cached[split]
 
     def for_batch(self, model, batch: dict, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
