@@ -46,6 +46,9 @@ class ClassifyOptions(_Strict):
         None, description="loss weight per label: balanced (from the training labels: n/(C*n_c); multi-label "
         "pos_weight negatives/positives), {label: weight} or a list; config.yaml gets the weights used")
     gamma: float = Field(2.0, ge=0, description="focal losses: scale each example by (1 - p_true)^gamma (0 = no focusing)")
+    pooling: Literal["cls", "mean"] = Field(
+        "cls", description="what the head reads: cls (the model's own pooler) or mean (mean of the real tokens' "
+        "hidden states, then the pooler layer; BERT-style encoders)")
     threshold: float | Literal["tuned", "per_label"] = Field(
         0.5, description="multi-label decision threshold: a number, tuned (one, best validation micro-F1) or "
         "per_label (each label's best validation F1); saved with the run")

@@ -27,6 +27,7 @@ from deltatune.evaluation.metrics import scalar_metrics
 from deltatune.io import read_json, write_json_atomic
 from deltatune.losses.classification import classifier_batch_loss, make_loss, resolve_class_weights
 from deltatune.models import fit_max_length, load_for_classification
+from deltatune.models.pooling import install_pooling
 from deltatune.tasks import TaskSpec, register_task
 from deltatune.training.logging import log
 
@@ -109,6 +110,7 @@ def scorer_for(cfg: Config, names: list[str], thresholds: list[float] | None = N
 
 def load_classifier(cfg: Config, source: str, labels: LabelSet, seed: int):
     model, tokenizer, path = load_for_classification(source, len(labels), labels.id2label, seed, dtype=cfg.model.dtype)
+    install_pooling(model, cfg.classify.pooling)
     if cfg.data.multi_label:  # saved in config.json: transformers' own loss is then BCE too
         model.config.problem_type = "multi_label_classification"
     return model, tokenizer, path
