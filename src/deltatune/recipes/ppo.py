@@ -9,7 +9,6 @@ import copy
 from pathlib import Path
 from typing import Literal
 
-import torch
 from pydantic import Field
 
 from deltatune.config import Config, _Strict
@@ -21,12 +20,10 @@ from deltatune.evaluation.rewards import load_reward
 from deltatune.evaluation.rl import rl_markdown, score_answers, win_rate
 from deltatune.io import save_safetensors_atomic
 from deltatune.losses.rl import AdaptiveKLController, FixedKLController
-from deltatune.methods.registry import ModelContext
 from deltatune.models import fit_max_length, load_for_causal_lm
 from deltatune.tasks import TaskSpec, register_task
-from deltatune.training.logging import log
-from deltatune.training.rollout import (Rollouts, RolloutSettings, RolloutStream, ValueModel, attach_value_head,
-                                        attach_value_model, on_policy_top_p, update_loss)
+from deltatune.training.rollout import (Rollouts, RolloutSettings, RolloutStream, attach_value_head, detach_value,
+                                        on_policy_top_p, separate_value_model, update_loss)
 
 
 class PpoOptions(_Strict):
@@ -38,9 +35,8 @@ class PpoOptions(_Strict):
     clip: float = Field(0.2, gt=0, description="policy ratio clip")
     value_clip: float = Field(0.2, gt=0, description="value clip (ppo)")
     vf_coef: float = Field(0.1, ge=0, description="weight of the value loss (ppo)")
-    value_model: Literal["shared", "separate"] = Field(
-        "shared", description="ppo: a value head on the policy's trunk (shared), or a second copy of the model "
-                              "with its own adapter and head (separate)")
+    value_model: Literal["shared", "separate"] = Field("shared", description="ppo: a value head on the policy's trunk "
+                                                       "(shared), or a second copy of the model with its own adapter and head (separate)")
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus")
     gamma: float = Field(1.0, gt=0, le=1, description="discount over tokens (ppo)")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda (ppo)")
@@ -105,7 +101,7 @@ class PpoJob:
         if method.switch_off is None:  # full fine-tuning: the reference is a frozen copy
             self.frozen = copy.deepcopy(self.model).eval().requires_grad_(False)
         if self.settings.algorithm == "ppo" and self.cfg.ppo.value_model == "separate":
-            self.value_head = self._separate_value_model(method)
+            self.value_head = separate_value_model(self.model, self.cfg, method)
         elif self.settings.algorithm == "ppo":  # a value head on the policy's trunk, trained with it
             self.value_head = attach_value_head(self.model)
         o = self.cfg.ppo
@@ -114,40 +110,18 @@ class PpoJob:
         rollouts = Rollouts(self.model, self.tokenizer, self.value_head, self._reference, self.reward, self.settings, kl)
         return RolloutStream(rollouts, self.ids["train"], self.splits["train"], self.cfg.train.seed)
 
-    def _separate_value_model(self, method) -> ValueModel:
-        """A second copy of the checkpoint, adapted by the run's method (its own adapter init), whose
-        backbone with a new head becomes the value model; the copy's LM head is dropped."""
-        cfg = self.cfg
-        copy_lm, _, path = load_for_causal_lm(cfg.model.name, dtype=cfg.model.dtype, seed=cfg.train.seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.train.seed + 1)
-            method.apply(copy_lm, cfg.method, ModelContext(str(path), "CAUSAL_LM", []))
-        if cfg.train.gradient_checkpointing:
-            copy_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        value_model = attach_value_model(self.model, copy_lm.base_model)
-        n = sum(p.numel() for p in value_model.parameters() if p.requires_grad)
-        log(f"value model: a separate copy of {cfg.model.name} ({method.name}), {n:,} trainable parameters")
-        return value_model
-
     def loss_fn(self, model, batch):
         loss, extras = update_loss(model, self.value_head, batch, self.cfg.ppo, self.settings.temperature)
         return loss, int(batch["num_units"]), int(batch["attention_mask"].sum()), extras
 
     def final(self, model) -> dict:
-        if hasattr(model, "ppo_value_head"):  # the value head is for training only; kept in its own file
-            self.value_state = {f"value_head.{k}": v for k, v in self.value_head.state_dict().items()}
-            del model.ppo_value_head
-        if hasattr(model, "ppo_value_model"):  # its trained weights (adapter and head) only
-            self.value_state = {f"value_model.{n}": p.detach().cpu().contiguous()
-                                for n, p in model.ppo_value_model.named_parameters() if p.requires_grad}
-            del model.ppo_value_model
+        self.value_state = detach_value(model)  # training only: kept in a file of its own
         return {"tuned": self.evaluate(model)} if self.has_validation else {}
 
     def save(self, run_dir: Path) -> None:
         self.tokenizer.save_pretrained(run_dir / "tokenizer")
         if getattr(self, "value_state", None):
-            name = "value_model" if self.cfg.ppo.value_model == "separate" else "value_head"
-            save_safetensors_atomic(self.value_state, run_dir / f"{name}.safetensors")
+            save_safetensors_atomic(self.value_state[1], run_dir / self.value_state[0])
 
     def summary(self, report: dict) -> dict:
         return {"template": self.template.name, **{f"{side}_{k}": report[side][k] for side in ("base", "tuned")

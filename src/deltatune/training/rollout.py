@@ -272,6 +272,41 @@ def attach_value_model(model, trunk: nn.Module) -> ValueModel:
     return value_model
 
 
+def separate_value_model(policy, cfg, method) -> ValueModel:
+    """``ppo.value_model: separate``: a second copy of the run's checkpoint, adapted by the run's
+    method (its own adapter init, seed + 1), whose backbone with a new head becomes the value model
+    (the copy's LM head is dropped), attached to ``policy``."""
+    from deltatune.methods.registry import ModelContext
+    from deltatune.models import load_for_causal_lm
+    from deltatune.training.logging import log
+
+    copy_lm, _, path = load_for_causal_lm(cfg.model.name, dtype=cfg.model.dtype, seed=cfg.train.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed + 1)
+        method.apply(copy_lm, cfg.method, ModelContext(str(path), "CAUSAL_LM", []))
+    if cfg.train.gradient_checkpointing:
+        copy_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    value_model = attach_value_model(policy, copy_lm.base_model)
+    n = sum(p.numel() for p in value_model.parameters() if p.requires_grad)
+    log(f"value model: a separate copy of {cfg.model.name} ({method.name}), {n:,} trainable parameters")
+    return value_model
+
+
+def detach_value(model) -> tuple[str, dict] | None:
+    """Remove the value head or value model from the policy (they are for training only) and return
+    the file name and the trained weights to keep (a value model's adapter and head only)."""
+    if hasattr(model, "ppo_value_head"):
+        state = {f"value_head.{k}": v for k, v in model.ppo_value_head.state_dict().items()}
+        del model.ppo_value_head
+        return "value_head.safetensors", state
+    if hasattr(model, "ppo_value_model"):
+        state = {f"value_model.{n}": p.detach().cpu().contiguous()
+                 for n, p in model.ppo_value_model.named_parameters() if p.requires_grad}
+        del model.ppo_value_model
+        return "value_model.safetensors", state
+    return None
+
+
 def update_loss(model, value_head: nn.Module | None, batch: dict, options, temperature: float):
     """The summed PPO (policy + ``vf_coef`` x value − entropy bonus) or GRPO loss of one minibatch,
     and the sums to log (clip fraction, approximate KL, entropy, value loss, the rollout's statistics).
@@ -306,4 +341,4 @@ def update_loss(model, value_head: nn.Module | None, batch: dict, options, tempe
 
 
 __all__ = ["RolloutSettings", "Rollouts", "RolloutStream", "ValueModel", "attach_value_head", "attach_value_model",
-           "forward", "generate", "on_policy_top_p", "pad_rows", "update_loss"]
+           "detach_value", "forward", "generate", "on_policy_top_p", "pad_rows", "separate_value_model", "update_loss"]
