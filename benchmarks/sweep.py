@@ -1,0 +1,145 @@
+"""Defaults sweep (issue 12): which settings of each method win across datasets nobody tuned them on.
+
+For every dataset and method, every configuration of the method's grid trains once (MiniLM, 1 epoch,
+seed 42, fp32) and is scored on the dataset's validation split; the configuration with the best
+validation score is "selected", and its score on a held-out test split that no selection ever reads
+is reported beside the score of the defaults (``method.name`` and nothing else). A default deserves
+its place when it is selected, or when its test score is within noise of the selected one.
+
+Datasets (the same files for every configuration):
+  sst2          8,000 sentences sampled from ``sst2/train.tsv`` after holding out 5% of the file as the test
+                split (``data.test_split: 0.05``, 3,367 sentences, seed 0); validation: ``sst2/dev.tsv``
+                (872). Metric: accuracy.
+  medical       Medical Abstracts as benchmarks/domains.py writes them: 1,000 training abstracts,
+                validation and the 578 held-out test abstracts. Metric: macro-F1.
+  legal_binary  Unfair ToS sentences (8% unfair), as domains.py writes them: 4,000 training sentences,
+                validation, and the 3,816 test sentences. Metric: macro-F1.
+
+Usage:
+    .venv/bin/python benchmarks/sweep.py --methods lora                       # the LoRA grid on all three
+    .venv/bin/python benchmarks/sweep.py --methods lora,ia3 --datasets sst2 --workdir /tmp/sweep --reuse
+Results: a markdown table on stdout and benchmarks/results/sweep_<methods>.json. ``--reuse`` keeps the
+runs already finished in ``--workdir`` (a sweep killed part-way goes on where it stopped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DATA = ROOT.parent / "shared" / "data"
+DELTATUNE = [sys.executable, "-m", "deltatune"]
+
+# Each method's grid: option overrides (dotted keys) tried on top of its defaults; {} is the defaults.
+GRIDS: dict[str, list[dict]] = {
+    "lora": [{}, {"train.learning_rate": 5e-4}, {"train.learning_rate": 2e-3}, {"train.learning_rate": 4e-3}],
+    "dora": [{}, {"train.learning_rate": 2e-3}],
+    "ia3": [{}, {"train.learning_rate": 1e-3}, {"train.learning_rate": 1e-2}],
+    "bitfit": [{}, {"train.learning_rate": 3e-3}, {"train.learning_rate": 1e-2}],
+    "adapters": [{}, {"train.learning_rate": 3e-4}, {"train.learning_rate": 3e-3}],
+    "full": [{}, {"train.learning_rate": 2e-5}, {"train.learning_rate": 1e-4}],
+    "prompt_tuning": [{}, {"train.learning_rate": 1e-1}, {"method.num_virtual_tokens": 50}],
+    "prefix_tuning": [{}, {"train.learning_rate": 3e-2}, {"train.learning_rate": 3e-3}],
+}
+METRIC = {"sst2": "accuracy", "medical": "f1_macro", "legal_binary": "f1_macro"}
+
+
+def dataset_config(name: str, files: dict) -> dict:
+    common = {"task": "classify", "model": {"name": "minilm-l6"},
+              "train": {"epochs": 1, "batch_size": 16, "seed": 42, "precision": "fp32", "progress": False,
+                        "checkpoint_every": 100000, "metric_for_best": METRIC[name]}}
+    if name == "sst2":
+        data = {"train": str(DATA / "sst2" / "train.tsv"), "validation": str(DATA / "sst2" / "dev.tsv"),
+                "test_split": 0.05, "max_train_samples": 8000, "text_field": "sentence", "label_field": "label",
+                "label_names": ["negative", "positive"], "max_length": 128}
+    else:
+        f = files[name]
+        data = {"train": f["train"], "validation": f["validation"], "test": f["test"], "text_field": "text",
+                "label_field": "label", "max_length": 128}
+    return {**common, "data": data}
+
+
+def write_domain_files(work: Path) -> dict:
+    sys.path.insert(0, str(HERE))
+    import domains
+
+    return domains.write_data(work, argparse.Namespace(quick=False, medical_train=1000, legal_train=4000))
+
+
+def run_one(work: Path, dataset: str, method: str, overrides: dict, base: dict, reuse: bool) -> dict:
+    tag = "-".join(f"{k.split('.')[-1]}{v}" for k, v in overrides.items()) or "defaults"
+    out = work / f"{dataset}-{method}-{tag}"
+    if not (reuse and (out / "summary.json").is_file()):
+        config = work / f"{dataset}.yaml"
+        config.write_text(yaml.safe_dump(base))
+        cmd = [*DELTATUNE, "train", str(config), f"method.name={method}", *(f"{k}={v}" for k, v in overrides.items()),
+               "--output-dir", str(out), "--overwrite"]
+        print(f"$ {' '.join(cmd[2:])}", flush=True)
+        with open(work / f"{out.name}.log", "w") as log:
+            done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            return {"dataset": dataset, "method": method, "config": tag, "error": f"exit {done.returncode}, see {log.name}"}
+    s = json.loads((out / "summary.json").read_text())
+    m = METRIC[dataset]
+    return {"dataset": dataset, "method": method, "config": tag, "overrides": overrides,
+            "validation": s.get(f"validation_{m}"), "test": s.get(f"test_{m}"), "train_seconds": s["train_seconds"],
+            "tokens_per_s": s["train_tokens_per_s"], "learning_rate": s["learning_rate"]}
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| dataset | method | config | validation | test | train s |", "|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['dataset']} | {r['method']} | {r['config']} | error | {r['error']} | |")
+            continue
+        out.append(f"| {r['dataset']} | {r['method']} | {r['config']}{' **(selected)**' if r.get('selected') else ''} "
+                   f"| {r['validation']:.4f} | {r['test']:.4f} | {r['train_seconds']:.0f} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--methods", default="lora", help=f"comma list of: {', '.join(GRIDS)}")
+    p.add_argument("--datasets", default=",".join(METRIC), help=f"comma list of: {', '.join(METRIC)}")
+    p.add_argument("--workdir", help="keep data, configs, logs and runs here (default: a temp dir)")
+    p.add_argument("--reuse", action="store_true", help="with --workdir: keep runs already finished there")
+    args = p.parse_args()
+    methods, datasets = args.methods.split(","), args.datasets.split(",")
+    unknown = [m for m in methods if m not in GRIDS] + [d for d in datasets if d not in METRIC]
+    if unknown:
+        raise SystemExit(f"unknown method or dataset: {', '.join(unknown)}")
+    tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="deltatune-sweep-")
+    work = Path(args.workdir or tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    files = write_domain_files(work) if set(datasets) - {"sst2"} else {}
+    rows, start = [], time.strftime("%Y-%m-%dT%H:%M:%S")
+    for dataset in datasets:
+        base = dataset_config(dataset, files)
+        for method in methods:
+            group = [run_one(work, dataset, method, o, base, args.reuse) for o in GRIDS[method]]
+            scored = [r for r in group if "error" not in r and r["validation"] is not None]
+            if scored:
+                max(scored, key=lambda r: r["validation"])["selected"] = True
+            rows += group
+    print("\n" + table(rows))
+    path = HERE / "results" / f"sweep_{'_'.join(methods)}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"started": start, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                "datasets": datasets, "metric": METRIC, "grids": {m: GRIDS[m] for m in methods},
+                                "results": rows}, indent=2) + "\n")
+    print(f"\nwrote {path}")
+    if tmp:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
