@@ -71,8 +71,11 @@ def plan(args) -> list[tuple[str, dict]]:
     return out
 
 
-def evaluate(model: str, run_dir: str | None, label: str, kwargs: dict, work: Path, reuse: bool) -> dict:
-    """One evaluation; a finished report of the same evaluation in ``work`` is reused when ``reuse``."""
+def evaluate(model: str, run_dir: str | None, label: str, kwargs: dict, work: Path, reuse: bool,
+             rescore: bool = False) -> dict:
+    """One evaluation; a finished report of the same evaluation in ``work`` is reused when ``reuse``
+    (``rescore``: its saved answers are judged again by the current code extraction and sandbox,
+    without generating them again)."""
     from deltatune.runs.services import evaluate_code
 
     settings = CodeEvalSettings(**kwargs)
@@ -82,6 +85,9 @@ def evaluate(model: str, run_dir: str | None, label: str, kwargs: dict, work: Pa
     if report and not same_evaluation(report["header"], settings, run_dir or MODEL):
         report = None
     reused = report is not None
+    if report is not None and rescore:
+        report = rescored(report, settings, run_dir or MODEL)
+        write_code_reports(report, folder)
     if report is None:
         start = time.perf_counter()
         report = evaluate_code(run_dir=run_dir, model_name=None if run_dir else MODEL, settings=settings)
@@ -98,6 +104,17 @@ def evaluate(model: str, run_dir: str | None, label: str, kwargs: dict, work: Pa
           + f"  exec={m['execution_rate']:.3f}  bleu={m['bleu']:.1f}  ({seconds:.0f} s{', reused' if reused else ''})",
           flush=True)
     return row
+
+
+def rescored(report: dict, settings: CodeEvalSettings, model_name: str) -> dict:
+    """``report``'s saved answers judged again (extraction, programs, sandbox) by the current code."""
+    from deltatune.evaluation.code_eval import run_code_eval
+
+    answers = {t["task_id"]: [s["answer"] for s in t["samples"]] for t in report["tasks"]}
+    template = report["header"]["prompt"].rsplit(", ", 1)[-1].split(" template]")[0]
+    new = run_code_eval(lambda prompts, _: [answers[p.task_id] for p in prompts], settings, model_name, template)
+    new["seconds"], new["rescored"] = report.get("seconds", 0.0), True  # generation time of the saved answers
+    return new
 
 
 def same_evaluation(header: dict, settings: CodeEvalSettings, model: str) -> bool:
@@ -149,6 +166,8 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-code", help="run and reports directory")
     p.add_argument("--fresh", action="store_true", help="redo everything (default: an evaluation or SFT run "
                    "finished in --work by an earlier, interrupted invocation is reused)")
+    p.add_argument("--rescore", action="store_true", help="judge the answers saved in --work again with the "
+                   "current code extraction and sandbox (no generation; the SFT run is reused)")
     p.add_argument("--json", type=Path, help=f"results file (default {RESULTS_JSON.relative_to(ROOT)}; "
                    "a --quick run writes one only when given)")
     args = p.parse_args()
@@ -159,10 +178,10 @@ def main() -> None:
     started, rows = time.strftime("%Y-%m-%dT%H:%M:%S"), []
     evaluations = plan(args)
     for label, kwargs in evaluations:
-        rows.append(evaluate("base", None, label, kwargs, args.work, reuse=not args.fresh))
+        rows.append(evaluate("base", None, label, kwargs, args.work, reuse=not args.fresh, rescore=args.rescore))
     run_dir, summary, reused = train(args, args.work)
     for label, kwargs in evaluations:
-        rows.append(evaluate("tuned", run_dir, label, kwargs, args.work, reuse=reused))
+        rows.append(evaluate("tuned", run_dir, label, kwargs, args.work, reuse=reused, rescore=args.rescore))
     print_table(rows)
     path = args.json or (None if args.quick else RESULTS_JSON)
     if path is None:

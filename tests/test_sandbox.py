@@ -315,6 +315,10 @@ def test_extract_code():
     assert extract_code("Here:\n```python\ndef f():\n    return 1\n```\nDone.") == "def f():\n    return 1\n"
     assert extract_code("```\nx = 1\n```\n```python\ny = 2\n```") == "y = 2\n"  # python block first
     assert extract_code("```py\nx = 1\n```") == "x = 1\n"
+    # an answer that continues the prompt's ```python block and closes it: the code before the fence
+    assert extract_code("def f():\n    return 1\n```") == "def f():\n    return 1\n"
+    assert extract_code("def f():\n    return 1\n```\n") == "def f():\n    return 1\n"
+    assert extract_code("Sure, here it is:\n```\nx = 1\n```") == "x = 1\n"  # prose first: an opening fence
     assert extract_code("```\nx = 1\n```") == "x = 1\n"
     assert extract_code("def g():\n    pass") == "def g():\n    pass\n"  # no fence: the raw answer
     assert extract_code("```python\ndef cut_off(") == "def cut_off(\n"  # unclosed fence

@@ -72,13 +72,17 @@ def extract_code(answer: str, prompt_format: str = "instruct", prompt: str = "")
     """The program a model's ``answer`` stands for.
 
     "instruct" (a chat answer): the first ```python fenced block, else the first fenced block of any
-    language, else the whole answer; an unclosed fence runs to the end (the answer was cut off).
+    language, else the whole answer; an unclosed fence runs to the end (the answer was cut off), and
+    Python ended by a bare ``` line it never opened (continuing the prompt's block) is the code.
     "completion" (HumanEval-style, the answer continues ``prompt``): ``prompt`` + the answer cut at the
     first :data:`COMPLETION_STOPS`; if the model answered with a fenced block instead, that block after
     ``prompt`` (a full ``def`` in it replaces the prompt's, whose imports stay).
     """
     if prompt_format not in PROMPT_FORMATS:
         raise ValueError(f"unknown prompt_format {prompt_format!r}: use one of {', '.join(PROMPT_FORMATS)}")
+    before = _before_closing_fence(answer) if prompt_format == "instruct" else None
+    if before is not None:
+        return before
     blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(answer)]
     fenced = next((body for lang, body in blocks if lang in ("python", "py", "python3")),
                   blocks[0][1] if blocks else None)
@@ -88,6 +92,26 @@ def extract_code(answer: str, prompt_format: str = "instruct", prompt: str = "")
         return prompt + ("\n\n" if "def " in fenced else "") + fenced
     cut = min((i for i in (answer.find(stop) for stop in COMPLETION_STOPS) if i >= 0), default=len(answer))
     return prompt + answer[:cut]
+
+
+_BARE_FENCE = re.compile(r"^[ \t]*```[ \t]*$", re.MULTILINE)
+
+
+def _before_closing_fence(answer: str) -> str | None:
+    """The code of an answer that continues a block the prompt opened: its first fence is a bare
+    ``` line (no language) with Python before it, so that fence closes the block instead of opening
+    one. None otherwise. The text is only compiled, never run."""
+    fence = _BARE_FENCE.search(answer)
+    if fence is None or "```" in answer[:fence.start()]:
+        return None
+    code = answer[:fence.start()].strip("\n")
+    if not code.strip():
+        return None
+    try:
+        compile(code, "<answer>", "exec")
+    except (SyntaxError, ValueError):
+        return None
+    return code + "\n"
 
 
 def mbpp_program(code: str, task: dict, preamble: str = "") -> str:
