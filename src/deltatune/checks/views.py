@@ -184,7 +184,7 @@ def _streamed_classify_view(cfg) -> DataView | None:
 
 
 def _check_table(cache, d, path: str, tok, labels, optional: bool = False):
-    from deltatune.data.classify_tokens import _has_field
+    from deltatune.data.classify_tokens import labels_kept
     from deltatune.data.token_cache import cache_key, tokenizer_fingerprint
     from deltatune.io import file_fingerprint
 
@@ -192,8 +192,7 @@ def _check_table(cache, d, path: str, tok, labels, optional: bool = False):
                     d.format, d.text_field, d.text_pair_field, d.label_field)
 
     def batches():
-        keep = labels if not optional or _has_field(path, d.format, d.label_field) else None
-        return _check_batches(d, path, tok, keep)
+        return _check_batches(d, path, tok, labels_kept(d, path, labels, optional))
 
     table, _ = cache.get_or_build("checks", key, batches, _check_features(), {"file": str(path)})
     return table

@@ -213,8 +213,7 @@ def file_tokens(cache: TokenCache, d, path: str, tokenizer, labels: LabelSet, en
     types = "token_type_ids" in tokenizer.model_input_names
 
     def batches():
-        keep = labels if not optional or _has_field(path, d.format, d.label_field) else None
-        return _token_batches(d, path, tokenizer, keep, encode[1], types)
+        return _token_batches(d, path, tokenizer, labels_kept(d, path, labels, optional), encode[1], types)
 
     table, _ = cache.get_or_build("tokens", key, batches, _token_features(types), {"file": str(path)})
     return table
@@ -250,9 +249,12 @@ def _encode_chunk(rows, d, path, tokenizer, labels, max_length, types) -> dict:
     return batch
 
 
-def _has_field(path: str, fmt, field: str) -> bool:
-    """Whether any row has ``field`` (a test file without labels is prediction-only)."""
-    return any(field in row for row in iter_rows(path, fmt))
+def labels_kept(d, path: str, labels: LabelSet, optional: bool) -> LabelSet | None:
+    """The label set to read ``path``'s labels with, or None for an ``optional`` file (a test file)
+    where no row has the label field: it is prediction-only."""
+    if not optional or any(d.label_field in row for row in iter_rows(path, d.format)):
+        return labels
+    return None
 
 
 def _LABEL_FEATURES():

@@ -309,8 +309,18 @@ def pair_collate(features: list[dict], pad_token_id: int, attention_mask: bool =
         part["rows"] = torch.tensor(idx)
         part["last"] = torch.tensor([lengths[i] - 1 for i in idx])
         parts.append(part)
+    return _pair_batch(parts, features)
+
+
+def _pair_batch(parts: list[dict], features: list[dict]) -> dict:
+    """A batch of pairs from its parts: ``num_units`` (pairs), ``num_tokens`` (both sequences of every
+    pair in full, however the parts hold them, so tokens/s compares across layouts and libraries),
+    ``index`` and, where the pairs have them, ``margin``."""
+    import torch
+
     out = {"parts": parts, "num_units": torch.tensor(len(features)),
-           "num_tokens": torch.tensor(sum(lengths)), "index": torch.tensor([f["index"] for f in features])}
+           "num_tokens": torch.tensor(sum(len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features)),
+           "index": torch.tensor([f["index"] for f in features])}
     if any(f.get("margin") is not None for f in features):
         out["margin"] = torch.tensor([float(f.get("margin") or 0.0) for f in features])
     return out
@@ -402,14 +412,7 @@ def shared_pair_collate(features: list[dict], pad_token_id: int, split_parts: bo
                       "rows": torch.tensor(order), "last": torch.tensor(last), "src": torch.tensor(src, dtype=torch.long),
                       "tokens": torch.tensor(tokens, dtype=torch.long), "seq": torch.tensor(seq, dtype=torch.long),
                       "num_units": torch.tensor(b)})
-    # num_tokens counts both sequences in full (what the pairs are), as pair_collate does, so tokens/s
-    # compares with unshared runs and other libraries; the rows themselves hold fewer
-    out = {"parts": parts, "num_units": torch.tensor(b_all),
-           "num_tokens": torch.tensor(sum(len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features)),
-           "index": torch.tensor([f["index"] for f in features])}
-    if any(f.get("margin") is not None for f in features):
-        out["margin"] = torch.tensor([float(f.get("margin") or 0.0) for f in features])
-    return out
+    return _pair_batch(parts, features)  # num_tokens: both sequences in full, though the rows hold fewer
 
 
 def can_share_prompt(model, inserts_tokens: bool, num_processes: int = 1) -> bool:
