@@ -212,7 +212,17 @@ def test_large_data_is_checked_from_streamed_columns_with_the_same_findings(tmp_
     streamed, report = findings("true")
     assert {"imbalance", "metric", "duplicates", "leakage", "truncation"} <= set(in_memory)
     assert streamed == in_memory
-    assert list((tmp_path / "home" / "tokens").glob("checks-*")), "the streamed route was not taken"
+    assert list((tmp_path / "home" / "tokens").glob("tokens-*")), "the streamed route was not taken"
     assert "examples read: " in " ".join(report.notes)
     again, _ = findings("true")  # a second run reads the cached table
     assert again == in_memory
+    # one pass: training reads the very tables the checks built, tokenizing nothing again
+    from deltatune.data.classify_tokens import ClassificationInputs
+    from deltatune.data.token_cache import TokenCache
+    from deltatune.models.loading import load_tokenizer
+
+    cfg = load_config(None, [f"model.name={bert}", f"data.train={tmp_path / 'train.jsonl'}",
+                             f"data.validation={tmp_path / 'val.jsonl'}", *opts, "data.cache=true"])
+    data = ClassificationInputs(cfg.data, cfg.train.seed, TokenCache())
+    data.features(load_tokenizer(str(bert)), cfg.data.max_length)
+    assert data.streamed and data.cache.built == 0

@@ -189,3 +189,22 @@ def test_train_then_eval_through_the_cli(tmp_path, capsys):
     report = json.loads((out / "eval_report.json").read_text())
     assert main(["eval", str(out), "--data", str(val), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(report["validation"]["accuracy"])
+
+
+@pytest.mark.parametrize("split_special", [False, True])
+def test_untruncated_ids_read_from_the_rust_encodings_are_the_tokenizers(bert_tok, gpt2_tok, split_special):
+    from deltatune.data.classify_tokens import encode_untruncated
+
+    texts = ["a great film", "dull [SEP] mess <|endoftext|> it", "  wonderful\tacting  ", "naïve café 😀 " * 40]
+    pairs = ["truly bad", "[CLS]", "warm", "boring"]
+    for tok in (bert_tok, gpt2_tok):
+        tok.split_special_tokens = split_special
+        try:
+            tok(texts[:1], truncation=True, max_length=4)  # leave truncation switched on in the backend
+            for p in (None, pairs):
+                want = tok(texts, p, truncation=False, return_attention_mask=False, return_token_type_ids=True)
+                ids, types = encode_untruncated(tok, texts, p)
+                assert ids == want["input_ids"] and types == want["token_type_ids"]
+                assert max(len(x) for x in ids) > 100
+        finally:
+            tok.split_special_tokens = False

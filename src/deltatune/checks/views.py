@@ -7,29 +7,20 @@ tokenizer).
 The checks read columns (:class:`Rows`): a hash of each normalised text, its line, length, label and
 trained tokens, a few dozen bytes a row, and texts one at a time. Small data is read into
 :class:`Item` objects and turned into columns; a classification file large enough for the token cache
-is streamed once, chunk by chunk, into a cached Arrow table (texts included, memory-mapped), so the
+is streamed once, chunk by chunk, into the cached Arrow table training reads (texts included, memory-mapped), so the
 checks of a million-row file hold tens of megabytes, and a second run reads the table back."""
 
 from __future__ import annotations
 
-import hashlib
-import re
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
+from deltatune.data.text_keys import normalise, text_key  # noqa: F401 - the checks import them from here
 from deltatune.losses.lm import IGNORE_INDEX
-
-
-def normalise(text: str) -> str:
-    """Lower case, punctuation and repeated spaces removed: what "the same text" means here."""
-    return " ".join(re.sub(r"[\W_]+", " ", text.lower()).split())
-
-
-def text_key(text: str) -> int:
-    """A signed 64-bit hash of the normalised text (two rows with the same key are duplicates)."""
-    return int.from_bytes(hashlib.blake2b(normalise(text).encode(), digest_size=8).digest(), "little", signed=True)
+from deltatune.training.logging import log
 
 
 @dataclass
@@ -151,80 +142,53 @@ def classify_view(cfg) -> DataView:
 
 
 def _streamed_classify_view(cfg) -> DataView | None:
-    """The classify view of data on the token-cache route: one streamed pass per file (validated with
-    the training route's functions) into a cached table of ``key``, ``line``, ``tokens``, ``label`` and
-    ``text`` per row; splits are the positions training uses. None when the data cannot be streamed (a
-    slow tokenizer, a file that fails validation: the in-memory route then raises the exact error)."""
-    from deltatune.data.classify_tokens import ClassificationInputs
+    """The classify view of data on the token-cache route: the cached tables training reads (built
+    here when missing, in the same single streamed pass per file: validated with the training route's
+    functions, tokenized once), whose ``key``, ``line``, ``tokens``, ``label`` and ``text`` columns are
+    the checks' columns; splits are the positions training uses. None when the data cannot be streamed
+    (a slow tokenizer, a file that fails validation: the in-memory route then raises the exact error)."""
+    from deltatune.data.classify_tokens import ClassificationInputs, file_tokens
     from deltatune.data.token_cache import tokenizer_fingerprint
     from deltatune.errors import ConfigError, DataError
 
     d = cfg.data
     tok = _tokenizer(cfg)
-    if tokenizer_fingerprint(tok) is None:
+    fingerprint = tokenizer_fingerprint(tok)
+    if fingerprint is None:
         return None
+    start = time.perf_counter()
     try:
         inputs = ClassificationInputs(d, cfg.train.seed)
         if not inputs.streamed:
             return None
         sets = [(name,) for name in inputs.labels.names]
-        table = _check_table(inputs.cache, d, d.train, tok, inputs.labels)
-        pos = inputs.positions
-        splits = {"train": _table_rows(table, pos["train"], sets)}
+        encode = (fingerprint, d.max_length, d.format, d.text_field, d.text_pair_field, d.label_field)
+
+        def table(path, optional=False, fp=None):
+            return file_tokens(inputs.cache, d, path, tok, inputs.labels, encode, fp, optional)
+
+        train, pos = table(d.train, fp=inputs.train_fp), inputs.positions
+        splits = {"train": _table_rows(train, pos["train"], sets)}
         for split in ("validation", "test"):
             path = getattr(d, split)
             if path:
-                splits[split] = _table_rows(_check_table(inputs.cache, d, path, tok, inputs.labels, split == "test"),
-                                            None, sets)
+                splits[split] = _table_rows(table(path, split == "test"), None, sets)
             elif pos[split] is not None:
-                splits[split] = _table_rows(table, pos[split], sets)
+                splits[split] = _table_rows(train, pos[split], sets)
     except (DataError, ConfigError, OSError):
         return None
+    log(f"token cache {inputs.cache.root}: {inputs.cache.built} entries built for the checks, the rest reused; "
+        f"data read and tokenized in {time.perf_counter() - start:.1f} s")
     return DataView(splits, d.max_length, _files(d), "truncate", _positions(cfg))
-
-
-def _check_table(cache, d, path: str, tok, labels, optional: bool = False):
-    from deltatune.data.classify_tokens import labels_kept
-    from deltatune.data.token_cache import cache_key, tokenizer_fingerprint
-    from deltatune.io import file_fingerprint
-
-    key = cache_key("checks", file_fingerprint(path), tokenizer_fingerprint(tok), [labels.values, labels.names, optional],
-                    d.format, d.text_field, d.text_pair_field, d.label_field)
-
-    def batches():
-        return _check_batches(d, path, tok, labels_kept(d, path, labels, optional))
-
-    table, _ = cache.get_or_build("checks", key, batches, _check_features(), {"file": str(path)})
-    return table
-
-
-def _check_batches(d, path: str, tok, labels):
-    from deltatune.data.classify import rows_to_examples
-    from deltatune.data.classify_tokens import row_chunks
-
-    for chunk in row_chunks(path, d.format):
-        exs = rows_to_examples(chunk, d.text_field, d.text_pair_field, d.label_field if labels else None, labels, path)
-        pairs = [e.text_pair for e in exs] if d.text_pair_field else None
-        lengths = [len(ids) for ids in tok([e.text for e in exs], pairs, truncation=False)["input_ids"]]
-        texts = [e.text + (f" || {e.text_pair}" if e.text_pair is not None else "") for e in exs]
-        yield {"key": [text_key(t) for t in texts], "line": [e.line for e in exs], "tokens": lengths,
-               "label": [-1 if e.label is None else e.label for e in exs], "text": texts}
-
-
-def _check_features():
-    import datasets
-
-    return datasets.Features({"key": datasets.Value("int64"), "line": datasets.Value("int64"),
-                              "tokens": datasets.Value("int64"), "label": datasets.Value("int64"),
-                              "text": datasets.Value("string")})
 
 
 def _table_rows(table, positions, label_sets) -> Rows:
     """The rows of ``table`` at ``positions`` (None: all) as columns; texts read from the table on demand."""
     idx = np.arange(len(table)) if positions is None else np.asarray(positions, dtype=np.int64)
-    cols = {c: table.column(c).to_numpy()[idx] for c in ("key", "line", "tokens", "label")}
+    cols = {c: table.column(c).to_numpy()[idx] for c in ("key", "line", "tokens")}
+    label = table.column("label")
+    labels = None if label.null_count == len(label) else label.to_numpy()[idx]
     text = table.column("text")
-    labels = cols["label"] if (cols["label"] >= 0).any() else None
     return Rows(cols["key"], cols["line"], cols["tokens"], lambda i: text[int(idx[i])].as_py(), labels, label_sets)
 
 

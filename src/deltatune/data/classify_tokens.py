@@ -234,19 +234,78 @@ def row_chunks(path: str, fmt, size: int = CHUNK_ROWS):
 
 
 def _token_batches(d, path: str, tokenizer, labels: LabelSet | None, max_length: int, types: bool):
-    for chunk in row_chunks(path, d.format):
-        yield _encode_chunk(chunk, d, path, tokenizer, labels, max_length, types)
+    """The columns of each chunk of ``path`` (:func:`_prepare_chunk`, :func:`_chunk_columns`). The fast
+    tokenizer encodes one chunk in a worker thread (its Rust side drops the GIL) while this thread reads
+    and validates the next, so reading overlaps tokenizing; only the worker touches the tokenizer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="deltatune-tokenize") as pool:
+        pending = None
+        for chunk in row_chunks(path, d.format):
+            prepared = _prepare_chunk(chunk, d, path, labels)
+            texts, pairs = prepared[1], prepared[2]
+            future = pool.submit(_encode_cut, tokenizer, texts, pairs, max_length, types)
+            if pending is not None:
+                yield _chunk_columns(pending[0], pending[1].result())
+            pending = (prepared, future)
+        if pending is not None:
+            yield _chunk_columns(pending[0], pending[1].result())
 
 
-def _encode_chunk(rows, d, path, tokenizer, labels, max_length, types) -> dict:
+def _prepare_chunk(rows, d, path, labels):
+    """A chunk's rows validated (the in-memory route's function): examples, texts, pairs (or None)."""
     examples = rows_to_examples(rows, d.text_field, d.text_pair_field, d.label_field if labels else None,
                                 labels, path)
-    enc = encode_texts(tokenizer, examples, max_length)
-    batch = {"input_ids": enc["input_ids"], "label": [e.label for e in examples],
-             "length": [len(ids) for ids in enc["input_ids"]]}
-    if types:
-        batch["token_type_ids"] = enc["token_type_ids"]
+    pairs = [e.text_pair for e in examples] if d.text_pair_field else None
+    return examples, [e.text for e in examples], pairs
+
+
+def _encode_cut(tokenizer, texts, pairs, max_length: int, types: bool):
+    """``(input_ids, token_type_ids, lengths before truncation)``: one untruncated pass; rows longer than
+    ``max_length`` are encoded again with the tokenizer's own truncation (the in-memory route's cut)."""
+    ids, type_ids = encode_untruncated(tokenizer, texts, pairs)
+    full = [len(x) for x in ids]
+    long = [i for i, n in enumerate(full) if n > max_length]
+    if long:
+        cut = tokenizer([texts[i] for i in long], None if pairs is None else [pairs[i] for i in long],
+                        truncation=True, max_length=max_length, return_attention_mask=False)
+        for k, i in enumerate(long):
+            ids[i] = cut["input_ids"][k]
+            if types:
+                type_ids[i] = cut["token_type_ids"][k]
+    return ids, type_ids if types else None, full
+
+
+def _chunk_columns(prepared, encoded) -> dict:
+    """One chunk's columns: the tokens training reads (``input_ids``, ``token_type_ids``, ``label``,
+    ``length`` after truncation) and what the data checks read (``key``, ``line``, ``tokens`` before
+    truncation, ``text``)."""
+    from deltatune.data.text_keys import text_key
+
+    (examples, texts, pairs), (ids, type_ids, full) = prepared, encoded
+    shown = texts if pairs is None else [f"{t} || {p}" for t, p in zip(texts, pairs)]
+    batch = {"input_ids": ids, "label": [e.label for e in examples], "length": [len(x) for x in ids],
+             "key": [text_key(t) for t in shown], "line": [e.line for e in examples], "tokens": full, "text": shown}
+    if type_ids is not None:
+        batch["token_type_ids"] = type_ids
     return batch
+
+
+def encode_untruncated(tokenizer, texts: list[str], pairs: list[str] | None = None):
+    """``(input_ids, token_type_ids)`` lists of ``tokenizer(texts, pairs)`` (special tokens added, no
+    truncation, no padding), read straight from the fast tokenizer's Rust encodings: the same ids
+    (``tests/test_token_cache.py`` compares them) without building a ``BatchEncoding`` row by row."""
+    from transformers.tokenization_utils_base import PaddingStrategy, TruncationStrategy
+
+    tokenizer.set_truncation_and_padding(padding_strategy=PaddingStrategy.DO_NOT_PAD,
+                                         truncation_strategy=TruncationStrategy.DO_NOT_TRUNCATE,
+                                         max_length=None, stride=0, pad_to_multiple_of=None, padding_side=None)
+    backend = tokenizer.backend_tokenizer
+    split = bool(getattr(tokenizer, "split_special_tokens", False))
+    if backend.encode_special_tokens != split:
+        backend.encode_special_tokens = split
+    encodings = backend.encode_batch(texts if pairs is None else list(zip(texts, pairs)), add_special_tokens=True)
+    return [e.ids for e in encodings], [e.type_ids for e in encodings]
 
 
 def labels_kept(d, path: str, labels: LabelSet, optional: bool) -> LabelSet | None:
@@ -267,7 +326,8 @@ def _token_features(types: bool):
     import datasets
 
     ids = {"input_ids": datasets.List(datasets.Value("int32")), "label": datasets.Value("int64"),
-           "length": datasets.Value("int32")}
+           "length": datasets.Value("int32"), "key": datasets.Value("int64"), "line": datasets.Value("int64"),
+           "tokens": datasets.Value("int64"), "text": datasets.Value("string")}
     if types:
         ids["token_type_ids"] = datasets.List(datasets.Value("int8"))
     return datasets.Features(ids)

@@ -27,7 +27,7 @@ import numpy as np
 
 from deltatune.training.logging import log
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _WARNED: set[str] = set()
 
 
