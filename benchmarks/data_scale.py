@@ -22,9 +22,16 @@ its log reports for reading, validating and tokenizing (or loading the cache), s
 pre-flight checks and training (one streamed pass builds the table both read), and for datasets the
 time of load + map. Tokenization throughput = rows / those seconds.
 
+SFT (``--sft``): synthetic instruction rows (JSON Lines, ``{"instruction": "Continue the review: <SST-2
+sentence i>", "output": <sentence i+1>}``), ``deltatune train`` of the bundled SmolLM2-135M-Instruct with
+LoRA and its chat template, 2 steps, batch 8, max_length 128, no generation samples; cold and warm through
+the token cache (``data.cache: true``), and the in-memory route (``data.cache: false``) for the sizes
+``--memory-route`` lists. The goal: peak memory bounded as rows grow.
+
 Usage:
     .venv/bin/python benchmarks/data_scale.py                 # 10k, 100k, 400k, 1M
     .venv/bin/python benchmarks/data_scale.py --quick         # 2k and 20k: a smoke run
+    .venv/bin/python benchmarks/data_scale.py --sft 20000,200000,2000000 --memory-route 20000,200000   # SFT rows
 Results: a markdown table on stdout and benchmarks/results/data_scale.json (data_scale_<sizes>[_no_check].json
 for a --sizes subset or --no-check).
 """
@@ -60,6 +67,34 @@ def write_rows(n: int, path: Path) -> None:
         for i in range(n):
             sentence, label = rows[i % len(rows)]
             f.write(f"{sentence}\t{label}\n")
+
+
+def write_sft_rows(n: int, path: Path) -> None:
+    """Synthetic instruction data: ``{"instruction": sentence i, "output": sentence i+1}`` over the SST-2
+    sentences in file order (JSON Lines), so every row is a real sentence pair of ordinary length."""
+    with open(SST2, newline="", encoding="utf-8") as f:
+        sentences = [r["sentence"] for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            a, b = sentences[i % len(sentences)], sentences[(i + 1) % len(sentences)]
+            f.write(json.dumps({"instruction": f"Continue the review: {a}", "output": b}) + "\n")
+
+
+def sft_run(n: int, data: Path, work: Path, label: str, cache: bool) -> dict:
+    """``deltatune train`` of SmolLM2-135M-Instruct (LoRA, its chat template) for 2 steps on ``n`` rows."""
+    config = work / f"sft-config-{n}-{label}.yaml"
+    config.write_text(json.dumps({
+        "task": "sft", "model": {"name": "smollm2-135m-instruct"}, "method": {"name": "lora"},
+        "data": {"train": str(data), "max_length": MAX_LENGTH, "cache": cache},
+        "generate": {"eval_samples": 0},
+        "train": {"max_steps": 2, "batch_size": 8, "progress": False, "seed": 42, "precision": "fp32"}}))
+    out, log = work / f"sft-run-{n}-{label}", work / f"sft-log-{n}-{label}.txt"
+    env = {**os.environ, "DELTATUNE_HOME": str(work / "home")}
+    print(f"$ deltatune train sft ({n:,} rows, {label})", flush=True)
+    result = run_child([sys.executable, "-m", "deltatune", "train", str(config), "--output-dir", str(out)], log, env)
+    found = DATA_LINE.findall(log.read_text(errors="replace"))
+    result["data_s"] = round(sum(map(float, found)), 2) if found else None
+    return {"way": f"deltatune sft {label}", "rows": n, **result}
 
 
 def run_child(cmd: list[str], log: Path, env: dict) -> dict:
@@ -160,6 +195,8 @@ def main() -> None:
     p.add_argument("--memory-route", default="", help="comma-separated sizes also run with data.cache: false")
     p.add_argument("--no-check", action="store_true", help="pass --no-check (skip the pre-flight data checks) "
                    "to deltatune train")
+    p.add_argument("--sft", help="comma-separated row counts of an SFT run instead (synthetic instruction rows, "
+                   "SmolLM2-135M-Instruct): cold and warm through the token cache")
     p.add_argument("--workdir", help="keep data, configs, logs, runs and caches here (default: a temp dir)")
     p.add_argument("--datasets-child", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--cache-dir", type=Path, help=argparse.SUPPRESS)
@@ -168,11 +205,12 @@ def main() -> None:
     if args.datasets_child:
         datasets_child(args.datasets_child, args.cache_dir, args.json)
         return
+    if args.sft:
+        sft_main([int(x) for x in args.sft.split(",")], [int(x) for x in args.memory_route.split(",") if x], args)
+        return
     sizes = [int(s) for s in (args.sizes or ("2000,20000" if args.quick else "10000,100000,400000,1000000")).split(",")]
     memory = [int(s) for s in args.memory_route.split(",") if s]
-    tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="deltatune-data-scale-")
-    work = Path(args.workdir or tmp.name)
-    work.mkdir(parents=True, exist_ok=True)
+    tmp, work = workdir(args, "deltatune-data-scale-")
     results = []
     for n in sizes:
         tsv = work / f"sst2-{n}.tsv"
@@ -193,6 +231,39 @@ def main() -> None:
         path.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "no_check": args.no_check,
                                     "results": results, "ratios": ratios(results, sizes)}, indent=2) + "\n")
         print(f"wrote {path}")
+
+
+def workdir(args, prefix: str):
+    """``(temporary directory or None, the folder to work in)``: ``--workdir`` or a fresh temporary one."""
+    tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix=prefix)
+    work = Path(args.workdir or tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    return tmp, work
+
+
+def sft_main(sizes: list[int], memory: list[int], args) -> None:
+    tmp, work = workdir(args, "deltatune-data-scale-sft-")
+    results = []
+    for n in sizes:
+        data = work / f"sft-{n}.jsonl"
+        write_sft_rows(n, data)
+        for label, cache in [("cold", True), ("warm", True)] + [("in memory", False)] * (n in memory):
+            results.append(sft_run(n, data, work, label, cache))
+        data.unlink()
+    print()
+    print(table(results))
+    get = {(r["rows"], r["way"]): r for r in results}
+    lines = []
+    for label in ("cold", "warm"):
+        a, b = get.get((sizes[0], f"deltatune sft {label}")), get.get((sizes[-1], f"deltatune sft {label}"))
+        if a and b and a is not b:
+            lines.append(f"sft peak RSS {sizes[-1]:,} rows ({label}) - {sizes[0]:,} rows = "
+                         f"{b['peak_rss_mb'] - a['peak_rss_mb']:+,} MB")
+    print("\n".join(f"- {line}" for line in lines))
+    path = RESULTS_JSON.with_name("data_scale_sft_" + "_".join(map(str, sizes)) + ".json")
+    path.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results, "ratios": lines},
+                               indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ DELTATUNE = [sys.executable, "-m", "deltatune"]
 
 # Each method's grid: option overrides (dotted keys) tried on top of its defaults; {} is the defaults.
 GRIDS: dict[str, list[dict]] = {
-    "lora": [{}, {"train.learning_rate": 5e-4}, {"train.learning_rate": 2e-3}, {"train.learning_rate": 4e-3}],
+    "lora": [{}, {"train.learning_rate": 5e-4}, {"train.learning_rate": 2e-3}, {"train.learning_rate": 4e-3},
+             {"method.r": 8}, {"method.r": 32}, {"train.scheduler": "cosine"}],
     "dora": [{}, {"train.learning_rate": 2e-3}],
     "ia3": [{}, {"train.learning_rate": 1e-3}, {"train.learning_rate": 1e-2}],
     "bitfit": [{}, {"train.learning_rate": 3e-3}, {"train.learning_rate": 1e-2}],

@@ -226,3 +226,13 @@ def test_large_data_is_checked_from_streamed_columns_with_the_same_findings(tmp_
     data = ClassificationInputs(cfg.data, cfg.train.seed, TokenCache())
     data.features(load_tokenizer(str(bert)), cfg.data.max_length)
     assert data.streamed and data.cache.built == 0
+
+
+def test_normalise_takes_the_fast_path_for_ascii_with_the_same_result():
+    import re
+
+    from deltatune.checks.views import normalise
+
+    slow = lambda t: " ".join(re.sub(r"[\W_]+", " ", t.lower()).split())  # noqa: E731
+    texts = [f"a{chr(c)}B  c" for c in range(128)] + ["Naïve CAFÉ_bar!!", "  ", "x__y", "Ünïcödé-text"]
+    assert [normalise(t) for t in texts] == [slow(t) for t in texts]

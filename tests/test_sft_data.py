@@ -180,6 +180,19 @@ def test_mask_is_exact_on_sentencepiece_style_tokenizer(sentencepiece_style_tok,
     _check_exact(tok, ChatTemplate(tok), [c for c in convs if c.messages[0]["role"] != "system"])
 
 
+def test_batched_segment_encoding_equals_one_by_one(sentencepiece_style_tok, gpt2_tok, llama_tok):
+    """The token cache encodes every piece of a chunk in one call; ids and labels stay those of
+    encode_segments, on the sentinel (SentencePiece-style), byte-level and chat-template tokenizers."""
+    from deltatune.data.sft import encode_segments_many
+
+    convs = _lima_sample() + rows_to_conversations(read_rows(ALPACA))[:20]
+    for tok in (sentencepiece_style_tok, gpt2_tok, llama_tok):
+        for template in (AlpacaTemplate(tok), RawTemplate(tok)) + ((ChatTemplate(tok),) if tok.chat_template else ()):
+            picked = [c for c in convs if c.messages[0]["role"] != "system"] if tok is sentencepiece_style_tok else convs
+            many = [template.segments(c) for c in picked] + [[]]
+            assert encode_segments_many(tok, many) == [encode_segments(tok, s) for s in many]
+
+
 def test_mask_is_exact_with_chat_template(llama_tok):
     _check_exact(llama_tok, ChatTemplate(llama_tok), _lima_sample())
 

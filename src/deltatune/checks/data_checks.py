@@ -69,6 +69,9 @@ def metric(cfg, view: DataView) -> Finding | None:
                    "set train.metric_for_best: f1_macro (or recall_macro when missing a rare class is costly)")
 
 
+NEAR_BLOCK = 2000  # rows compared at a time
+
+
 def _near_pairs(a: list[str], b: list[str] | None = None) -> list[tuple[int, int, float]]:
     """(i, j, cosine) of rows at least :data:`NEAR_SIMILARITY` alike (``b``: rows of ``a`` against ``b``).
     Terms in more than 5% of the rows (at least 50) are left out of the vectors: near-duplicates share
@@ -84,10 +87,14 @@ def _near_pairs(a: list[str], b: list[str] | None = None) -> list[tuple[int, int
         x = vec.fit_transform(corpus)
     except ValueError:  # no words at all (empty texts)
         return []
-    left, right = x[:len(a)], x[len(a):] if b is not None else x[:len(a)]
-    s = (left @ right.T).tocoo()
-    keep = (s.data >= NEAR_SIMILARITY) & ((s.row < s.col) if b is None else True)
-    return list(zip(s.row[keep].tolist(), s.col[keep].tolist(), s.data[keep].tolist()))
+    left, right = x[:len(a)], (x[len(a):] if b is not None else x[:len(a)]).T.tocsc()
+    out = []
+    for start in range(0, len(a), NEAR_BLOCK):  # in blocks of rows: the product's memory stays small
+        s = (left[start:start + NEAR_BLOCK] @ right).tocoo()
+        row = s.row + start
+        keep = (s.data >= NEAR_SIMILARITY) & ((row < s.col) if b is None else True)
+        out += zip(row[keep].tolist(), s.col[keep].tolist(), s.data[keep].tolist())
+    return out
 
 
 def _sample(positions) -> list[int]:

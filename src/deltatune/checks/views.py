@@ -211,11 +211,17 @@ def _positions(cfg) -> int | None:
 
 
 def sft_view(cfg) -> DataView:
-    """Instruction examples rendered with the run's template: text, length, trained tokens."""
+    """Instruction examples rendered with the run's template: text, length, trained tokens (from the
+    token cache's table where training streams the data, :func:`_streamed_sft_view`)."""
     from deltatune.data.conversations import load_splits
     from deltatune.data.sft import encode_segments, template_for
+    from deltatune.data.sft_tokens import sft_cache_route
 
     d = cfg.data
+    if sft_cache_route(d):
+        view = _streamed_sft_view(cfg)
+        if view is not None:
+            return view
     splits = load_splits(d, cfg.train.seed)
     tok = _tokenizer(cfg)
     template = template_for(d, tok, splits["train"])
@@ -230,6 +236,31 @@ def sft_view(cfg) -> DataView:
                               sum(x != IGNORE_INDEX for x in kept)))
         out[split] = items
     return DataView(out, d.max_length, _files(d), d.truncation, _positions(cfg))
+
+
+def _streamed_sft_view(cfg) -> DataView | None:
+    """The SFT view from the cached tables training reads (built here when missing: one streamed pass
+    per file); None when the data must be read in memory (the in-memory view then raises any error)."""
+    from deltatune.data.sft import make_template
+    from deltatune.data.sft_tokens import first_is_raw, sft_tables
+    from deltatune.data.token_cache import TokenCache
+    from deltatune.errors import ConfigError, DataError
+
+    d, start, cache = cfg.data, time.perf_counter(), TokenCache()
+    try:
+        tok = _tokenizer(cfg)
+        tables = sft_tables(d, cfg.train.seed, tok, make_template(d.template, tok, raw_data=first_is_raw(d)), cache)
+    except (DataError, ConfigError, OSError):
+        return None
+    splits = {}
+    for split, (table, pos) in tables.items():
+        cols = {c: table.column(c).to_numpy()[pos] for c in ("key", "line", "tokens", "trained")}
+        text = table.column("text")
+        splits[split] = Rows(cols["key"], cols["line"], cols["tokens"],
+                             lambda i, text=text, pos=pos: text[int(pos[i])].as_py(), trained=cols["trained"])
+    log(f"token cache {cache.root}: {cache.built} entries built for the checks, the rest reused; "
+        f"data read and tokenized in {time.perf_counter() - start:.1f} s")
+    return DataView(splits, d.max_length, _files(d), d.truncation, _positions(cfg))
 
 
 def _content(messages: list[dict]) -> str:

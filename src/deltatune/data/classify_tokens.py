@@ -291,9 +291,9 @@ def _chunk_columns(prepared, encoded) -> dict:
     return batch
 
 
-def encode_untruncated(tokenizer, texts: list[str], pairs: list[str] | None = None):
-    """``(input_ids, token_type_ids)`` lists of ``tokenizer(texts, pairs)`` (special tokens added, no
-    truncation, no padding), read straight from the fast tokenizer's Rust encodings: the same ids
+def encode_untruncated(tokenizer, texts: list[str], pairs: list[str] | None = None, special: bool = True):
+    """``(input_ids, token_type_ids)`` lists of ``tokenizer(texts, pairs, add_special_tokens=special)``
+    (no truncation, no padding), read straight from the fast tokenizer's Rust encodings: the same ids
     (``tests/test_token_cache.py`` compares them) without building a ``BatchEncoding`` row by row."""
     from transformers.tokenization_utils_base import PaddingStrategy, TruncationStrategy
 
@@ -304,7 +304,7 @@ def encode_untruncated(tokenizer, texts: list[str], pairs: list[str] | None = No
     split = bool(getattr(tokenizer, "split_special_tokens", False))
     if backend.encode_special_tokens != split:
         backend.encode_special_tokens = split
-    encodings = backend.encode_batch(texts if pairs is None else list(zip(texts, pairs)), add_special_tokens=True)
+    encodings = backend.encode_batch(texts if pairs is None else list(zip(texts, pairs)), add_special_tokens=special)
     return [e.ids for e in encodings], [e.type_ids for e in encodings]
 
 

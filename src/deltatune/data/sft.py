@@ -296,6 +296,32 @@ def encode_segments(tokenizer, segments: Segments) -> tuple[list[int], list[int]
     return ids, labels
 
 
+def encode_segments_many(tokenizer, many: Sequence[Segments]) -> list[tuple[list[int], list[int]]]:
+    """:func:`encode_segments` of each segment list, with every piece encoded in one batch call of the
+    fast tokenizer (pieces whose continuation sentinel merges with the text fall back to
+    :func:`encode_piece`); the same ids and labels (``tests/test_sft_data.py`` compares them)."""
+    from deltatune.data.classify_tokens import encode_untruncated
+
+    prefixes = continuation_prefixes(tokenizer)
+    sentinel, head = prefixes[0] if prefixes else ("", ())
+    texts = [(sentinel + text if n and prefixes else text) for segments in many for n, (text, _) in enumerate(segments)]
+    pieces = iter(encode_untruncated(tokenizer, texts, special=False)[0] if texts else [])
+    out = []
+    for segments in many:
+        ids = bos_to_add(tokenizer, segments[0][0] if segments else "")
+        labels = [IGNORE_INDEX] * len(ids)
+        for n, (text, trained) in enumerate(segments):
+            piece = next(pieces)
+            if n and prefixes:
+                piece = piece[len(head):] if tuple(piece[:len(head)]) == head else encode_piece(tokenizer, text, True)
+            ids += piece
+            labels += piece if trained else [IGNORE_INDEX] * len(piece)
+        if labels:
+            labels[0] = IGNORE_INDEX
+        out.append((ids, labels))
+    return out
+
+
 @dataclass
 class EncodeStats:
     examples: int = 0

@@ -7,10 +7,14 @@ import hashlib
 import re
 
 _NON_WORD = re.compile(r"[\W_]+")
+_ASCII_NON_WORD = {c: " " for c in range(128) if not chr(c).isalnum()}  # what [\W_] matches in ASCII
 
 
 def normalise(text: str) -> str:
-    """Lower case, punctuation and repeated spaces removed: what "the same text" means here."""
+    """Lower case, punctuation and repeated spaces removed: what "the same text" means here (ASCII
+    text through ``str.translate``, the same result as the regular expression, faster)."""
+    if text.isascii():
+        return " ".join(text.lower().translate(_ASCII_NON_WORD).split())
     return " ".join(_NON_WORD.sub(" ", text.lower()).split())
 
 

@@ -28,6 +28,10 @@ import numpy as np
 from deltatune.training.logging import log
 
 FORMAT_VERSION = 2
+WRITER_BATCH_ROWS = 1 << 16
+"""Rows per Arrow record batch at most (each ``batches()`` item is one batch): reading a mapped table
+touches every batch's metadata page, so datasets' default of 1,000 rows would make a million-row table
+count ~70 MB of resident memory before any row is read."""
 _WARNED: set[str] = set()
 
 
@@ -123,7 +127,7 @@ class TokenCache:
 def _write_arrow(path: Path, batches, features) -> int:
     from datasets.arrow_writer import ArrowWriter
 
-    writer = ArrowWriter(features=features, path=str(path))
+    writer = ArrowWriter(features=features, path=str(path), writer_batch_size=WRITER_BATCH_ROWS)
     try:
         for batch in batches():
             writer.write_batch(batch)
@@ -138,7 +142,7 @@ def _write_in_memory(batches, features):
     from datasets.arrow_writer import ArrowWriter
 
     stream = pa.BufferOutputStream()
-    writer = ArrowWriter(features=features, stream=stream)
+    writer = ArrowWriter(features=features, stream=stream, writer_batch_size=WRITER_BATCH_ROWS)
     for batch in batches():
         writer.write_batch(batch)
     writer.finalize(close_stream=False)
@@ -156,9 +160,28 @@ def _crc32(path: Path) -> int:
     return crc
 
 
+_OPENED: dict[str, tuple] = {}
+"""Entries this process has checked and mapped, by folder: the pre-flight checks and training read the
+same tables, and a second mapping would count its pages twice in the resident memory."""
+
+
 def _open_entry(folder: Path):
+    """The checked entry in ``folder`` (the one this process already mapped while its file is unchanged)."""
+    stat = (folder / "data.arrow").stat()
+    stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns, (folder / "meta.json").stat().st_mtime_ns)
+    known = _OPENED.get(str(folder))
+    if known is not None and known[0] == stamp:
+        return known[1], dict(known[2])
+    table, meta = _check_entry(folder)
+    _OPENED[str(folder)] = (stamp, table, meta)
+    return table, dict(meta)
+
+
+def _check_entry(folder: Path):
     """The checked entry in ``folder``: meta readable and of this format, the Arrow file as long as
-    written and with its checksum, the rows all there, list offsets in bounds."""
+    written and with its checksum, the rows all there. The checksum proves the bytes are the ones this
+    module wrote, so the structure is checked without reading every value (a full validation would
+    touch every page of the mapping and count the whole table in the process's resident memory)."""
     import pyarrow as pa
 
     meta = json.loads((folder / "meta.json").read_text())
@@ -172,7 +195,7 @@ def _open_entry(folder: Path):
     try:
         # what datasets.Dataset.from_file does, without importing datasets (a second on a warm start)
         table = pa.ipc.open_stream(pa.memory_map(str(data))).read_all()
-        table.validate(full=True)
+        table.validate()
     except Exception as exc:  # noqa: BLE001 - pyarrow's ArrowInvalid and friends
         raise ValueError(f"unreadable Arrow data: {exc}") from None
     if table.num_rows != meta["rows"]:
@@ -197,23 +220,23 @@ class ListColumn:
         return values[offsets[j]:offsets[j + 1]].tolist()
 
 
-class TokenRows:
-    """Classification features stored in an Arrow table, as the sequence of dicts the in-memory route
-    builds (``input_ids``, ``token_type_ids`` when stored, ``label``), optionally only the table rows at
-    ``positions`` (splits and samples), in that order. Nothing is copied out of the table but the
-    ``length`` column; ``lengths()`` feeds the length-grouped sampler without reading any token."""
+class TableRows:
+    """Rows of an Arrow table as a sequence of feature dicts (:meth:`_row`), optionally only the table
+    rows at ``positions`` (splits and samples), in that order; ``lengths()`` reads the ``length``
+    column only, for the length-grouped sampler."""
 
     def __init__(self, table, positions=None):
-        self._ids = ListColumn(table.column("input_ids"))
-        names = table.column_names
-        self._types = ListColumn(table.column("token_type_ids")) if "token_type_ids" in names else None
-        labels = table.column("label")
-        self._labels = None if labels.null_count == len(labels) else labels.to_numpy()
         self._lengths = table.column("length").to_numpy()
         self._pos = None if positions is None else np.asarray(positions, dtype=np.int64)
 
+    def _row(self, row: int) -> dict:
+        raise NotImplementedError
+
     def __len__(self) -> int:
         return len(self._lengths) if self._pos is None else len(self._pos)
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
 
     def __getitem__(self, i):
         if isinstance(i, slice):
@@ -222,12 +245,7 @@ class TokenRows:
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(i)
-        row = int(i if self._pos is None else self._pos[i])
-        out = {"input_ids": self._ids[row],
-               "label": None if self._labels is None else int(self._labels[row])}
-        if self._types is not None:
-            out["token_type_ids"] = self._types[row]
-        return out
+        return self._row(int(i if self._pos is None else self._pos[i]))
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -238,6 +256,27 @@ class TokenRows:
         return lengths.tolist()
 
 
+class TokenRows(TableRows):
+    """Classification features stored in an Arrow table, as the dicts the in-memory route builds
+    (``input_ids``, ``token_type_ids`` when stored, ``label``). Nothing is copied out of the table but
+    the ``label`` and ``length`` columns."""
+
+    def __init__(self, table, positions=None):
+        super().__init__(table, positions)
+        self._ids = ListColumn(table.column("input_ids"))
+        names = table.column_names
+        self._types = ListColumn(table.column("token_type_ids")) if "token_type_ids" in names else None
+        labels = table.column("label")
+        self._labels = None if labels.null_count == len(labels) else labels.to_numpy()
+
+    def _row(self, row: int) -> dict:
+        out = {"input_ids": self._ids[row],
+               "label": None if self._labels is None else int(self._labels[row])}
+        if self._types is not None:
+            out["token_type_ids"] = self._types[row]
+        return out
+
+
 def feature_lengths(feats) -> list[int]:
-    """Tokens per feature of a :class:`TokenRows` or a list of feature dicts."""
-    return feats.lengths() if isinstance(feats, TokenRows) else [len(f["input_ids"]) for f in feats]
+    """Tokens per feature of :class:`TableRows` or a list of feature dicts."""
+    return feats.lengths() if isinstance(feats, TableRows) else [len(f["input_ids"]) for f in feats]

@@ -17,9 +17,11 @@ from deltatune.checks.views import sft_view
 from deltatune.config import Config, DataConfig
 from deltatune.data.batching import LengthGroupedBatchSampler
 from deltatune.data.conversations import load_splits
-from deltatune.data.sft import encode_conversations, pack, sft_collate, sft_collate_parts, template_for
+from deltatune.data.sft import pack, sft_collate, sft_collate_parts
+from deltatune.data.sft_tokens import sft_cache_route, sft_data
+from deltatune.data.token_cache import feature_lengths
 from deltatune.errors import UserError
-from deltatune.evaluation.lm import evaluate_file, evaluate_model, generation_samples, heldout_loss
+from deltatune.evaluation.lm import evaluate_file, evaluate_model, heldout_loss
 from deltatune.evaluation.reports import scalar_line
 from deltatune.evaluation.sft_report import sft_markdown
 from deltatune.io import write_text_atomic
@@ -51,6 +53,9 @@ class SftData(DataConfig):
     packing: bool = Field(
         False, description="pack several examples per row (positions restart, no attention "
         "across examples); rows hold max_length tokens and batch_size counts rows")
+    cache: bool | None = Field(None, description="tokenize once: keep the tokenized data on disk (Arrow, memory-mapped, "
+                               "under $DELTATUNE_HOME/tokens) for the next run, eval and --resume; default: for "
+                               "training files of 256 KiB or more (not with packing)")
 
 
 class SftJob:
@@ -60,20 +65,18 @@ class SftJob:
 
     def __init__(self, cfg: Config):
         d, t = cfg.data, cfg.train
-        self.cfg, self.splits = cfg, load_splits(d, t.seed)
+        streamed = sft_cache_route(d)  # large files: streamed once into the token cache (data/sft_tokens.py)
+        splits = None if streamed else load_splits(d, t.seed)  # in memory, bad data stops before the model loads
+        self.cfg = cfg
         self.model, self.tokenizer, self.model_path = load_for_causal_lm(cfg.model.name, dtype=cfg.model.dtype,
                                                                          seed=t.seed)
         fit_max_length(cfg, self.model)
-        self.template = template_for(d, self.tokenizer, self.splits["train"])
-        self.feats, self.stats = {}, {}
-        for split, convs in self.splits.items():
-            self.feats[split], self.stats[split] = encode_conversations(
-                convs, self.template, self.tokenizer, d.max_length, d.truncation)
+        self.template, self.feats, self.stats, self.samples = sft_data(d, t.seed, self.tokenizer,
+                                                                       cfg.generate.eval_samples, streamed, splits)
         if not self.feats["train"]:
             raise UserError(f"{d.train}: no training example has response tokens within max_length "
                             f"{d.max_length}; raise data.max_length")
         self.has_validation = bool(self.feats.get("validation"))
-        self.samples = generation_samples(self.splits.get("validation", []), cfg.generate.eval_samples)
 
     def describe(self) -> str:
         return "\n".join(
@@ -100,7 +103,7 @@ class SftJob:
         attention mask (see ``sft_collate``)."""
         d, t = self.cfg.data, self.cfg.train
         rows = pack(self.feats["train"], d.max_length, t.seed) if d.packing else self.feats["train"]
-        sampler = LengthGroupedBatchSampler([len(f["input_ids"]) for f in rows], t.batch_size,
+        sampler = LengthGroupedBatchSampler(feature_lengths(rows), t.batch_size,
                                             group_by_length=t.group_by_length, seed=t.seed)
         collate = sft_collate if d.packing or num_processes > 1 else sft_collate_parts
         # Own generator: iterating the loader must not draw from the global RNG (exact resume).
