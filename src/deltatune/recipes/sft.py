@@ -54,7 +54,7 @@ class SftData(DataConfig):
         False, description="pack several examples per row (positions restart, no attention "
         "across examples); rows hold max_length tokens and batch_size counts rows")
     cache: bool | None = Field(None, description="tokenize once: keep the tokenized data on disk (Arrow, memory-mapped, "
-                               "under $DELTATUNE_HOME/tokens) for the next run, eval and --resume; default: for "
+                               "under $DELTATUNE_HOME/tokens) for the next run and --resume; default: for "
                                "training files of 256 KiB or more (not with packing)")
 
 
