@@ -86,7 +86,7 @@ def sft_tables(d, seed: int, tokenizer, template, cache: TokenCache | None = Non
     train = _file_table(cache, d, str(d.train), tokenizer, template, encode)
     n = len(train)
     out = {}
-    rows = list(range(n))
+    rows = np.arange(n)
     if d.validation:
         out["validation"] = (validation := _file_table(cache, d, str(d.validation), tokenizer, template, encode),
                              np.arange(len(validation)))
@@ -96,11 +96,10 @@ def sft_tables(d, seed: int, tokenizer, template, cache: TokenCache | None = Non
         held = np.zeros(n, dtype=bool)
         held[order[:max(1, round(n * d.validation_split))]] = True
         out["validation"] = (train, np.flatnonzero(held))
-        rows = np.flatnonzero(~held).tolist()
+        rows = np.flatnonzero(~held)
     if d.max_train_samples and d.max_train_samples < len(rows):
-        keep = set(random.Random(seed).sample(range(len(rows)), d.max_train_samples))
-        rows = [x for i, x in enumerate(rows) if i in keep]
-    out = {"train": (train, np.asarray(rows, dtype=np.int64)), **out}
+        rows = rows[sorted(random.Random(seed).sample(range(len(rows)), d.max_train_samples))]  # file order
+    out = {"train": (train, rows.astype(np.int64)), **out}
     if d.test:
         test = _file_table(cache, d, str(d.test), tokenizer, template, encode)
         out["test"] = (test, np.arange(len(test)))
