@@ -71,3 +71,12 @@ def test_reference_documents_every_key():
     for key in ("train.learning_rate", "data.text_field", "model.name", "train.grad_accum",
                 "data.validation_split", "train.precision"):
         assert key in ref
+
+
+def test_a_lora_variant_name_is_lora_with_the_variants_options():
+    cfg = load_config(None, ["method.name=dora", "method.r=8"])
+    assert (cfg.method.name, cfg.method.use_dora, cfg.method.r) == ("lora", True, 8)
+    cfg = load_config(None, ["method.name=loraplus", "method.loraplus_lr_ratio=4"])  # the user's value wins
+    assert (cfg.method.name, cfg.method.loraplus_lr_ratio) == ("lora", 4)
+    with pytest.raises(ConfigError, match="method.name: unknown method 'dorra'"):
+        load_config(None, ["method.name=dorra"])

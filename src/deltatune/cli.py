@@ -230,7 +230,7 @@ def _cmd_methods(args) -> int:
         what = (f"{spec.name} with {', '.join(f'{k}: {v}' for k, v in opts.items())}" if opts
                 else spec.description)
         print(f"{row:<14} {shown:>32}  {what} [lr {spec.default_lr:g}{merge}]")
-    print("\n(default options, 2-label head included; variants are names `compare --methods` accepts; "
+    print("\n(default options, 2-label head included; variants are names `method.name` and `compare --methods` accept; "
           "`--model NAME` counts on another model)")
     return 0
 

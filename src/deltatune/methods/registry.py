@@ -90,6 +90,9 @@ class MethodSpec:
     options_from_saved: Callable[[Path], MethodOptions] | None = None
     """The options an adapter directory was trained with (ours or PEFT's), to ``apply`` before
     ``load`` an adapter trained elsewhere."""
+    min_steps: int = 0
+    """Optimizer steps below which the method (at its default learning rate) was measured to stay near
+    the untuned model; a run planned shorter gets a pre-flight warning (0: no such floor)."""
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Named presets of this method's options that ``deltatune compare --methods`` accepts as method
     names (LoRA: ``dora`` = ``use_dora: true``)."""
@@ -156,7 +159,11 @@ def validate_method_config(raw: dict[str, Any] | MethodOptions) -> MethodOptions
     if not isinstance(raw, dict):
         raise ConfigError("method: expected a mapping like {name: lora, r: 16}")
     raw = {"name": "lora", **raw}
-    spec = get_method(str(raw["name"]))
+    try:  # a variant name (dora) is its method with the variant's options, which the user's override
+        spec, preset = resolve_method(str(raw["name"]))
+        raw = {**preset, **raw, "name": spec.name}
+    except ConfigError:
+        spec = get_method(str(raw["name"]))  # raises the error that names the key
     try:
         opts = spec.options.model_validate(raw)
     except ValidationError as exc:
