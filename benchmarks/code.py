@@ -111,7 +111,9 @@ def rescored(report: dict, settings: CodeEvalSettings, model_name: str) -> dict:
     from deltatune.evaluation.code_eval import run_code_eval
 
     answers = {t["task_id"]: [s["answer"] for s in t["samples"]] for t in report["tasks"]}
-    template = report["header"]["prompt"].rsplit(", ", 1)[-1].split(" template]")[0]
+    header = report["header"]
+    # reports written before the header had its own field name the template inside the prompt text
+    template = header.get("template") or header["prompt"].rsplit(", ", 1)[-1].split(" template]")[0]
     new = run_code_eval(lambda prompts, _: [answers[p.task_id] for p in prompts], settings, model_name, template)
     new["seconds"], new["rescored"] = report.get("seconds", 0.0), True  # generation time of the saved answers
     return new

@@ -54,9 +54,10 @@ def test_reference_solutions_score_one_on_mbpp():
 
 @pytest.mark.parametrize("fmt", ["completion", "instruct"])
 def test_reference_solutions_score_one_on_humaneval(fmt):
-    report = run_code_eval(stub(lambda t, i: reference_answer(t, i, fmt)), settings("humaneval", prompt_format=fmt))
+    report = run_code_eval(stub(lambda t, i: reference_answer(t, i, fmt)), settings("humaneval", prompt_format=fmt),
+                           template_name="chat")
     assert report["metrics"]["pass@1"] == 1.0 and report["metrics"]["execution_rate"] == 1.0
-    assert report["header"]["prompt_format"] == fmt
+    assert report["header"]["prompt_format"] == fmt and report["header"]["template"] == "chat"
     if fmt == "completion":  # the generated part is compared with canonical_solution: identical
         assert report["metrics"]["bleu"] == pytest.approx(100.0)
 

@@ -302,6 +302,7 @@ def _header(settings: CodeEvalSettings, tasks: int, model_name: str, template_na
     return {"benchmark": spec.name, "split": spec.split, "data": str(settings.path), "tasks": tasks,
             "selection": how, "model": model_name, "prompt_format": fmt,
             "prompt": shown + ("" if fmt == "completion" else f"  [as one user message, {template_name} template]"),
+            "template": template_name,
             "decoding": settings.decoding(), "samples_per_task": settings.samples,
             "max_new_tokens": settings.max_new_tokens, "k": list(settings.pass_ks),
             "sandbox": {"timeout_s": settings.timeout_s,
