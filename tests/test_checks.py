@@ -236,3 +236,16 @@ def test_normalise_takes_the_fast_path_for_ascii_with_the_same_result():
     slow = lambda t: " ".join(re.sub(r"[\W_]+", " ", t.lower()).split())  # noqa: E731
     texts = [f"a{chr(c)}B  c" for c in range(128)] + ["Naïve CAFÉ_bar!!", "  ", "x__y", "Ünïcödé-text"]
     assert [normalise(t) for t in texts] == [slow(t) for t in texts]
+
+
+def test_a_budget_too_small_for_prompt_tuning_is_warned(tmp_path, bert):
+    from deltatune.methods.registry import get_method
+
+    assert get_method("prompt_tuning").min_steps > 5
+    assert get_method("lora").min_steps == 0 and get_method("prefix_tuning").min_steps == 0
+    for method, warned in (("prompt_tuning", True), ("prefix_tuning", False), ("lora", False)):
+        found, report = checks(tmp_path, bert, balanced(), balanced(10, offset=100), f"method.name={method}",
+                               "train.batch_size=4")
+        assert "budget" in report.ran and ("budget" in found) == warned, method
+    found, _ = checks(tmp_path, bert, balanced(), None, "method.name=prompt_tuning", "train.batch_size=4")
+    assert "5 optimizer steps are planned (20 training examples, batch 4, 1 epoch)" in found["budget"].evidence

@@ -242,6 +242,28 @@ def no_trained_tokens(cfg, view: DataView) -> list[Finding]:
     return out
 
 
+def budget(cfg, view: DataView) -> Finding | None:
+    """A run planned with fewer optimizer steps than its method needs to move (``MethodSpec.min_steps``)."""
+    import math
+
+    from deltatune.methods.registry import get_method
+
+    spec, t, train = get_method(cfg.method.name), cfg.train, view.splits.get("train")
+    if not spec.min_steps or train is None or not len(train):
+        return None
+    steps = t.max_steps or math.ceil(math.ceil(len(train) / t.batch_size) / t.grad_accum * t.epochs)
+    if steps >= spec.min_steps:
+        return None
+    return Finding("budget", "warning", f"Too few steps for {spec.name}",
+                   f"{steps} optimizer steps are planned ({len(train)} training examples, batch {t.batch_size}"
+                   f"{f' x {t.grad_accum}' if t.grad_accum > 1 else ''}, "
+                   f"{f'max_steps {t.max_steps}' if t.max_steps else f'{t.epochs:g} epoch' + 's' * (t.epochs != 1)}); "
+                   f"{spec.name} was measured to need about "
+                   f"{spec.min_steps} to move well away from the untuned model (README, defaults sweep)",
+                   f"train longer (train.epochs or more data, to {spec.min_steps}+ steps), or pick a method that "
+                   "learns in fewer steps (lora)")
+
+
 def run(cfg, view: DataView, report: CheckReport) -> list[Finding]:
     found = []
     train = view.splits.get("train")
@@ -253,6 +275,8 @@ def run(cfg, view: DataView, report: CheckReport) -> list[Finding]:
     if any(rows.trained is not None for rows in view.splits.values()):
         report.ran.append("no_trained_tokens")
         found += no_trained_tokens(cfg, view)
+    report.ran.append("budget")
+    found += [f for f in (budget(cfg, view),) if f]
     counts = {s: len(v) for s, v in view.splits.items()}
     report.notes.append("examples read: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     return found

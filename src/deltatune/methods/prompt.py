@@ -344,6 +344,7 @@ PROMPT_TUNING = register(MethodSpec(
     save=save_prompt_tuning,
     load=load_prompt_tuning,
     default_lr=3e-2,
+    min_steps=500,  # SST-2, MiniLM: 125 steps left it at 0.526 dev accuracy (majority 0.509), 500 reached 0.740
     inserts_tokens=True,
     switch_off=prompt_switched_off,
     saved_tags=("PROMPT_TUNING",),
