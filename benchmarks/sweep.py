@@ -14,6 +14,8 @@ Datasets (the same files for every configuration):
                 validation and the 578 held-out test abstracts. Metric: macro-F1.
   legal_binary  Unfair ToS sentences (8% unfair), as domains.py writes them: 4,000 training sentences,
                 validation, and the 3,816 test sentences. Metric: macro-F1.
+  demo          ``make demo``'s budget: 2,000 sentences of the shipped SST-2 sample, 1 epoch (125 steps),
+                the 872 dev sentences as validation, no test split (for the prompt/prefix defaults).
 
 Usage:
     .venv/bin/python benchmarks/sweep.py --methods lora                       # the LoRA grid on all three
@@ -48,16 +50,22 @@ GRIDS: dict[str, list[dict]] = {
     "bitfit": [{}, {"train.learning_rate": 3e-3}, {"train.learning_rate": 1e-2}],
     "adapters": [{}, {"train.learning_rate": 3e-4}, {"train.learning_rate": 3e-3}],
     "full": [{}, {"train.learning_rate": 2e-5}, {"train.learning_rate": 1e-4}],
-    "prompt_tuning": [{}, {"train.learning_rate": 1e-1}, {"method.num_virtual_tokens": 50}],
+    "prompt_tuning": [{}, {"train.learning_rate": 1e-1}, {"method.num_virtual_tokens": 50},
+                      {"train.learning_rate": 1e-1, "method.init": "random"},
+                      {"train.learning_rate": 3e-1, "method.num_virtual_tokens": 8}],
     "prefix_tuning": [{}, {"train.learning_rate": 3e-2}, {"train.learning_rate": 3e-3}],
 }
-METRIC = {"sst2": "accuracy", "medical": "f1_macro", "legal_binary": "f1_macro"}
+METRIC = {"sst2": "accuracy", "medical": "f1_macro", "legal_binary": "f1_macro", "demo": "accuracy"}
 
 
 def dataset_config(name: str, files: dict) -> dict:
     common = {"task": "classify", "model": {"name": "minilm-l6"},
               "train": {"epochs": 1, "batch_size": 16, "seed": 42, "precision": "fp32", "progress": False,
                         "checkpoint_every": 100000, "metric_for_best": METRIC[name]}}
+    if name == "demo":  # make demo's budget: 2,000 sentences of the shipped sample, dev as validation, no test
+        from deltatune.demo import demo_config
+
+        return {**common, "data": {**demo_config()["data"], "max_train_samples": 2000}}
     if name == "sst2":
         data = {"train": str(DATA / "sst2" / "train.tsv"), "validation": str(DATA / "sst2" / "dev.tsv"),
                 "test_split": 0.05, "max_train_samples": 8000, "text_field": "sentence", "label_field": "label",
@@ -102,8 +110,9 @@ def table(rows: list[dict]) -> str:
         if "error" in r:
             out.append(f"| {r['dataset']} | {r['method']} | {r['config']} | error | {r['error']} | |")
             continue
+        test = "-" if r["test"] is None else f"{r['test']:.4f}"
         out.append(f"| {r['dataset']} | {r['method']} | {r['config']}{' **(selected)**' if r.get('selected') else ''} "
-                   f"| {r['validation']:.4f} | {r['test']:.4f} | {r['train_seconds']:.0f} |")
+                   f"| {r['validation']:.4f} | {test} | {r['train_seconds']:.0f} |")
     return "\n".join(out)
 
 
@@ -121,7 +130,7 @@ def main() -> None:
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="deltatune-sweep-")
     work = Path(args.workdir or tmp.name)
     work.mkdir(parents=True, exist_ok=True)
-    files = write_domain_files(work) if set(datasets) - {"sst2"} else {}
+    files = write_domain_files(work) if set(datasets) - {"sst2", "demo"} else {}
     rows, start = [], time.strftime("%Y-%m-%dT%H:%M:%S")
     for dataset in datasets:
         base = dataset_config(dataset, files)
