@@ -18,8 +18,9 @@ Datasets (the same files for every configuration):
                 the 872 dev sentences as validation, no test split (for the prompt/prefix defaults).
 
 Usage:
-    .venv/bin/python benchmarks/sweep.py --methods lora                       # the LoRA grid on all three
+    .venv/bin/python benchmarks/sweep.py --methods lora                       # the LoRA grid on every dataset
     .venv/bin/python benchmarks/sweep.py --methods lora,ia3 --datasets sst2 --workdir /tmp/sweep --reuse
+    .venv/bin/python benchmarks/sweep.py --methods lora,ia3 --workdir /tmp/sweep --report-only   # table of what ran
 Results: a markdown table on stdout and benchmarks/results/sweep_<methods>.json. ``--reuse`` keeps the
 runs already finished in ``--workdir`` (a sweep killed part-way goes on where it stopped).
 """
@@ -84,9 +85,12 @@ def write_domain_files(work: Path) -> dict:
     return domains.write_data(work, argparse.Namespace(quick=False, medical_train=1000, legal_train=4000))
 
 
-def run_one(work: Path, dataset: str, method: str, overrides: dict, base: dict, reuse: bool) -> dict:
+def run_one(work: Path, dataset: str, method: str, overrides: dict, base: dict, reuse: bool,
+            report_only: bool = False) -> dict:
     tag = "-".join(f"{k.split('.')[-1]}{v}" for k, v in overrides.items()) or "defaults"
     out = work / f"{dataset}-{method}-{tag}"
+    if report_only and not (out / "summary.json").is_file():
+        return {"dataset": dataset, "method": method, "config": tag, "error": "not run"}
     if not (reuse and (out / "summary.json").is_file()):
         config = work / f"{dataset}.yaml"
         config.write_text(yaml.safe_dump(base))
@@ -122,6 +126,8 @@ def main() -> None:
     p.add_argument("--datasets", default=",".join(METRIC), help=f"comma list of: {', '.join(METRIC)}")
     p.add_argument("--workdir", help="keep data, configs, logs and runs here (default: a temp dir)")
     p.add_argument("--reuse", action="store_true", help="with --workdir: keep runs already finished there")
+    p.add_argument("--report-only", action="store_true", help="with --workdir: train nothing, report the runs "
+                   "finished there (the others are rows marked 'not run')")
     args = p.parse_args()
     methods, datasets = args.methods.split(","), args.datasets.split(",")
     unknown = [m for m in methods if m not in GRIDS] + [d for d in datasets if d not in METRIC]
@@ -135,7 +141,7 @@ def main() -> None:
     for dataset in datasets:
         base = dataset_config(dataset, files)
         for method in methods:
-            group = [run_one(work, dataset, method, o, base, args.reuse) for o in GRIDS[method]]
+            group = [run_one(work, dataset, method, o, base, args.reuse, args.report_only) for o in GRIDS[method]]
             scored = [r for r in group if "error" not in r and r["validation"] is not None]
             if scored:
                 max(scored, key=lambda r: r["validation"])["selected"] = True
