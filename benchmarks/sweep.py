@@ -91,7 +91,7 @@ def run_one(work: Path, dataset: str, method: str, overrides: dict, base: dict, 
     out = work / f"{dataset}-{method}-{tag}"
     if report_only and not (out / "summary.json").is_file():
         return {"dataset": dataset, "method": method, "config": tag, "error": "not run"}
-    if not (reuse and (out / "summary.json").is_file()):
+    if not ((reuse or report_only) and (out / "summary.json").is_file()):
         config = work / f"{dataset}.yaml"
         config.write_text(yaml.safe_dump(base))
         cmd = [*DELTATUNE, "train", str(config), f"method.name={method}", *(f"{k}={v}" for k, v in overrides.items()),
