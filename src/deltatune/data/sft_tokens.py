@@ -126,13 +126,14 @@ def sample_conversations(d, table, positions, n: int) -> list:
     if n <= 0 or not len(positions):
         return []
     wanted, out = set(np.asarray(positions).tolist()), []
-    index = 0
+    index, last, layout = 0, max(wanted), None
     for chunk in row_chunks(table.schema.metadata[b"deltatune_file"].decode(), d.format):
+        layout = layout or _layout(d, chunk)  # the file's first row decides, as in training
         picked = [r for k, r in enumerate(chunk, index) if k in wanted]
         index += len(chunk)
-        out += [c for c in rows_to_conversations(picked, _layout(d, picked), FieldMap(d.fields), d.system_prompt,
+        out += [c for c in rows_to_conversations(picked, layout, FieldMap(d.fields), d.system_prompt,
                                                  allow_empty_answer=d.empty_answers == "drop") if c.prompt_messages]
-        if len(out) >= n or index > max(wanted):
+        if len(out) >= n or index > last:
             break
     return out[:n]
 
