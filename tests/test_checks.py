@@ -54,10 +54,13 @@ def test_clean_data_triggers_nothing(tmp_path, bert):
 
 def test_imbalance_and_the_metric(tmp_path, bert):
     skewed = [{"text": sentence(i), "label": "neg" if i < 3 else "pos"} for i in range(30)]
-    found, _ = checks(tmp_path, bert, skewed, balanced(10, offset=100))
-    assert "imbalance" in found and "9.0x" in found["imbalance"].evidence
-    assert "class_weights" in found["imbalance"].fix and "f1_macro" in found["imbalance"].fix
+    found, _ = checks(tmp_path, bert, skewed, balanced(10, offset=100))  # class_weights: auto weighs them
+    assert found["imbalance"].severity == "info" and "9.0x" in found["imbalance"].evidence
+    assert "class_weights: none" in found["imbalance"].fix
     assert "metric" not in found  # the default metric switches to macro-F1 by itself
+    found, _ = checks(tmp_path, bert, skewed, balanced(10, offset=100), "classify.class_weights=none")
+    assert found["imbalance"].severity == "warning" and "9.0x" in found["imbalance"].evidence
+    assert "class_weights" in found["imbalance"].fix and "f1_macro" in found["imbalance"].fix
     found, _ = checks(tmp_path, bert, skewed, balanced(10, offset=100), "train.metric_for_best=accuracy")
     assert "metric" in found and "f1_macro" in found["metric"].fix
     found, _ = checks(tmp_path, bert, skewed, balanced(10, offset=100), "classify.class_weights=balanced")

@@ -125,7 +125,7 @@ def test_plan_variants_and_learning_rates(setup, tmp_path):
     assert plan["dora"].method == "lora" and plan["dora"].options["use_dora"] is True
     assert plan["dora"].options["r"] == 4 and plan["lora"].options["r"] == 4  # the config's own options
     assert plan["lora"].learning_rate == 5e-4 and plan["lora"].lr_source == "config"
-    assert plan["full"].learning_rate == 5e-5 and plan["ia3"].learning_rate == 1e-2
+    assert plan["full"].learning_rate == 1e-4 and plan["ia3"].learning_rate == 1e-2  # full: classify's own rate
     raw = entry_config(cfg, plan["full"])
     assert raw["train"]["seed"] == 3 and raw["method"] == {"name": "full"}
     assert raw["output_dir"].endswith("full-seed3")

@@ -80,3 +80,18 @@ def test_a_lora_variant_name_is_lora_with_the_variants_options():
     assert (cfg.method.name, cfg.method.loraplus_lr_ratio) == ("lora", 4)
     with pytest.raises(ConfigError, match="method.name: unknown method 'dorra'"):
         load_config(None, ["method.name=dorra"])
+
+
+def test_a_method_may_have_its_own_learning_rate_for_one_task():
+    from deltatune.checks.config_checks import learning_rate
+    from deltatune.methods.registry import get_method
+
+    full = get_method("full")
+    assert full.lr_for("classify") == 1e-4 and full.lr_for("sft") == full.default_lr == 5e-5
+    assert load_config(None, ["method.name=full"]).train.learning_rate == 1e-4
+    assert load_config(None, ["task=sft", "method.name=full"]).train.learning_rate == 5e-5
+    assert load_config(None, ["method.name=full", "train.learning_rate=3e-5"]).train.learning_rate == 3e-5
+    # the pre-flight check measures against the task's own default: 6e-6 is 16.7x below 1e-4, 8.3x below 5e-5
+    finding = learning_rate(load_config(None, ["method.name=full", "train.learning_rate=6e-6"]))
+    assert finding is not None and "default (0.0001)" in finding.evidence
+    assert learning_rate(load_config(None, ["task=sft", "method.name=full", "train.learning_rate=6e-6"])) is None

@@ -81,6 +81,11 @@ def test_class_weights_balanced_explicit_and_wrong():
         resolve_class_weights({"digestiv": 2}, names, values, [3, 1], 4, False)
     with pytest.raises(ConfigError, match="3 weights for 2 labels"):
         resolve_class_weights([1, 2, 3], names, values, [3, 1], 4, False)
+    # auto: balanced from 5x on, single-label only; none: unweighted
+    assert resolve_class_weights("auto", names, values, [5, 1], 6, False) == [0.6, 3.0]
+    assert resolve_class_weights("auto", names, values, [49, 10], 59, False) is None  # 4.9x
+    assert resolve_class_weights("auto", names, values, [5, 1], 6, multi_label=True) is None
+    assert resolve_class_weights("none", names, values, [3, 1], 4, False) is None
 
 
 def test_thresholds_tuned_globally_or_per_label():
@@ -204,10 +209,15 @@ def test_weighted_run_records_weights_selects_on_macro_f1_and_reports_recall(tin
     assert "per-class recall on validation: base -> tuned" in md and "recall base->tuned: c0 " in md
     assert "confusion matrix" in md and "class weights" in md
     assert load_config(out / "config.yaml").classify.class_weights == weights  # reloads as it ran
-    # a user's metric is kept (and said so)
+    # a user's metric is kept (and said so); the default class_weights (auto) weighs these labels (6x)
     assert cli("train", f"model.name={tiny[3]}", f"data.train={train}", f"data.validation={val}", "train.max_steps=1",
                "train.metric_for_best=accuracy", *COMMON, "--output-dir", tmp_path / "r2") == 0
-    assert "best checkpoint by accuracy (set in the config)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "best checkpoint by accuracy (set in the config)" in err and "(auto: imbalanced labels" in err
+    assert yaml.safe_load((tmp_path / "r2" / "config.yaml").read_text())["classify"]["class_weights"] == weights
+    assert cli("train", f"model.name={tiny[3]}", f"data.train={train}", f"data.validation={val}", "train.max_steps=1",
+               "classify.class_weights=none", *COMMON, "--output-dir", tmp_path / "r3") == 0
+    assert yaml.safe_load((tmp_path / "r3" / "config.yaml").read_text())["classify"]["class_weights"] == "none"
 
 
 def test_long_document_gets_one_prediction_past_the_position_limit(tiny, imbalanced, tmp_path, capsys):

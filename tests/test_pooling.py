@@ -86,3 +86,94 @@ def test_a_run_records_its_pooling_and_eval_reloads_it(models, tmp_path, capsys)
     from deltatune.runs.loaded import load_run
 
     assert isinstance(load_run(out).model.base_model.pooler, MeanPooler)
+
+
+def _as_sentence_transformer(path, **modes):
+    """Add the sentence-transformers files that name the checkpoint's pooling."""
+    (path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (path / "1_Pooling").mkdir(exist_ok=True)
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **modes}))
+
+
+def test_auto_pooling_follows_the_checkpoint(models, tmp_path):
+    import shutil
+
+    from deltatune.models.bundled import resolve_model_path
+    from deltatune.models.pooling import checkpoint_pooling, resolve_pooling
+
+    plain = models["bert"]
+    assert checkpoint_pooling(plain) is None and resolve_pooling("auto", _classifier(plain), plain) == "cls"
+    st = shutil.copytree(plain, tmp_path / "st")
+    _as_sentence_transformer(st, pooling_mode_mean_tokens=True, pooling_mode_cls_token=False)
+    assert checkpoint_pooling(st) == "mean" and resolve_pooling("auto", _classifier(st), st) == "mean"
+    assert resolve_pooling("cls", _classifier(st), st) == "cls"  # a choice is kept
+    _as_sentence_transformer(st, pooling_mode_mean_tokens=True, pooling_mode_max_tokens=True)
+    assert checkpoint_pooling(st) is None  # a mix deltatune cannot reproduce: cls
+    _as_sentence_transformer(st, pooling_mode_cls_token=True)
+    assert checkpoint_pooling(st) == "cls"
+    (st / "1_Pooling" / "config.json").write_text("{not json")
+    assert checkpoint_pooling(st) is None
+    llama = shutil.copytree(models["llama"], tmp_path / "llama")
+    _as_sentence_transformer(llama, pooling_mode_mean_tokens=True)  # no BERT pooler to feed: cls
+    assert resolve_pooling("auto", _classifier(llama), llama) == "cls"
+    assert checkpoint_pooling(resolve_model_path("minilm-l6")) == "mean"  # the bundled MiniLM
+
+
+def test_auto_pooling_is_recorded_as_what_ran(models, tmp_path, capsys):
+    import shutil
+
+    st = shutil.copytree(models["bert"], tmp_path / "st")
+    _as_sentence_transformer(st, pooling_mode_mean_tokens=True)
+    rows = [{"text": f"{w} item {i}", "label": w} for i in range(8) for w in ("good", "bad")]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for model, want in ((st, "mean"), (models["bert"], "cls")):
+        out = tmp_path / f"run-{want}"
+        assert main(["train", f"model.name={model}", f"data.train={data}", "train.max_steps=1", "train.progress=false",
+                     "train.precision=fp32", "--output-dir", str(out)]) == 0
+        assert yaml.safe_load((out / "config.yaml").read_text())["classify"]["pooling"] == want
+    # a mean-pooled LoRA run in PEFT: the same logits once the base pools the same way (README)
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForSequenceClassification
+
+    from deltatune.runs.loaded import load_run
+
+    run = load_run(tmp_path / "run-mean")
+    batch = run.tokenizer(["good item 3", "bad item and more words"], padding=True, return_tensors="pt")
+    base = AutoModelForSequenceClassification.from_pretrained(st, num_labels=2)
+    plain = peft.PeftModel.from_pretrained(base, tmp_path / "run-mean" / "adapter").eval()
+    with torch.no_grad():
+        ours, theirs = run.model(**batch).logits, plain(**batch).logits
+        assert not torch.allclose(ours, theirs, atol=1e-4)  # [CLS] pooling: not what was trained
+        install_pooling(plain.get_base_model(), "mean")
+        torch.testing.assert_close(plain(**batch).logits, ours, atol=1e-5, rtol=1e-5)
+    # the adapter folder alone: pools as recorded beside it; a PEFT adapter without the record pools as PEFT does
+    from deltatune.runs.loaded import load_adapter
+
+    alone = load_adapter(tmp_path / "run-mean" / "adapter", str(st), command="eval")
+    assert alone.cfg.classify.pooling == "mean"
+    with torch.no_grad():
+        torch.testing.assert_close(alone.model(**batch).logits, ours, atol=1e-5, rtol=1e-5)
+    peft_made = shutil.copytree(tmp_path / "run-mean" / "adapter", tmp_path / "peft-made")
+    (peft_made / "deltatune_pooling.json").unlink()
+    assert load_adapter(peft_made, str(st), command="eval").cfg.classify.pooling == "cls"
+
+
+def test_reuse_settles_auto_options_as_the_run_did(models, tmp_path):
+    """compare/demo reuse a finished run when `auto` would settle as it did (same model, same labels)."""
+    from deltatune.config import load_config
+    from deltatune.data.classify_options import resolved
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_config(None, ["model.name=minilm-l6"])
+    assert resolved(cfg, run) == {"classify.pooling": "mean", "classify.class_weights": "unknown"}  # no report
+    (run / "eval_report.json").write_text(json.dumps({"label_counts": {"fair": 50, "unfair": 5}}))
+    assert resolved(cfg, run)["classify.class_weights"] == {"fair": 0.55, "unfair": 5.5}
+    (run / "eval_report.json").write_text(json.dumps({"label_counts": {"fair": 5, "unfair": 4}}))
+    assert resolved(cfg, run)["classify.class_weights"] == "none"
+    plain = load_config(None, [f"model.name={models['bert']}", "classify.pooling=cls", "classify.class_weights=none"])
+    assert resolved(plain, run) == {}  # nothing left to settle
+    assert resolved(load_config(None, [f"model.name={models['bert']}"]), run)["classify.pooling"] == "cls"

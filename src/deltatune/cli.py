@@ -229,7 +229,8 @@ def _cmd_methods(args) -> int:
         merge = ("; mergeable" if spec.merge else "" if spec.trains_whole_model else "; not mergeable")
         what = (f"{spec.name} with {', '.join(f'{k}: {v}' for k, v in opts.items())}" if opts
                 else spec.description)
-        print(f"{row:<14} {shown:>32}  {what} [lr {spec.default_lr:g}{merge}]")
+        task_lr = "".join(f", {task} {lr:g}" for task, lr in spec.task_lr.items())
+        print(f"{row:<14} {shown:>32}  {what} [lr {spec.default_lr:g}{task_lr}{merge}]")
     print("\n(default options, 2-label head included; variants are names `method.name` and `compare --methods` accept; "
           "`--model NAME` counts on another model)")
     return 0

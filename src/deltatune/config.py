@@ -75,7 +75,7 @@ class TrainConfig(_Strict):
     batch_size: int = Field(16, gt=0, description="examples per micro-batch (per device); 16 beat 32 on SST-2 (more steps per epoch, half the activation memory)")
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     learning_rate: float | None = Field(
-        None, gt=0, description="peak learning rate; default: the method's own (LoRA 1e-3, full 5e-5)")
+        None, gt=0, description="peak learning rate; default: the method's own (LoRA 1e-3; full 5e-5, 1e-4 for classify)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (never on biases and norms)")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="share of steps with linear warm-up")
     scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="decay after warm-up")
@@ -155,7 +155,7 @@ class Config(_Strict):
         if t.greater_is_better is None:
             t.greater_is_better = t.metric_for_best not in spec.lower_is_better
         if t.learning_rate is None:
-            t.learning_rate = get_method(self.method.name).default_lr
+            t.learning_rate = get_method(self.method.name).lr_for(self.task)
         if spec.check is not None:
             spec.check(self)
         return self

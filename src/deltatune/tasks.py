@@ -113,6 +113,10 @@ class TaskSpec:
     inspect: Callable[[Config], Any] | None = None
     """``cfg -> DataView``: the examples as the pre-flight data checks see them (text, labels, length,
     trained tokens; :mod:`deltatune.checks.views`). None: ``deltatune check`` runs the config checks only."""
+    resolved: Callable[[Config, Path], dict[str, Any]] | None = None
+    """``(cfg, run_dir) -> {"section.key": value}``: what the options ``cfg`` leaves to the run to settle
+    (``auto``) settle to for the finished run in ``run_dir`` (its model and data), so that a rerun that
+    would settle them the same way counts as unchanged (``compare`` and ``demo`` reuse it)."""
     summary_keys: tuple[str, ...] = field(default_factory=tuple)
     """Summary values the CLI prints after training."""
     adapter_default: bool = False

@@ -26,17 +26,18 @@ def learning_rate(cfg) -> Finding | None:
     from deltatune.methods.registry import get_method
 
     spec, lr = get_method(cfg.method.name), cfg.train.learning_rate
-    low, high = spec.default_lr / LR_FACTOR, spec.default_lr * LR_FACTOR
+    default = spec.lr_for(cfg.task)
+    low, high = default / LR_FACTOR, default * LR_FACTOR
     if low <= lr <= high:
         return None
     side = "above" if lr > high else "below"
     effect = ("training is likely to diverge (loss NaN or stuck at chance) or forget what the model knew"
               if lr > high else "the adapter will barely move in the given budget")
     return Finding("learning_rate", "warning", f"Learning rate far {side} the usual range for {spec.name}",
-                   f"train.learning_rate {lr:g} is {lr / spec.default_lr:.3g}x the {spec.name} default "
-                   f"({spec.default_lr:g}); the usual range is {low:g} to {high:g}; {effect}",
+                   f"train.learning_rate {lr:g} is {lr / default:.3g}x the {spec.name} default "
+                   f"({default:g}); the usual range is {low:g} to {high:g}; {effect}",
                    f"use a value in {low:g}-{high:g}, e.g. remove train.learning_rate to use the default "
-                   f"{spec.default_lr:g}, or compare a few with `deltatune compare`")
+                   f"{default:g}, or compare a few with `deltatune compare`")
 
 
 def run(cfg, report: CheckReport) -> list[Finding]:

@@ -11,10 +11,11 @@ import numpy as np
 
 from deltatune.checks.findings import CheckReport, Finding
 from deltatune.checks.views import DataView, Rows, normalise
+from deltatune.losses.classification import AUTO_WEIGHT_RATIO
 
 IMBALANCE_RATIO = 3.0
-"""Largest/smallest class count from which labels count as imbalanced (the classify task switches
-its default selection metric to macro-F1 at the same ratio, :mod:`deltatune.data.labels`)."""
+"""Largest/smallest class count from which labels count as imbalanced (a warning, or an info line when
+``classify.class_weights: auto`` weighs them, from :data:`AUTO_WEIGHT_RATIO` on)."""
 NEAR_SIMILARITY = 0.9    # TF-IDF cosine (word 1-2-grams) from which two rows are near-duplicates
 NEAR_LIMIT = 20000       # rows compared for near-duplicates (a seeded sample beyond that)
 DUPLICATE_SHARE = 0.01   # duplicates above this share of the rows are a warning, else info
@@ -44,14 +45,20 @@ def imbalance(cfg, view: DataView) -> Finding | None:
     (big, n_big), (small, n_small) = counts.most_common()[0], counts.most_common()[-1]
     ratio = n_big / max(n_small, 1)
     opts = cfg.task_options()
-    handled = getattr(opts, "class_weights", None) or getattr(opts, "loss", "") in ("focal", "binary_focal")
+    weights = getattr(opts, "class_weights", None)
+    auto = weights == "auto" and not getattr(cfg.data, "multi_label", False) and ratio >= AUTO_WEIGHT_RATIO
+    handled = weights not in (None, "none", "auto") or getattr(opts, "loss", "") in ("focal", "binary_focal")
     if ratio < IMBALANCE_RATIO or handled:
         return None
     total = sum(counts.values())
     shown = ", ".join(f"{k} {v} ({v / total:.0%})" for k, v in counts.most_common(6))
-    return Finding("imbalance", "warning", "Imbalanced classes",
-                   f"training labels: {shown}; '{big}' is {ratio:.1f}x as frequent as '{small}', so a model can "
-                   f"score {n_big / total:.0%} accuracy by always answering '{big}'",
+    evidence = (f"training labels: {shown}; '{big}' is {ratio:.1f}x as frequent as '{small}', so a model can "
+                f"score {n_big / total:.0%} accuracy by always answering '{big}'")
+    if auto:
+        return Finding("imbalance", "info", "Imbalanced classes: the loss is weighted by class",
+                       f"{evidence}; classify.class_weights: auto weighs each class n/(C*n_c)",
+                       "nothing to do; classify.class_weights: none trains unweighted, or give your own weights")
+    return Finding("imbalance", "warning", "Imbalanced classes", evidence,
                    "weight the loss by class (classify.class_weights: balanced, or classify.loss: focal) and judge "
                    "the run by macro-F1 (train.metric_for_best: f1_macro), which counts every class equally")
 

@@ -5,6 +5,7 @@ best checkpoint when the training labels are imbalanced."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
@@ -42,13 +43,16 @@ class ClassifyOptions(_Strict):
     loss: Literal[tuple(CLASSIFICATION_LOSSES)] | None = Field(
         None, description="cross_entropy or focal (single-label), binary_cross_entropy or binary_focal "
         "(multi-label); default the first of each")
-    class_weights: Literal["balanced"] | dict[int | str, float] | list[float] | None = Field(
-        None, description="loss weight per label: balanced (from the training labels: n/(C*n_c); multi-label "
-        "pos_weight negatives/positives), {label: weight} or a list; config.yaml gets the weights used")
+    class_weights: Literal["auto", "balanced", "none"] | dict[int | str, float] | list[float] | None = Field(
+        "auto", description="loss weight per label: auto (balanced when single-label training labels are "
+        "imbalanced, largest class >= 5x the smallest; else none), balanced (from the training labels: n/(C*n_c); "
+        "multi-label pos_weight negatives/positives), none, {label: weight} or a list; config.yaml gets the "
+        "weights used")
     gamma: float = Field(2.0, ge=0, description="focal losses: scale each example by (1 - p_true)^gamma (0 = no focusing)")
-    pooling: Literal["cls", "mean"] = Field(
-        "cls", description="what the head reads: cls (the model's own pooler) or mean (mean of the real tokens' "
-        "hidden states, then the pooler layer; BERT-style encoders)")
+    pooling: Literal["auto", "cls", "mean"] = Field(
+        "auto", description="what the head reads: cls (the model's own pooler), mean (mean of the real tokens' "
+        "hidden states, then the pooler layer; BERT-style encoders) or auto (mean for sentence-embedding "
+        "checkpoints trained with mean pooling, like the bundled MiniLM; else cls)")
     threshold: float | Literal["tuned", "per_label"] = Field(
         0.5, description="multi-label decision threshold: a number, tuned (one, best validation micro-F1) or "
         "per_label (each label's best validation F1); saved with the run")
@@ -99,3 +103,32 @@ def select_metric(cfg: Config, counts: list[int]) -> dict:
         t.metric_for_best = "f1_micro" if cfg.data.multi_label else t.metric_for_best
         reason = f"training labels are balanced: largest/smallest class {ratio:.2f} < {IMBALANCED_RATIO}"
     return {"metric": t.metric_for_best, "reason": reason, "imbalance_ratio": round(ratio, 4)}
+
+
+def resolved(cfg: Config, run_dir: Path) -> dict:
+    """What ``classify.pooling: auto`` and ``classify.class_weights: auto`` settle to for ``cfg``'s
+    model and the training labels of the finished run in ``run_dir`` (its eval_report.json; the
+    data itself is checked unchanged separately)."""
+    from deltatune.io import read_json
+    from deltatune.losses.classification import auto_weighting, balanced_class_weights
+    from deltatune.models.bundled import resolve_model_path
+    from deltatune.models.pooling import checkpoint_pooling
+
+    o, out = cfg.classify, {}
+    if o.pooling == "auto":  # (a mean-pooling checkpoint without a BERT pooler ran cls: trains again)
+        try:
+            path = resolve_model_path(cfg.model.name)
+        except Exception:  # a model that cannot be found now: the run trains again and says why
+            path = None
+        out["classify.pooling"] = "mean" if checkpoint_pooling(path) == "mean" else "cls"
+    if o.class_weights == "auto":
+        report = run_dir / "eval_report.json"
+        counts = read_json(report, "evaluation report").get("label_counts") if report.is_file() else None
+        if not counts:
+            out["classify.class_weights"] = "unknown"
+        elif cfg.data.multi_label or not auto_weighting(list(counts.values()), False):
+            out["classify.class_weights"] = "none"
+        else:
+            weights = balanced_class_weights(list(counts.values()))
+            out["classify.class_weights"] = {k: round(w, 6) for k, w in zip(counts, weights)}
+    return out

@@ -122,12 +122,29 @@ def balanced_pos_weight(positives: Sequence[int], n: int) -> list[float]:
     return [(n - p) / p if p else 1.0 for p in positives]
 
 
+AUTO_WEIGHT_RATIO = 5.0
+"""``class_weights: auto`` weighs the classes (balanced) from this largest/smallest class ratio on.
+Measured with LoRA (README, "Defaults sweep"): on the unfair-clause data (11.7x) test macro-F1 0.479
+unweighted (a model that always answers 'fair') against 0.678 balanced; on Medical Abstracts (3.2x)
+0.614 unweighted against 0.523 balanced. 5 lies between the two."""
+
+
+def auto_weighting(counts: Sequence[int], multi_label: bool) -> bool:
+    """Whether ``class_weights: auto`` weighs these training labels: single-label, and the largest
+    class at least :data:`AUTO_WEIGHT_RATIO` times the smallest present one."""
+    present = [c for c in counts if c > 0]
+    return not multi_label and len(present) > 1 and max(present) >= AUTO_WEIGHT_RATIO * min(present)
+
+
 def resolve_class_weights(option, names: Sequence[str], values: Sequence, counts: Sequence[int],
                           n: int, multi_label: bool) -> list[float] | None:
-    """One weight per label from ``classify.class_weights``: None, ``"balanced"`` (from the training
-    label ``counts``: examples per class, or positives per label of ``n`` examples), a list in label
-    order, or a mapping ``{label name or raw value: weight}`` (labels it leaves out weigh 1)."""
-    if option is None:
+    """One weight per label from ``classify.class_weights``: None or ``"none"``, ``"auto"`` (balanced
+    when :func:`auto_weighting`, else None), ``"balanced"`` (from the training label ``counts``:
+    examples per class, or positives per label of ``n`` examples), a list in label order, or a
+    mapping ``{label name or raw value: weight}`` (labels it leaves out weigh 1)."""
+    if option == "auto":
+        option = "balanced" if auto_weighting(counts, multi_label) else None
+    if option is None or option == "none":
         return None
     if option == "balanced":
         weights = balanced_pos_weight(counts, n) if multi_label else balanced_class_weights(counts)
@@ -148,6 +165,16 @@ def resolve_class_weights(option, names: Sequence[str], values: Sequence, counts
                               f"{', '.join(names)}")
         weights[index[str(key)]] = float(w)
     return weights
+
+
+def settle_class_weights(opts, names: Sequence[str], values: Sequence, counts: Sequence[int], n: int,
+                         multi_label: bool) -> tuple[list[float] | None, bool]:
+    """(weights, chosen by ``auto``) for a run's ``classify`` options, which then record what ran:
+    the weights as ``{label: weight}``, or ``"none"`` where ``auto`` chose none."""
+    weights = resolve_class_weights(opts.class_weights, names, values, counts, n, multi_label)
+    auto = opts.class_weights == "auto"
+    opts.class_weights = dict(zip(names, weights)) if weights is not None else ("none" if auto else opts.class_weights)
+    return weights, auto and weights is not None
 
 
 def classifier_batch_loss(model, batch: dict, loss=cross_entropy_sum):

@@ -69,6 +69,7 @@ class MethodSpec:
     load: Callable[[nn.Module, Path], None]
     """Load saved weights into a model that ``apply`` already adapted."""
     default_lr: float
+    """Peak learning rate when the config sets none (:meth:`lr_for`: a task may have its own)."""
     saved_dir: str = "adapter"           # run-dir subfolder written by ``save``
     mergeable: bool = False
     merge: Callable[[nn.Module], nn.Module] | None = None
@@ -96,6 +97,12 @@ class MethodSpec:
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Named presets of this method's options that ``deltatune compare --methods`` accepts as method
     names (LoRA: ``dora`` = ``use_dora: true``)."""
+    task_lr: dict[str, float] = field(default_factory=dict)
+    """Default learning rates measured better for one task than ``default_lr`` (``{"classify": 1e-4}``)."""
+
+    def lr_for(self, task: str) -> float:
+        """The default learning rate of this method for ``task``."""
+        return self.task_lr.get(task, self.default_lr)
 
     @property
     def config_cls(self) -> type[MethodOptions]:

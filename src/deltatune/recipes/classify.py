@@ -16,7 +16,7 @@ from deltatune.data.batching import LengthGroupedBatchSampler, pad_collate
 from deltatune.data.classify import LabelSet
 from deltatune.data.classify_tokens import ClassificationInputs, cached_file_features
 from deltatune.data.classify_options import (MULTI_ONLY_METRICS, ClassifyData, ClassifyOptions, check,
-                                             select_metric)
+                                             resolved, select_metric)
 from deltatune.data.labels import check_learnable
 from deltatune.data.token_cache import feature_lengths
 from deltatune.data.windows import document_count
@@ -25,9 +25,9 @@ from deltatune.evaluation.classify import evaluate_file as evaluate_in_memory
 from deltatune.evaluation.classify_report import run_markdown
 from deltatune.evaluation.metrics import scalar_metrics
 from deltatune.io import read_json, write_json_atomic
-from deltatune.losses.classification import classifier_batch_loss, make_loss, resolve_class_weights
+from deltatune.losses.classification import classifier_batch_loss, make_loss, settle_class_weights
 from deltatune.models import fit_max_length, load_for_classification
-from deltatune.models.pooling import install_pooling
+from deltatune.models.pooling import install_pooling, record_pooling, resolve_pooling, saved_pooling
 from deltatune.tasks import TaskSpec, register_task
 from deltatune.training.logging import log
 
@@ -43,10 +43,8 @@ class ClassifyJob:
         self.model, self.tokenizer, self.model_path = load_classifier(cfg, cfg.model.name, data.labels, t.seed)
         fit_max_length(cfg, self.model)
         counts = data.counts
-        self.weights = resolve_class_weights(o.class_weights, self.names, data.labels.values, counts,
-                                             data.train_size, d.multi_label)
-        if self.weights is not None:  # config.yaml records the weights used, not just "balanced"
-            o.class_weights = dict(zip(self.names, self.weights))
+        self.weights, self.auto_weights = settle_class_weights(o, self.names, data.labels.values, counts,
+                                                               data.train_size, d.multi_label)
         self.label_counts, self.selection = dict(zip(self.names, counts)), select_metric(cfg, counts)
         self.scorer = scorer_for(cfg, self.names)
         self.feats = data.features(self.tokenizer, d.max_length, d.windows)
@@ -57,7 +55,8 @@ class ClassifyJob:
         if self.has_validation:
             log(f"best checkpoint by {self.selection['metric']} ({self.selection['reason']})")
         windows = {s: f" ({len(f)} windows)" if self.cfg.data.windows else "" for s, f in self.feats.items()}
-        weights = f"; class weights {self.cfg.classify.class_weights}" if self.weights else ""
+        auto = " (auto: imbalanced labels; classify.class_weights: none to turn off)" if self.auto_weights else ""
+        weights = f"; class weights {self.cfg.classify.class_weights}{auto}" if self.weights else ""
         return (f"data: {', '.join(f'{document_count(f)} {s}{windows[s]}' for s, f in self.feats.items())} "
                 f"examples; labels: {', '.join(self.names)}{weights}")
 
@@ -90,6 +89,7 @@ class ClassifyJob:
         return {s: self.evaluate(model, s) for s in ("validation", "test") if s in self.feats}
 
     def save(self, run_dir: Path) -> None:
+        record_pooling(self.cfg.classify.pooling, run_dir)
         write_json_atomic({"id2label": {str(k): v for k, v in self.labels.id2label.items()},
                            "values": self.labels.values, "multi_label": self.scorer.multi_label,
                            "thresholds": self.scorer.thresholds}, run_dir / "labels.json")
@@ -110,6 +110,7 @@ def scorer_for(cfg: Config, names: list[str], thresholds: list[float] | None = N
 
 def load_classifier(cfg: Config, source: str, labels: LabelSet, seed: int):
     model, tokenizer, path = load_for_classification(source, len(labels), labels.id2label, seed, dtype=cfg.model.dtype)
+    cfg.classify.pooling = resolve_pooling(cfg.classify.pooling, model, path)  # config.yaml says which ran
     install_pooling(model, cfg.classify.pooling)
     if cfg.data.multi_label:  # saved in config.json: transformers' own loss is then BCE too
         model.config.problem_type = "multi_label_classification"
@@ -129,6 +130,8 @@ def load_model(cfg: Config, source: str, run_dir: Path | None, saved: Path):
     else:
         n = saved_head_outputs(saved)
         labels = LabelSet(list(range(n)), [str(i) for i in range(n)])
+    if run_dir is None:  # an adapter alone: pools as PEFT does, unless deltatune saved how it pooled
+        cfg.classify.pooling = saved_pooling(saved)
     model, tokenizer, path = load_classifier(cfg, source, labels, cfg.train.seed)  # untuned: the run's base head
     return model, tokenizer, path, {"labels": labels,
                                     "scorer": scorer_for(cfg, labels.names, saved_labels.get("thresholds"))}
@@ -148,6 +151,7 @@ CLASSIFY = register_task(TaskSpec(
                 "class weights, focal loss, sliding windows; accuracy, F1)",
     data_options=ClassifyData,
     options=ClassifyOptions,
+    resolved=resolved,
     prepare=ClassifyJob,
     load_model=load_model,
     inspect=classify_view,

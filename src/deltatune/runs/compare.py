@@ -66,7 +66,7 @@ def plan_compare(cfg: Config, methods: list[str], seeds: list[int], out_dir: Pat
     """The runs to compare, seed-major (a whole first-seed comparison exists before the second seed)."""
     if len(set(methods)) != len(methods):
         raise UserError(f"--methods: {','.join(methods)} names a method twice; each once")
-    user_lr = cfg.train.learning_rate != get_method(cfg.method.name).default_lr
+    user_lr = cfg.train.learning_rate != get_method(cfg.method.name).lr_for(cfg.task)
     entries = []
     for seed in seeds:
         for label in methods:
@@ -76,7 +76,7 @@ def plan_compare(cfg: Config, methods: list[str], seeds: list[int], out_dir: Pat
                 raise UserError(f"--methods: {exc}") from None
             own = spec.name == cfg.method.name
             options = {**(cfg.method.model_dump() if own else {"name": spec.name}), **variant}
-            lr = cfg.train.learning_rate if own and user_lr else spec.default_lr
+            lr = cfg.train.learning_rate if own and user_lr else spec.lr_for(cfg.task)
             entries.append(Entry(label, spec.name, options, seed, str(out_dir / "runs" / f"{label}-seed{seed}"),
                                  lr, "config" if own and user_lr else "method default"))
     return entries

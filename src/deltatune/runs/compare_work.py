@@ -20,11 +20,15 @@ def config_differences(cfg: Config, run_dir: Path) -> list[str]:
     the result, like the progress bar, excluded)."""
     import yaml
 
+    from deltatune.tasks import get_task
+
     saved = yaml.safe_load((run_dir / RUN_MARKER).read_text(encoding="utf-8")) or {}
     now = cfg.model_dump(mode="json")
+    resolve = get_task(cfg.task).resolved
+    settled = resolve(cfg, run_dir) if resolve else {}  # "auto" options as this run's model and data settle them
     skip = {"train.resume", "train.progress"} | ({"data.max_length"} if cfg._max_length_is_default else set())
     diffs = [f"{s}.{k}" for s in now if isinstance(now[s], dict) for k in now[s]
-             if f"{s}.{k}" not in skip and (saved.get(s) or {}).get(k) != now[s][k]]
+             if f"{s}.{k}" not in skip and (saved.get(s) or {}).get(k) != settled.get(f"{s}.{k}", now[s][k])]
     return diffs + [k for k in now if not isinstance(now[k], dict) and k != "output_dir" and saved.get(k) != now[k]]
 
 

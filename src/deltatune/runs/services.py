@@ -76,6 +76,8 @@ def merge(run: LoadedRun, out_dir: str | Path) -> Path:
     try:
         merged.save_pretrained(tmp, safe_serialization=True)
         run.tokenizer.save_pretrained(tmp)
+        for record in Path(run.saved).glob("deltatune_*.json"):  # e.g. how a classifier's head pooled
+            shutil.copy2(record, tmp / record.name)
         if out_dir.exists():
             out_dir.rmdir()
         tmp.rename(out_dir)
