@@ -67,7 +67,6 @@ def worker(data: dict, cfg: dict, metric: str, out_json: Path) -> None:
     from deltatune.data.classify import load_classification_data
 
     transformers.set_seed(SEED)
-    torch.set_num_threads(torch.get_num_threads())
     split = load_classification_data(
         data["train"], data.get("validation"), data.get("test"), None, data.get("text_field", "text"), None,
         data.get("label_field", "label"), data.get("label_names"), SEED, data.get("max_train_samples"),

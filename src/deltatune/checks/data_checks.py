@@ -11,7 +11,7 @@ import numpy as np
 
 from deltatune.checks.findings import CheckReport, Finding
 from deltatune.checks.views import DataView, Rows, normalise
-from deltatune.losses.classification import AUTO_WEIGHT_RATIO
+from deltatune.losses.classification import auto_weighting
 
 IMBALANCE_RATIO = 3.0
 """Largest/smallest class count from which labels count as imbalanced (a warning, or an info line when
@@ -46,7 +46,7 @@ def imbalance(cfg, view: DataView) -> Finding | None:
     ratio = n_big / max(n_small, 1)
     opts = cfg.task_options()
     weights = getattr(opts, "class_weights", None)
-    auto = weights == "auto" and not getattr(cfg.data, "multi_label", False) and ratio >= AUTO_WEIGHT_RATIO
+    auto = weights == "auto" and auto_weighting(list(counts.values()), getattr(cfg.data, "multi_label", False))
     handled = weights not in (None, "none", "auto") or getattr(opts, "loss", "") in ("focal", "binary_focal")
     if ratio < IMBALANCE_RATIO or handled:
         return None

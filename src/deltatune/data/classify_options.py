@@ -110,7 +110,7 @@ def resolved(cfg: Config, run_dir: Path) -> dict:
     model and the training labels of the finished run in ``run_dir`` (its eval_report.json; the
     data itself is checked unchanged separately)."""
     from deltatune.io import read_json
-    from deltatune.losses.classification import auto_weighting, balanced_class_weights
+    from deltatune.losses.classification import resolve_class_weights
     from deltatune.models.bundled import resolve_model_path
     from deltatune.models.pooling import checkpoint_pooling
 
@@ -124,11 +124,8 @@ def resolved(cfg: Config, run_dir: Path) -> dict:
     if o.class_weights == "auto":
         report = run_dir / "eval_report.json"
         counts = read_json(report, "evaluation report").get("label_counts") if report.is_file() else None
-        if not counts:
-            out["classify.class_weights"] = "unknown"
-        elif cfg.data.multi_label or not auto_weighting(list(counts.values()), False):
-            out["classify.class_weights"] = "none"
-        else:
-            weights = balanced_class_weights(list(counts.values()))
-            out["classify.class_weights"] = {k: round(w, 6) for k, w in zip(counts, weights)}
+        names, n = list(counts or {}), sum((counts or {}).values())
+        weights = resolve_class_weights("auto", names, names, list((counts or {}).values()), n, cfg.data.multi_label)
+        out["classify.class_weights"] = ("unknown" if not counts else dict(zip(names, weights)) if weights
+                                         else "none")
     return out
