@@ -1,10 +1,11 @@
 """Defaults sweep (issue 12): which settings of each method win across datasets nobody tuned them on.
 
-For every dataset and method, every configuration of the method's grid trains once (MiniLM, 1 epoch,
-seed 42, fp32) and is scored on the dataset's validation split; the configuration with the best
-validation score is "selected", and its score on a held-out test split that no selection ever reads
-is reported beside the score of the defaults (``method.name`` and nothing else). A default deserves
-its place when it is selected, or when its test score is within noise of the selected one.
+For every dataset and method, every configuration of the method's grid trains once (MiniLM, seed 42,
+fp32, ``train.epochs: auto``: one pass, four on Medical Abstracts' 63-step pass) and is scored on the
+dataset's validation split; the configuration with the best validation score is "selected", and its
+score on a held-out test split that no selection ever reads is reported beside the score of the
+defaults (``method.name`` and nothing else). A default deserves its place when it is selected, or when
+its test score is within noise of the selected one.
 
 Datasets (the same files for every configuration):
   sst2          8,000 sentences sampled from ``sst2/train.tsv`` after holding out 5% of the file as the test
@@ -68,19 +69,34 @@ GRIDS: dict[str, list[dict]] = {
 # Extra grid points of one dataset, for `classify.class_weights: auto` (balanced from a 5x imbalance on):
 # the unfair-clause labels are 11.7x imbalanced, so the defaults weigh them ("none": the unweighted run);
 # Medical Abstracts are 3.2x, so the defaults do not ("balanced": the weighted run).
-EXTRA: dict[str, dict[str, list[dict]]] = {"legal_binary": {"lora": [{**CLS, "classify.class_weights": "none"}]},
-                                           "medical": {"lora": [{**CLS, "classify.class_weights": "balanced"}]}}
+# On SST-2, the LoRA options tried for the 87% goal (none beat the defaults' validation score by more than 0.002).
+# Medical Abstracts' 1,000 training rows are 63 steps a pass: `train.epochs: auto` trains 4 passes there
+# (200+ steps); "epochs1" is the one-pass run, the default before (SST-2 and the unfair clauses have 250+
+# steps a pass, so auto is one pass there and their "defaults" are one pass). Seeds 43 and 44 rerun the
+# LoRA defaults there, to set beside the PEFT reference's own seed reruns (sweep_peft.py --seeds).
+ONE_PASS = {"train.epochs": 1}
+EXTRA: dict[str, dict[str, list[dict]]] = {
+    "legal_binary": {"lora": [{**CLS, "classify.class_weights": "none"}]},
+    "medical": {"lora": [{**CLS, "classify.class_weights": "balanced"}, ONE_PASS, {"train.epochs": 3},
+                         {"train.epochs": 5}, {"train.batch_size": 8}, {"train.seed": 43}, {"train.seed": 44}],
+                **{m: [ONE_PASS] for m in ("dora", "ia3", "bitfit", "adapters", "full", "prompt_tuning", "prefix_tuning")}},
+    "sst2": {"lora": [{"train.learning_rate": 5e-4}, {"train.batch_size": 8}, {"train.batch_size": 8, "train.learning_rate": 5e-4},
+                      {"train.batch_size": 32, "train.learning_rate": 2e-3}, {"method.alpha": 16}, {"method.alpha": 64},
+                      {"method.r": 32, "method.alpha": 64}, {"train.warmup_ratio": 0.1}, {"method.dropout": 0.1},
+                      {"train.scheduler": "cosine"}, {"method.loraplus_lr_ratio": 16}, {"train.weight_decay": 0.01}]},
+}
 METRIC = {"sst2": "accuracy", "medical": "f1_macro", "legal_binary": "f1_macro", "demo": "accuracy"}
 
 
 def dataset_config(name: str, files: dict) -> dict:
     common = {"task": "classify", "model": {"name": "minilm-l6"},
-              "train": {"epochs": 1, "batch_size": 16, "seed": 42, "precision": "fp32", "progress": False,
+              "train": {"batch_size": 16, "seed": 42, "precision": "fp32", "progress": False,
                         "checkpoint_every": 100000, "metric_for_best": METRIC[name]}}
-    if name == "demo":  # make demo's budget: 2,000 sentences of the shipped sample, dev as validation, no test
+    if name == "demo":  # make demo's budget: 2,000 sentences of the shipped sample, 1 pass, dev as validation, no test
         from deltatune.demo import demo_config
 
-        return {**common, "data": {**demo_config()["data"], "max_train_samples": 2000}}
+        return {**common, "train": {**common["train"], "epochs": 1},
+                "data": {**demo_config()["data"], "max_train_samples": 2000}}
     if name == "sst2":
         data = {"train": str(DATA / "sst2" / "train.tsv"), "validation": str(DATA / "sst2" / "dev.tsv"),
                 "test_split": 0.05, "max_train_samples": 8000, "text_field": "sentence", "label_field": "label",
@@ -97,6 +113,14 @@ def write_domain_files(work: Path) -> dict:
     import domains
 
     return domains.write_data(work, argparse.Namespace(quick=False, medical_train=1000, legal_train=4000))
+
+
+def one_pass(dataset: str, overrides: dict) -> dict:
+    """Medical Abstracts' alternatives ran one pass (before ``epochs: auto``; four passes are 4x the time):
+    their overrides say so, and only the defaults, seed reruns and the epochs points take auto's passes."""
+    if dataset != "medical" or not overrides or "train.epochs" in overrides or set(overrides) == {"train.seed"}:
+        return overrides
+    return {**overrides, **ONE_PASS}
 
 
 def config_tag(overrides: dict) -> str:
@@ -162,10 +186,11 @@ def main() -> None:
     for dataset in datasets:
         base = dataset_config(dataset, files)
         for method in methods:
-            grid = GRIDS[method] + EXTRA.get(dataset, {}).get(method, [])
+            grid = [one_pass(dataset, o) for o in GRIDS[method] + EXTRA.get(dataset, {}).get(method, [])]
             group = [run_one(work, dataset, method, o, base, args.reuse,
                              args.report_only or bool(only and config_tag(o) not in only)) for o in grid]
-            scored = [r for r in group if "error" not in r and r["validation"] is not None]
+            scored = [r for r in group if "error" not in r and r["validation"] is not None  # a seed rerun is no config
+                      and set(r.get("overrides", {})) != {"train.seed"}]
             if scored:
                 max(scored, key=lambda r: r["validation"])["selected"] = True
             rows += group

@@ -251,4 +251,7 @@ def test_a_budget_too_small_for_prompt_tuning_is_warned(tmp_path, bert):
                                "train.batch_size=4")
         assert "budget" in report.ran and ("budget" in found) == warned, method
     found, _ = checks(tmp_path, bert, balanced(), None, "method.name=prompt_tuning", "train.batch_size=4")
+    assert "25 optimizer steps are planned (20 training examples, batch 4, 5 epochs, by train.epochs auto)" in found["budget"].evidence
+    found, _ = checks(tmp_path, bert, balanced(), None, "method.name=prompt_tuning", "train.batch_size=4",
+                      "train.epochs=1")
     assert "5 optimizer steps are planned (20 training examples, batch 4, 1 epoch)" in found["budget"].evidence

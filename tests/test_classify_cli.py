@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from deltatune.cli import main
 from deltatune.models import make_tiny_model_dir
@@ -175,3 +176,21 @@ def test_methods_lists_the_lora_variants_as_rows(tiny_bert, capsys):
         assert option in rows[variant] and "%" in rows[variant]
     dora, lora = (int(rows[k].split()[1].replace(",", "")) for k in ("dora", "lora"))
     assert dora > lora  # DoRA adds a magnitude vector per adapted layer
+
+
+def test_epochs_auto_trains_more_passes_when_one_pass_is_few_steps(tiny_bert, files, tmp_path, capsys):
+    from deltatune.data.classify_options import AUTO_MIN_STEPS
+    from deltatune.training.loop import AUTO_MAX_EPOCHS, planned_epochs
+
+    assert planned_epochs("auto", 63, 200) == 4 and planned_epochs("auto", 250, 200) == 1
+    assert planned_epochs("auto", 1, 200) == AUTO_MAX_EPOCHS and planned_epochs("auto", 63, 0) == 1
+    assert planned_epochs(2.5, 63, 200) == 2.5
+    out = tmp_path / "run"  # 64 rows at batch 8: 8 steps a pass, far under AUTO_MIN_STEPS
+    assert main(train_args(tiny_bert, files, out, "train.epochs=auto", "--json")) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert AUTO_MIN_STEPS > 8 * AUTO_MAX_EPOCHS
+    assert summary["epochs"] == AUTO_MAX_EPOCHS and summary["steps"] == 8 * AUTO_MAX_EPOCHS
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] == "auto"  # as asked; summary: what ran
+    assert main(train_args(tiny_bert, files, tmp_path / "one", "train.epochs=1", "--json")) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["epochs"] == 1 and summary["steps"] == 8

@@ -12,7 +12,7 @@ task options by the task's (``deltatune.tasks``), so adding a method or a task n
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, ValidationError,
@@ -70,7 +70,10 @@ class GenerateConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: float = Field(1, gt=0, description="passes over the training data (fractions allowed)")
+    epochs: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="passes over the training data (fractions allowed); auto: one pass, or as many "
+        "passes (up to 5) as reach the task's minimum of optimizer steps when one pass has fewer "
+        "(classify: 200 steps; the other tasks: one pass)")
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
     batch_size: int = Field(16, gt=0, description="examples per micro-batch (per device); 16 beat 32 on SST-2 (more steps per epoch, half the activation memory)")
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")

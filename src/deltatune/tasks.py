@@ -117,6 +117,9 @@ class TaskSpec:
     """``(cfg, run_dir) -> {"section.key": value}``: what the options ``cfg`` leaves to the run to settle
     (``auto``) settle to for the finished run in ``run_dir`` (its model and data), so that a rerun that
     would settle them the same way counts as unchanged (``compare`` and ``demo`` reuse it)."""
+    auto_min_steps: int = 0
+    """``train.epochs: auto`` trains more passes (up to ``AUTO_MAX_EPOCHS``) while one pass is under this
+    many optimizer steps; 0: auto is always one pass."""
     summary_keys: tuple[str, ...] = field(default_factory=tuple)
     """Summary values the CLI prints after training."""
     adapter_default: bool = False

@@ -254,17 +254,22 @@ def budget(cfg, view: DataView) -> Finding | None:
     import math
 
     from deltatune.methods.registry import get_method
+    from deltatune.tasks import get_task
+    from deltatune.training.loop import planned_epochs
 
     spec, t, train = get_method(cfg.method.name), cfg.train, view.splits.get("train")
     if not spec.min_steps or train is None or not len(train):
         return None
-    steps = t.max_steps or math.ceil(math.ceil(len(train) / t.batch_size) / t.grad_accum * t.epochs)
+    per_epoch = max(1, math.ceil(len(train) / t.batch_size) // t.grad_accum)
+    epochs = planned_epochs(t.epochs, per_epoch, get_task(cfg.task).auto_min_steps)
+    steps = t.max_steps or math.ceil(per_epoch * epochs)
     if steps >= spec.min_steps:
         return None
     return Finding("budget", "warning", f"Too few steps for {spec.name}",
                    f"{steps} optimizer steps are planned ({len(train)} training examples, batch {t.batch_size}"
                    f"{f' x {t.grad_accum}' if t.grad_accum > 1 else ''}, "
-                   f"{f'max_steps {t.max_steps}' if t.max_steps else f'{t.epochs:g} epoch' + 's' * (t.epochs != 1)}); "
+                   f"{f'max_steps {t.max_steps}' if t.max_steps else f'{epochs:g} epoch' + 's' * (epochs != 1)}"
+                   f"{', by train.epochs auto' if t.epochs == 'auto' and not t.max_steps else ''}); "
                    f"{spec.name} was measured to need about "
                    f"{spec.min_steps} to move well away from the untuned model (README, defaults sweep)",
                    f"train longer (train.epochs or more data, to {spec.min_steps}+ steps), or pick a method that "

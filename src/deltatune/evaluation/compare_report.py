@@ -121,7 +121,8 @@ def subtitle(result: dict) -> str:
     t = result.get("train") or {}
     epochs = t.get("epochs")
     budget = (f"{t.get('max_steps')} steps" if t.get("max_steps") else
-              f"{epochs:g} epoch{'' if epochs == 1 else 's'}" if isinstance(epochs, (int, float)) else "")
+              f"{epochs:g} epoch{'' if epochs == 1 else 's'}" if isinstance(epochs, (int, float)) else
+              "epochs auto (one pass, more on small data)" if epochs == "auto" else "")
     seeds = result["seeds"]
     data = ", ".join(f"{k.removeprefix('data.')} {v}" for k, v in result["data"].items())
     return (f"Config {result.get('config') or '(given in code)'}; data: {data}; "

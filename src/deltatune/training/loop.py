@@ -66,6 +66,17 @@ def steps_per_epoch(num_batches: int, grad_accum: int) -> int:
     return max(1, num_batches // grad_accum)
 
 
+AUTO_MAX_EPOCHS = 5
+
+
+def planned_epochs(epochs: float | str, per_epoch: int, min_steps: int) -> float:
+    """``train.epochs`` as a number: ``auto`` is one pass, or the fewest whole passes (at most
+    ``AUTO_MAX_EPOCHS``) that reach ``min_steps`` optimizer steps when one pass has fewer."""
+    if epochs != "auto":
+        return float(epochs)
+    return float(min(AUTO_MAX_EPOCHS, max(1, math.ceil(min_steps / max(1, per_epoch)))))
+
+
 def train(model: nn.Module, loader: Iterable, loss_fn: LossFn, cfg: TrainConfig, lr: float,
           run_dir: Path, accelerator: Accelerator, evaluate: EvalFn | None = None,
           param_lr: dict[int, float] | None = None, resume: bool = False,
@@ -108,7 +119,7 @@ class _Loop:
         self.cfg, self.loss_fn, self.accelerator, self.run_state = cfg, loss_fn, accelerator, run_state
         per_epoch = steps_per_epoch(len(loader), cfg.grad_accum)
         self.per_epoch, self.eval_every = per_epoch, cfg.eval_every or per_epoch
-        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
+        self.total_steps = cfg.max_steps or max(1, math.ceil(planned_epochs(cfg.epochs, per_epoch, 0) * per_epoch))
         self.regional = RegionalCompile(model) if cfg.compile else None
         optimizer = build_optimizer(model, lr, cfg.weight_decay, param_lr)
         self.scheduler = build_scheduler(optimizer, self.total_steps, cfg.warmup_ratio, cfg.scheduler)
