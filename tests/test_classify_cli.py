@@ -194,3 +194,6 @@ def test_epochs_auto_trains_more_passes_when_one_pass_is_few_steps(tiny_bert, fi
     assert main(train_args(tiny_bert, files, tmp_path / "one", "train.epochs=1", "--json")) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["epochs"] == 1 and summary["steps"] == 8
+    assert main(train_args(tiny_bert, files, tmp_path / "capped", "train.epochs=auto", "train.max_steps=3", "--json")) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["epochs"] is None and summary["steps"] == 3  # max_steps sets the length, not passes

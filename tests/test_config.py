@@ -95,3 +95,20 @@ def test_a_method_may_have_its_own_learning_rate_for_one_task():
     finding = learning_rate(load_config(None, ["method.name=full", "train.learning_rate=6e-6"]))
     assert finding is not None and "default (0.0001)" in finding.evidence
     assert learning_rate(load_config(None, ["task=sft", "method.name=full", "train.learning_rate=6e-6"])) is None
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "Auto", "null", "soon", "inf", "true"])
+def test_epochs_is_a_positive_number_or_auto_in_one_line(value):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"train.epochs={value}"])
+    lines = str(err.value).splitlines()[1:]
+    assert len(lines) == 1 and "train.epochs: expected a positive number of passes (1, 2.5) or auto" in lines[0]
+    assert load_config(None, ["train.epochs=2.5"]).train.epochs == 2.5
+    assert load_config(None, []).train.epochs == "auto"
+
+
+def test_compare_says_what_epochs_auto_does_for_the_task():
+    from deltatune.evaluation.compare_report import auto_passes
+
+    assert auto_passes("sft") == "one pass" and auto_passes("dpo") == "one pass"
+    assert auto_passes("classify") == "one pass, more while a pass is under 200 steps"

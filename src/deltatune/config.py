@@ -11,8 +11,9 @@ task options by the task's (``deltatune.tasks``), so adding a method or a task n
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, ValidationError,
@@ -70,7 +71,7 @@ class GenerateConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+    epochs: float | Literal["auto"] = Field(
         "auto", description="passes over the training data (fractions allowed); auto: one pass, or as many "
         "passes (up to 5) as reach the task's minimum of optimizer steps when one pass has fewer "
         "(classify: 200 steps; the other tasks: one pass)")
@@ -112,6 +113,20 @@ class TrainConfig(_Strict):
                             "memory, but ~1.5 min of compiling on a first run (~15 s once cached): for long runs")
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list, description="experiment trackers via Accelerate (metrics.jsonl is always written)")
+
+    @field_validator("epochs", mode="before")
+    @classmethod
+    def _epochs(cls, value: Any) -> Any:
+        """One message for every wrong value (the union would list one per member)."""
+        if value == "auto":
+            return value
+        try:
+            number = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            number = math.nan
+        if not 0 < number < math.inf:
+            raise ValueError("expected a positive number of passes (1, 2.5) or auto")
+        return number
 
 
 class Config(_Strict):

@@ -117,12 +117,23 @@ def text_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def auto_passes(task: str | None) -> str:
+    from deltatune.errors import ConfigError
+    from deltatune.tasks import get_task
+
+    try:
+        min_steps = get_task(task).auto_min_steps if task else 0
+    except ConfigError:  # a task no longer registered: say what auto does in general
+        return "one pass, more on small data"
+    return f"one pass, more while a pass is under {min_steps} steps" if min_steps else "one pass"
+
+
 def subtitle(result: dict) -> str:
     t = result.get("train") or {}
     epochs = t.get("epochs")
     budget = (f"{t.get('max_steps')} steps" if t.get("max_steps") else
               f"{epochs:g} epoch{'' if epochs == 1 else 's'}" if isinstance(epochs, (int, float)) else
-              "epochs auto (one pass, more on small data)" if epochs == "auto" else "")
+              f"epochs auto ({auto_passes(result.get('task'))})" if epochs == "auto" else "")
     seeds = result["seeds"]
     data = ", ".join(f"{k.removeprefix('data.')} {v}" for k, v in result["data"].items())
     return (f"Config {result.get('config') or '(given in code)'}; data: {data}; "

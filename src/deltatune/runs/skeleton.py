@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from deltatune.config import Config, TrainConfig
+from deltatune.config import Config
 from deltatune.errors import ConfigError
 from deltatune.evaluation.reports import write_reports
 from deltatune.io import file_fingerprint, write_json_atomic
@@ -24,7 +24,7 @@ from deltatune.runs.directory import (abandon_run, check_data_unchanged, check_s
 from deltatune.tasks import TaskJob, TaskSpec, get_task
 from deltatune.training.accelerator import make_accelerator
 from deltatune.training.logging import log
-from deltatune.training.loop import LoopResult, planned_epochs, steps_per_epoch, train
+from deltatune.training.loop import LoopResult, train
 
 
 def data_fingerprints(cfg: Config) -> dict[str, dict]:
@@ -113,11 +113,9 @@ def _train(cfg: Config, task: TaskSpec, method: MethodSpec, job: TaskJob, run_di
     lr = t.learning_rate
     param_lr = method.param_lr(job.model, cfg.method, lr) if method.param_lr else None
     job.run_dir = run_dir
-    loader = job.loader(method, accelerator.num_processes)
-    t = _settle_epochs(t, len(loader), task.auto_min_steps)
-    result = train(job.model, loader, job.loss_fn, t, lr, run_dir,
+    result = train(job.model, job.loader(method, accelerator.num_processes), job.loss_fn, t, lr, run_dir,
                    accelerator, job.eval_metrics if job.has_validation else None, param_lr=param_lr,
-                   resume=t.resume, run_state={"data_fingerprints": fingerprints})
+                   resume=t.resume, run_state={"data_fingerprints": fingerprints}, auto_min_steps=task.auto_min_steps)
     model = accelerator.unwrap_model(job.model)
     report.update(job.final(model))
     if not accelerator.is_main_process:
@@ -126,7 +124,7 @@ def _train(cfg: Config, task: TaskSpec, method: MethodSpec, job: TaskJob, run_di
     if method.trains_whole_model:  # a complete Hugging Face model directory
         job.tokenizer.save_pretrained(run_dir / method.saved_dir)
     job.save(run_dir)
-    summary = {"task": task.name, "method": method.name, "learning_rate": lr, "epochs": t.epochs, **_loop_summary(result),
+    summary = {"task": task.name, "method": method.name, "learning_rate": lr, **_loop_summary(result),
                "trainable_parameters": params, **job.summary(report)}
     report["summary"] = summary
     write_reports(run_dir, report, job.markdown(report, result))
@@ -135,18 +133,8 @@ def _train(cfg: Config, task: TaskSpec, method: MethodSpec, job: TaskJob, run_di
     return summary
 
 
-def _settle_epochs(t: TrainConfig, batches: int, min_steps: int) -> TrainConfig:
-    """``train.epochs: auto`` as the number of passes this data gets (logged when more than one)."""
-    per_epoch = steps_per_epoch(batches, t.grad_accum)
-    epochs = planned_epochs(t.epochs, per_epoch, min_steps)
-    if t.epochs == "auto" and epochs > 1 and not t.max_steps:
-        log(f"train.epochs auto: {epochs:g} passes, since one pass is {per_epoch} optimizer steps (under "
-            f"{min_steps}); the best evaluation is kept. Set train.epochs to choose")
-    return t.model_copy(update={"epochs": epochs})
-
-
 def _loop_summary(result: LoopResult) -> dict:
-    return {"steps": result.steps, "train_seconds": round(result.train_seconds, 3),
+    return {"epochs": result.epochs, "steps": result.steps, "train_seconds": round(result.train_seconds, 3),
             "train_tokens": result.train_tokens, "train_tokens_per_s": round(result.tokens_per_s, 2),
             "peak_rss_mb": result.peak_memory_mb, "skipped_steps": result.skipped_steps,
             "best_step": result.best_step, "best_metric": result.best_metric}

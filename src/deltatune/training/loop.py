@@ -54,6 +54,7 @@ class LoopResult:
     skipped_steps: int = 0
     best_metric: float | None = None
     best_step: int | None = None
+    epochs: float | None = None  # passes planned (``train.epochs`` settled); None when max_steps sets the length
     last_eval: dict[str, float] = field(default_factory=dict)
     peak_memory_mb: float = 0.0
 
@@ -80,14 +81,15 @@ def planned_epochs(epochs: float | str, per_epoch: int, min_steps: int) -> float
 def train(model: nn.Module, loader: Iterable, loss_fn: LossFn, cfg: TrainConfig, lr: float,
           run_dir: Path, accelerator: Accelerator, evaluate: EvalFn | None = None,
           param_lr: dict[int, float] | None = None, resume: bool = False,
-          run_state: dict | None = None) -> LoopResult:
+          run_state: dict | None = None, auto_min_steps: int = 0) -> LoopResult:
     """Train ``model`` in place; return timings and the best evaluation.
 
-    ``run_state`` (e.g. data fingerprints) is stored in every checkpoint. With ``resume`` the loop
-    continues from the latest checkpoint in ``run_dir`` and reports as if never interrupted: the
-    same steps, tokens, loss lines and best checkpoint.
+    ``train.epochs: auto`` trains more passes while one pass is under ``auto_min_steps`` optimizer steps
+    (the task's; see :func:`planned_epochs`). ``run_state`` (e.g. data fingerprints) is stored in every
+    checkpoint. With ``resume`` the loop continues from the latest checkpoint in ``run_dir`` and reports
+    as if never interrupted: the same steps, tokens, loss lines and best checkpoint.
     """
-    loop = _Loop(model, loader, loss_fn, cfg, lr, run_dir, accelerator, param_lr, run_state or {})
+    loop = _Loop(model, loader, loss_fn, cfg, lr, run_dir, accelerator, param_lr, run_state or {}, auto_min_steps)
     if resume:
         loop.resume()
     loop.model.train()
@@ -115,22 +117,27 @@ class _Loop:
     """The state of one training run between steps (optimizer, schedule, counters, log window)."""
 
     def __init__(self, model, loader, loss_fn, cfg: TrainConfig, lr, run_dir, accelerator,
-                 param_lr, run_state: dict):
+                 param_lr, run_state: dict, auto_min_steps: int = 0):
         self.cfg, self.loss_fn, self.accelerator, self.run_state = cfg, loss_fn, accelerator, run_state
-        per_epoch = steps_per_epoch(len(loader), cfg.grad_accum)
+        # A pass is what one process sees: with N processes the prepared loader holds 1/N of the batches.
+        self.loader = accelerator.prepare(loader) if accelerator.num_processes > 1 else loader
+        per_epoch = steps_per_epoch(len(self.loader), cfg.grad_accum)
         self.per_epoch, self.eval_every = per_epoch, cfg.eval_every or per_epoch
-        self.total_steps = cfg.max_steps or max(1, math.ceil(planned_epochs(cfg.epochs, per_epoch, 0) * per_epoch))
+        epochs = planned_epochs(cfg.epochs, per_epoch, auto_min_steps)
+        if cfg.epochs == "auto" and epochs > 1 and not cfg.max_steps:
+            log(f"train.epochs auto: {epochs:g} passes, since one pass is {per_epoch} optimizer steps (under "
+                f"{auto_min_steps}); the best evaluation is kept. Set train.epochs to choose")
+        self.total_steps = cfg.max_steps or max(1, math.ceil(epochs * per_epoch))
         self.regional = RegionalCompile(model) if cfg.compile else None
         optimizer = build_optimizer(model, lr, cfg.weight_decay, param_lr)
         self.scheduler = build_scheduler(optimizer, self.total_steps, cfg.warmup_ratio, cfg.scheduler)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        self.loader = accelerator.prepare(loader) if accelerator.num_processes > 1 else loader
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.ckpt_root = run_dir / "checkpoints"
         self.writer = MetricsWriter(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process,
                                     accelerator=accelerator if accelerator.log_with else None)
         self.progress = Progress(self.total_steps, enabled=cfg.progress and accelerator.is_main_process)
-        self.res = LoopResult()
+        self.res = LoopResult(epochs=None if cfg.max_steps else epochs)
         self.best_state: dict[str, torch.Tensor] | None = None
         self.bad_in_a_row, self.grad_norm = 0, None
         self.window = {"loss": 0.0, "units": 0, "tokens": 0}
