@@ -20,7 +20,7 @@ Each dataset runs its own list (``PER_DATASET``) unless ``--configs`` says other
 
 Usage:
     .venv/bin/python benchmarks/sweep_peft.py --datasets sst2,medical,legal_binary --workdir /tmp/sweep --reuse
-    .venv/bin/python benchmarks/sweep_peft.py --datasets medical --workdir /tmp/sweep --reuse --seeds 43,44
+    .venv/bin/python benchmarks/sweep_peft.py --workdir /tmp/sweep --reuse --seeds 43,44 --seed-datasets medical
         # the selected config again with seeds 43 and 44, beside deltatune's seed reruns (sweep.py extras)
 Results: markdown tables on stdout and benchmarks/results/sweep_peft.json.
 """
@@ -207,6 +207,7 @@ def main() -> None:
     p.add_argument("--reuse", action="store_true", help="with --workdir: keep results already there")
     p.add_argument("--seeds", default="", help="comma list of further seeds to run each dataset's selected "
                    "config with (deltatune's own reruns are sweep.py's `train.seed` extras)")
+    p.add_argument("--seed-datasets", help="comma list: the datasets --seeds applies to (default: all)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -231,7 +232,8 @@ def main() -> None:
         if scored:
             best = max(scored, key=lambda r: r["validation"])
             best["selected"] = True
-            group += [run_one(work, dataset, best["config"], data, args.reuse, int(k)) for k in args.seeds.split(",") if k]
+            if not args.seed_datasets or dataset in args.seed_datasets.split(","):
+                group += [run_one(work, dataset, best["config"], data, args.reuse, int(k)) for k in args.seeds.split(",") if k]
         rows += group
     print("\n" + tables(rows, datasets))
     path = HERE / "results" / "sweep_peft.json"
