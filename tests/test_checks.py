@@ -255,3 +255,12 @@ def test_a_budget_too_small_for_prompt_tuning_is_warned(tmp_path, bert):
     found, _ = checks(tmp_path, bert, balanced(), None, "method.name=prompt_tuning", "train.batch_size=4",
                       "train.epochs=1")
     assert "5 optimizer steps are planned (20 training examples, batch 4, 1 epoch)" in found["budget"].evidence
+
+
+def test_a_few_duplicates_under_the_warning_share_are_info_not_a_crash(tmp_path, bert):
+    rows = balanced(150)  # 1 repeat in 151 rows is under DUPLICATE_SHARE: info, and no copy disagrees
+    found, _ = checks(tmp_path, bert, rows + [dict(rows[3])], balanced(10, offset=1000))
+    assert found["duplicates"].severity == "info" and "1 of 151 training rows repeat" in found["duplicates"].evidence
+    flipped = [dict(r, label="pos" if r["label"] == "neg" else "neg") for r in rows[:2]]  # 2 copies disagree
+    found, _ = checks(tmp_path, bert, balanced(250) + flipped, balanced(10, offset=1000))
+    assert found["duplicates"].severity == "warning" and "2 duplicates carry a different label" in found["duplicates"].evidence

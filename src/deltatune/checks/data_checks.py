@@ -149,7 +149,7 @@ def duplicates(cfg, view: DataView) -> Finding | None:
         evidence.append(f"{len(conflicts)} duplicate{' carries' if one else 's carry'} a different label than "
                         f"{'its' if one else 'their'} first copy ({rows.where(a)} '{'/'.join(rows.label_names(a))}' "
                         f"vs {rows.where(b)} '{'/'.join(rows.label_names(b))}')")
-    return Finding("duplicates", "warning" if share >= DUPLICATE_SHARE or conflicts else "info",
+    return Finding("duplicates", "warning" if share >= DUPLICATE_SHARE or len(conflicts) else "info",
                    "Duplicate training rows", "; ".join(evidence),
                    "remove repeated rows (they weigh those examples several times and, when a copy lands in "
                    "validation, inflate the score); resolve rows whose copies disagree on the label")
