@@ -255,12 +255,12 @@ def budget(cfg, view: DataView) -> Finding | None:
 
     from deltatune.methods.registry import get_method
     from deltatune.tasks import get_task
-    from deltatune.training.loop import planned_epochs
+    from deltatune.training.loop import planned_epochs, steps_per_epoch
 
     spec, t, train = get_method(cfg.method.name), cfg.train, view.splits.get("train")
     if not spec.min_steps or train is None or not len(train):
         return None
-    per_epoch = max(1, math.ceil(len(train) / t.batch_size) // t.grad_accum)
+    per_epoch = steps_per_epoch(math.ceil(len(train) / t.batch_size), t.grad_accum)
     epochs = planned_epochs(t.epochs, per_epoch, get_task(cfg.task).auto_min_steps)
     steps = t.max_steps or math.ceil(per_epoch * epochs)
     if steps >= spec.min_steps:
