@@ -197,3 +197,26 @@ def test_epochs_auto_trains_more_passes_when_one_pass_is_few_steps(tiny_bert, fi
     assert main(train_args(tiny_bert, files, tmp_path / "capped", "train.epochs=auto", "train.max_steps=3", "--json")) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["epochs"] is None and summary["steps"] == 3  # max_steps sets the length, not passes
+
+
+def test_one_pass_classifier_evaluates_several_times_and_keeps_the_best(tiny_bert, files, tmp_path, capsys):
+    from deltatune.data.classify_options import AUTO_EVALS
+    from deltatune.training.loop import eval_interval
+
+    assert eval_interval(250, 250, AUTO_EVALS) == 63 and eval_interval(63, 252, AUTO_EVALS) == 63  # auto's 4 passes
+    assert eval_interval(500, 500, 1) == 500 and eval_interval(8, 8, 4) == 2 and eval_interval(1, 1, 4) == 1
+
+    def eval_steps(out):
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [r["step"] for r in rows if any(k.startswith("eval/") for k in r)]
+
+    out = tmp_path / "run"  # 64 rows at batch 8, one pass: 8 steps, evaluated every 2
+    assert main(train_args(tiny_bert, files, out, "train.epochs=1", "--json")) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert eval_steps(out) == [2, 4, 6, 8]
+    assert "evaluating every 2 optimizer steps (4 times in the run)" in captured.err
+    assert summary["best_step"] in (2, 4, 6, 8)
+    assert main(train_args(tiny_bert, files, tmp_path / "once", "train.epochs=1", "train.eval_every=8", "--json")) == 0
+    capsys.readouterr()
+    assert eval_steps(tmp_path / "once") == [8]  # an explicit train.eval_every is obeyed

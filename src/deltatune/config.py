@@ -88,7 +88,8 @@ class TrainConfig(_Strict):
         "auto", description="autocast dtype; auto = bf16 where the hardware runs it natively (CUDA, AVX512-BF16/AMX CPUs), "
         "fp16 on older GPUs, else fp32")
     group_by_length: bool = Field(True, description="batch similar lengths together (less padding)")
-    eval_every: int | None = Field(None, gt=0, description="evaluate every N steps; default once per epoch")
+    eval_every: int | None = Field(None, gt=0, description="evaluate every N steps; default: once per epoch, and for classifiers "
+                                     "at least 4 times a run (the best evaluation is kept)")
     metric_for_best: str | None = Field(
         None, description="validation metric that selects the best checkpoint; default accuracy "
         "(classify) or loss (sft)")

@@ -120,6 +120,9 @@ class TaskSpec:
     auto_min_steps: int = 0
     """``train.epochs: auto`` trains more passes (up to ``AUTO_MAX_EPOCHS``) while one pass is under this
     many optimizer steps; 0: auto is always one pass."""
+    auto_evals: int = 1
+    """With ``train.eval_every`` unset, evaluate at least this many times a run (evenly spaced, and at
+    least once a pass); 1: once a pass."""
     summary_keys: tuple[str, ...] = field(default_factory=tuple)
     """Summary values the CLI prints after training."""
     adapter_default: bool = False

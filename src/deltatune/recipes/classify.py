@@ -15,7 +15,7 @@ from deltatune.config import Config
 from deltatune.data.batching import LengthGroupedBatchSampler, pad_collate
 from deltatune.data.classify import LabelSet
 from deltatune.data.classify_tokens import ClassificationInputs, cached_file_features
-from deltatune.data.classify_options import (AUTO_MIN_STEPS, MULTI_ONLY_METRICS, ClassifyData, ClassifyOptions,
+from deltatune.data.classify_options import (AUTO_EVALS, AUTO_MIN_STEPS, MULTI_ONLY_METRICS, ClassifyData, ClassifyOptions,
                                              check, resolved, select_metric)
 from deltatune.data.labels import check_learnable
 from deltatune.data.token_cache import feature_lengths
@@ -165,6 +165,6 @@ CLASSIFY = register_task(TaskSpec(
     format_report=format_report,
     predict=predict,
     check=check,
-    auto_min_steps=AUTO_MIN_STEPS,
+    auto_min_steps=AUTO_MIN_STEPS, auto_evals=AUTO_EVALS,
     summary_keys=("validation_accuracy", "validation_f1_macro", "test_accuracy", "test_f1_macro"), adapter_default=True,
 ))

@@ -115,7 +115,8 @@ def _train(cfg: Config, task: TaskSpec, method: MethodSpec, job: TaskJob, run_di
     job.run_dir = run_dir
     result = train(job.model, job.loader(method, accelerator.num_processes), job.loss_fn, t, lr, run_dir,
                    accelerator, job.eval_metrics if job.has_validation else None, param_lr=param_lr,
-                   resume=t.resume, run_state={"data_fingerprints": fingerprints}, auto_min_steps=task.auto_min_steps)
+                   resume=t.resume, run_state={"data_fingerprints": fingerprints}, auto_min_steps=task.auto_min_steps,
+                   auto_evals=task.auto_evals)
     model = accelerator.unwrap_model(job.model)
     report.update(job.final(model))
     if not accelerator.is_main_process:

@@ -10,8 +10,8 @@ Per optimizer step:
   2. for each micro-batch, backward ``sum_loss / total_units`` — so accumulation is exact:
      batch 2 x accumulation 4 gives the same update as batch 8 x 1, whatever the lengths;
   3. clip, step, schedule; skip the step (and count it) if the loss or a gradient is not finite.
-Evaluation runs every ``eval_every`` steps or once per epoch; the best trainable state (by
-``metric_for_best``) is kept and restored at the end.
+Evaluation runs every ``eval_every`` steps, or once per epoch and at least ``auto_evals`` times a run
+(the task's); the best trainable state (by ``metric_for_best``) is kept and restored at the end.
 """
 
 from __future__ import annotations
@@ -78,18 +78,30 @@ def planned_epochs(epochs: float | str, per_epoch: int, min_steps: int) -> float
     return float(min(AUTO_MAX_EPOCHS, max(1, math.ceil(min_steps / max(1, per_epoch)))))
 
 
+def eval_interval(per_epoch: int, total_steps: int, auto_evals: int) -> int:
+    """Steps between evaluations when ``train.eval_every`` is unset: once a pass, and more often when that
+    gives fewer than ``auto_evals`` evaluations in the run (a one-pass classifier of 250 steps: every 63)."""
+    return max(1, min(per_epoch, math.ceil(total_steps / max(1, auto_evals))))
+
+
 def train(model: nn.Module, loader: Iterable, loss_fn: LossFn, cfg: TrainConfig, lr: float,
           run_dir: Path, accelerator: Accelerator, evaluate: EvalFn | None = None,
           param_lr: dict[int, float] | None = None, resume: bool = False,
-          run_state: dict | None = None, auto_min_steps: int = 0) -> LoopResult:
+          run_state: dict | None = None, auto_min_steps: int = 0, auto_evals: int = 1) -> LoopResult:
     """Train ``model`` in place; return timings and the best evaluation.
 
     ``train.epochs: auto`` trains more passes while one pass is under ``auto_min_steps`` optimizer steps
-    (the task's; see :func:`planned_epochs`). ``run_state`` (e.g. data fingerprints) is stored in every
-    checkpoint. With ``resume`` the loop continues from the latest checkpoint in ``run_dir`` and reports
-    as if never interrupted: the same steps, tokens, loss lines and best checkpoint.
+    (the task's; see :func:`planned_epochs`); with ``train.eval_every`` unset it evaluates once a pass
+    and at least ``auto_evals`` times a run (:func:`eval_interval`). ``run_state`` (e.g. data
+    fingerprints) is stored in every checkpoint. With ``resume`` the loop continues from the latest
+    checkpoint in ``run_dir`` and reports as if never interrupted: the same steps, tokens, loss lines and
+    best checkpoint.
     """
-    loop = _Loop(model, loader, loss_fn, cfg, lr, run_dir, accelerator, param_lr, run_state or {}, auto_min_steps)
+    loop = _Loop(model, loader, loss_fn, cfg, lr, run_dir, accelerator, param_lr, run_state or {}, auto_min_steps,
+                 auto_evals)
+    if evaluate is not None and not cfg.eval_every and loop.eval_every < loop.per_epoch:
+        log(f"evaluating every {loop.eval_every} optimizer steps ({math.ceil(loop.total_steps / loop.eval_every)} "
+            "times in the run); the best evaluation is kept. Set train.eval_every to choose")
     if resume:
         loop.resume()
     loop.model.train()
@@ -117,17 +129,18 @@ class _Loop:
     """The state of one training run between steps (optimizer, schedule, counters, log window)."""
 
     def __init__(self, model, loader, loss_fn, cfg: TrainConfig, lr, run_dir, accelerator,
-                 param_lr, run_state: dict, auto_min_steps: int = 0):
+                 param_lr, run_state: dict, auto_min_steps: int = 0, auto_evals: int = 1):
         self.cfg, self.loss_fn, self.accelerator, self.run_state = cfg, loss_fn, accelerator, run_state
         # A pass is what one process sees: with N processes the prepared loader holds 1/N of the batches.
         self.loader = accelerator.prepare(loader) if accelerator.num_processes > 1 else loader
         per_epoch = steps_per_epoch(len(self.loader), cfg.grad_accum)
-        self.per_epoch, self.eval_every = per_epoch, cfg.eval_every or per_epoch
         epochs = planned_epochs(cfg.epochs, per_epoch, auto_min_steps)
         if cfg.epochs == "auto" and epochs > 1 and not cfg.max_steps:
             log(f"train.epochs auto: {epochs:g} passes, since one pass is {per_epoch} optimizer steps (under "
                 f"{auto_min_steps}); the best evaluation is kept. Set train.epochs to choose")
         self.total_steps = cfg.max_steps or max(1, math.ceil(epochs * per_epoch))
+        self.per_epoch = per_epoch
+        self.eval_every = cfg.eval_every or eval_interval(per_epoch, self.total_steps, auto_evals)
         self.regional = RegionalCompile(model) if cfg.compile else None
         optimizer = build_optimizer(model, lr, cfg.weight_decay, param_lr)
         self.scheduler = build_scheduler(optimizer, self.total_steps, cfg.warmup_ratio, cfg.scheduler)
