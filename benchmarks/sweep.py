@@ -58,7 +58,7 @@ GRIDS: dict[str, list[dict]] = {
              {**CLS, "train.scheduler": "cosine"}],
     "dora": [{}, CLS, {**CLS, "train.learning_rate": 2e-3}],
     "ia3": [{}, CLS, {**CLS, "train.learning_rate": 1e-3}, {**CLS, "train.learning_rate": 3e-3}],
-    "bitfit": [{}, {"train.learning_rate": 3e-3}, CLS, {**CLS, "train.learning_rate": 1e-3}, {**CLS, "train.learning_rate": 3e-3}],
+    "bitfit": [{}, {"train.learning_rate": 1e-2}, CLS, {**CLS, "train.learning_rate": 1e-3}, {**CLS, "train.learning_rate": 1e-2}],
     "adapters": [{}, {"train.learning_rate": 3e-4}, CLS, {**CLS, "train.learning_rate": 3e-4}, {**CLS, "train.learning_rate": 3e-3}],
     "full": [{}, {"train.learning_rate": 5e-5}, CLS, {**CLS, "train.learning_rate": 2e-5}, {**CLS, "train.learning_rate": 5e-5}],
     "prompt_tuning": [{}, CLS, {**CLS, "train.learning_rate": 1e-1}, {**CLS, "method.num_virtual_tokens": 50},
@@ -79,12 +79,28 @@ EXTRA: dict[str, dict[str, list[dict]]] = {
     "legal_binary": {"lora": [{**CLS, "classify.class_weights": "none"}]},
     "medical": {"lora": [{**CLS, "classify.class_weights": "balanced"}, ONE_PASS, {"train.epochs": 3},
                          {"train.epochs": 5}, {"train.batch_size": 8}, {"train.seed": 43}, {"train.seed": 44}],
-                **{m: [ONE_PASS] for m in ("dora", "ia3", "bitfit", "adapters", "full", "prompt_tuning", "prefix_tuning")}},
+                "bitfit": [{"train.learning_rate": 1e-2, "train.epochs": "auto"}],  # the default before, 4 passes
+                **{m: [ONE_PASS] for m in ("dora", "ia3", "adapters", "full", "prompt_tuning", "prefix_tuning")}},
     "sst2": {"lora": [{"train.learning_rate": 5e-4}, {"train.batch_size": 8}, {"train.batch_size": 8, "train.learning_rate": 5e-4},
                       {"train.batch_size": 32, "train.learning_rate": 2e-3}, {"method.alpha": 16}, {"method.alpha": 64},
                       {"method.r": 32, "method.alpha": 64}, {"train.warmup_ratio": 0.1}, {"method.dropout": 0.1},
                       {"train.scheduler": "cosine"}, {"method.loraplus_lr_ratio": 16}, {"train.weight_decay": 0.01}]},
 }
+# Before `train.eval_every` defaulted to at least 4 evaluations a classifier run, a one-pass run evaluated once,
+# at its end: "eval_every<steps a pass>" reruns each method's defaults that way (every run of the grids and
+# extras above that is not "defaults" ran so too, one evaluation a pass). Adapters at 1e-3 on the unfair clauses
+# learn, then diverge to one class: "eval_every50" shows it (and BitFit's old 1e-2 never learning there).
+ONE_EVAL = {"sst2": 500, "legal_binary": 250, "demo": 125}
+for _ds, _every in ONE_EVAL.items():
+    for _m in GRIDS:
+        EXTRA.setdefault(_ds, {}).setdefault(_m, []).append({"train.eval_every": _every})
+EXTRA["legal_binary"]["adapters"].append({"train.eval_every": 50})
+# Lower adapter rates learn the unfair clauses at one evaluation a run but undertrain Medical Abstracts.
+for _ds in ("sst2", "legal_binary"):
+    EXTRA[_ds]["adapters"].insert(0, {"train.learning_rate": 5e-4})
+EXTRA["medical"]["adapters"] = [*EXTRA["medical"]["adapters"], *({"train.learning_rate": lr, "train.epochs": "auto"}
+                                                                  for lr in (3e-4, 5e-4))]
+EXTRA["legal_binary"]["bitfit"].append({"train.learning_rate": 1e-2, "train.eval_every": 50})
 METRIC = {"sst2": "accuracy", "medical": "f1_macro", "legal_binary": "f1_macro", "demo": "accuracy"}
 
 
