@@ -149,6 +149,18 @@ def run_one(work: Path, dataset: str, method: str, overrides: dict, base: dict, 
     out = work / f"{dataset}-{method}-{tag}"
     if report_only and not (out / "summary.json").is_file():
         return {"dataset": dataset, "method": method, "config": tag, "error": "not run"}
+    # a run kept from before a method's default rate changed is stale: its tag no longer says what it ran
+    if (reuse or report_only) and (out / "summary.json").is_file():
+        from deltatune.methods.registry import resolve_method
+
+        want = float(overrides.get("train.learning_rate", resolve_method(method)[0].lr_for("classify")))
+        got = json.loads((out / "summary.json").read_text())["learning_rate"]
+        if abs(got - want) > 1e-12:
+            if report_only:
+                return {"dataset": dataset, "method": method, "config": tag,
+                        "error": f"stale: ran at lr {got}, now {want}"}
+            print(f"{out.name}: ran at lr {got}, the config now means {want}; training it again", flush=True)
+            reuse = False
     if not ((reuse or report_only) and (out / "summary.json").is_file()):
         config = work / f"{dataset}.yaml"
         config.write_text(yaml.safe_dump(base))

@@ -94,6 +94,13 @@ def test_rerun_reuses_resumes_and_retrains(compared, one_thread):
     assert set(status.values()) == {"reused"}
     same = {r["name"]: r["quality"]["accuracy"]["values"] for r in result["rows"][1:]}
     assert same == {r["name"]: r["quality"]["accuracy"]["values"] for r in first["rows"][1:]}
+    # a run from before classifiers evaluated 4 times a run (no auto_evals in its summary) trains again
+    summary = out / "runs" / "lora-seed0" / "summary.json"
+    old = json.loads(summary.read_text())
+    assert old.pop("auto_evals") == 4
+    summary.write_text(json.dumps(old))
+    again = compare(load_config(None, overrides), ["lora"], [0], out, isolate=False, bench={"skip": True}, checks=False)
+    assert again["rows"][1]["runs"][0]["status"] == "retrained"
     # a changed budget trains the runs again
     changed = compare(load_config(None, [*overrides, "train.epochs=1"]), ["bitfit"], [0], out, isolate=False,
                       bench={"skip": True}, checks=False)

@@ -88,8 +88,9 @@ class TrainConfig(_Strict):
         "auto", description="autocast dtype; auto = bf16 where the hardware runs it natively (CUDA, AVX512-BF16/AMX CPUs), "
         "fp16 on older GPUs, else fp32")
     group_by_length: bool = Field(True, description="batch similar lengths together (less padding)")
-    eval_every: int | None = Field(None, gt=0, description="evaluate every N steps; default: once per epoch, and for classifiers "
-                                     "at least 4 times a run (the best evaluation is kept)")
+    eval_every: int | None = Field(
+        None, gt=0, description="evaluate every N steps; default: once per epoch, and for classifiers "
+        "at least 4 times a run (the best evaluation is kept)")
     metric_for_best: str | None = Field(
         None, description="validation metric that selects the best checkpoint; default accuracy "
         "(classify) or loss (sft)")
@@ -98,7 +99,7 @@ class TrainConfig(_Strict):
         "perplexity, else true")
     early_stopping: int | None = Field(
         None, gt=0, description="stop when metric_for_best has not improved for this many evaluations "
-        "(the best checkpoint is kept); null = train the whole budget")
+        "(a classifier evaluates at least 4 times a run; the best checkpoint is kept); null = train the whole budget")
     seed: int = Field(42, description="seed for init, dropout and data order")
     log_every: int = Field(10, gt=0, description="write a metrics.jsonl line every N steps")
     progress: bool = Field(True, description="show a progress bar")

@@ -15,8 +15,8 @@ from deltatune.config import Config
 from deltatune.data.batching import LengthGroupedBatchSampler, pad_collate
 from deltatune.data.classify import LabelSet
 from deltatune.data.classify_tokens import ClassificationInputs, cached_file_features
-from deltatune.data.classify_options import (AUTO_EVALS, AUTO_MIN_STEPS, MULTI_ONLY_METRICS, ClassifyData, ClassifyOptions,
-                                             check, resolved, select_metric)
+from deltatune.data.classify_options import (AUTO_EVALS, AUTO_MIN_STEPS, MULTI_ONLY_METRICS, ClassifyData,
+                                             ClassifyOptions, check, resolved, select_metric)
 from deltatune.data.labels import check_learnable
 from deltatune.data.token_cache import feature_lengths
 from deltatune.data.windows import document_count

@@ -43,6 +43,12 @@ def why_not_reusable(cfg: Config, run_dir: Path) -> str | None:
         return f"its config.yaml cannot be read ({exc})"
     if diffs:
         return f"config changed ({', '.join(diffs[:4])})"
+    if cfg.train.eval_every is None:  # the task's evaluations a run (auto_evals; 1 before it was recorded)
+        from deltatune.tasks import get_task
+
+        done, now = read_json(run_dir / "summary.json").get("auto_evals", 1), get_task(cfg.task).auto_evals
+        if done != now:
+            return f"it evaluated at least {done} time(s) a run, and {cfg.task} now evaluates at least {now}"
     try:
         check_data_unchanged(run_dir, data_fingerprints(cfg), allow_change=False)
     except UserError:

@@ -126,6 +126,7 @@ def _train(cfg: Config, task: TaskSpec, method: MethodSpec, job: TaskJob, run_di
         job.tokenizer.save_pretrained(run_dir / method.saved_dir)
     job.save(run_dir)
     summary = {"task": task.name, "method": method.name, "learning_rate": lr, **_loop_summary(result),
+               "auto_evals": task.auto_evals,
                "trainable_parameters": params, **job.summary(report)}
     report["summary"] = summary
     write_reports(run_dir, report, job.markdown(report, result))
@@ -135,8 +136,9 @@ def _train(cfg: Config, task: TaskSpec, method: MethodSpec, job: TaskJob, run_di
 
 
 def _loop_summary(result: LoopResult) -> dict:
-    return {"epochs": result.epochs, "steps": result.steps, "train_seconds": round(result.train_seconds, 3),
-            "train_tokens": result.train_tokens, "train_tokens_per_s": round(result.tokens_per_s, 2),
+    return {"epochs": result.epochs, "eval_every": result.eval_every, "steps": result.steps,
+            "train_seconds": round(result.train_seconds, 3), "train_tokens": result.train_tokens,
+            "train_tokens_per_s": round(result.tokens_per_s, 2),
             "peak_rss_mb": result.peak_memory_mb, "skipped_steps": result.skipped_steps,
             "best_step": result.best_step, "best_metric": result.best_metric}
 

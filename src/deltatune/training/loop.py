@@ -55,6 +55,7 @@ class LoopResult:
     best_metric: float | None = None
     best_step: int | None = None
     epochs: float | None = None  # passes planned (``train.epochs`` settled); None when max_steps sets the length
+    eval_every: int | None = None  # optimizer steps between evaluations (``train.eval_every`` settled)
     last_eval: dict[str, float] = field(default_factory=dict)
     peak_memory_mb: float = 0.0
 
@@ -150,7 +151,7 @@ class _Loop:
         self.writer = MetricsWriter(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process,
                                     accelerator=accelerator if accelerator.log_with else None)
         self.progress = Progress(self.total_steps, enabled=cfg.progress and accelerator.is_main_process)
-        self.res = LoopResult(epochs=None if cfg.max_steps else epochs)
+        self.res = LoopResult(epochs=None if cfg.max_steps else epochs, eval_every=self.eval_every)
         self.best_state: dict[str, torch.Tensor] | None = None
         self.bad_in_a_row, self.grad_norm = 0, None
         self.window = {"loss": 0.0, "units": 0, "tokens": 0}
