@@ -75,32 +75,38 @@ GRIDS: dict[str, list[dict]] = {
 # steps a pass, so auto is one pass there and their "defaults" are one pass). Seeds 43 and 44 rerun the
 # LoRA defaults there, to set beside the PEFT reference's own seed reruns (sweep_peft.py --seeds).
 ONE_PASS = {"train.epochs": 1}
+# Lower adapter rates learn the unfair clauses (at one evaluation a run) but undertrain Medical Abstracts.
+# Adapters at 1e-3 on the unfair clauses learn, then diverge to one class: "eval_every50" shows it (and
+# BitFit's old 1e-2 never learning there).
+ADAPTER_LR = {"train.learning_rate": 5e-4}
 EXTRA: dict[str, dict[str, list[dict]]] = {
-    "legal_binary": {"lora": [{**CLS, "classify.class_weights": "none"}]},
+    "legal_binary": {"lora": [{**CLS, "classify.class_weights": "none"}],
+                     "adapters": [ADAPTER_LR, {"train.eval_every": 50}],
+                     "bitfit": [{"train.learning_rate": 1e-2, "train.eval_every": 50}]},
     "medical": {"lora": [{**CLS, "classify.class_weights": "balanced"}, ONE_PASS, {"train.epochs": 3},
                          {"train.epochs": 5}, {"train.batch_size": 8}, {"train.seed": 43}, {"train.seed": 44}],
                 "bitfit": [{"train.learning_rate": 1e-2, "train.epochs": "auto"}],  # the default before, 4 passes
-                **{m: [ONE_PASS] for m in ("dora", "ia3", "adapters", "full", "prompt_tuning", "prefix_tuning")}},
+                "adapters": [ONE_PASS, *({"train.learning_rate": lr, "train.epochs": "auto"} for lr in (3e-4, 5e-4))],
+                **{m: [ONE_PASS] for m in ("dora", "ia3", "full", "prompt_tuning", "prefix_tuning")}},
     "sst2": {"lora": [{"train.learning_rate": 5e-4}, {"train.batch_size": 8}, {"train.batch_size": 8, "train.learning_rate": 5e-4},
                       {"train.batch_size": 32, "train.learning_rate": 2e-3}, {"method.alpha": 16}, {"method.alpha": 64},
                       {"method.r": 32, "method.alpha": 64}, {"train.warmup_ratio": 0.1}, {"method.dropout": 0.1},
-                      {"train.scheduler": "cosine"}, {"method.loraplus_lr_ratio": 16}, {"train.weight_decay": 0.01}]},
+                      {"train.scheduler": "cosine"}, {"method.loraplus_lr_ratio": 16}, {"train.weight_decay": 0.01}],
+             "adapters": [ADAPTER_LR]},
 }
 # Before `train.eval_every` defaulted to at least 4 evaluations a classifier run, a one-pass run evaluated once,
-# at its end: "eval_every<steps a pass>" reruns each method's defaults that way (every run of the grids and
-# extras above that is not "defaults" ran so too, one evaluation a pass). Adapters at 1e-3 on the unfair clauses
-# learn, then diverge to one class: "eval_every50" shows it (and BitFit's old 1e-2 never learning there).
+# at its end: "eval_every<steps a pass>" reruns each method's defaults that way on these datasets (every run of
+# the grids and extras above that is not "defaults" ran so too, one evaluation a pass).
 ONE_EVAL = {"sst2": 500, "legal_binary": 250, "demo": 125}
-for _ds, _every in ONE_EVAL.items():
-    for _m in GRIDS:
-        EXTRA.setdefault(_ds, {}).setdefault(_m, []).append({"train.eval_every": _every})
-EXTRA["legal_binary"]["adapters"].append({"train.eval_every": 50})
-# Lower adapter rates learn the unfair clauses at one evaluation a run but undertrain Medical Abstracts.
-for _ds in ("sst2", "legal_binary"):
-    EXTRA[_ds]["adapters"].insert(0, {"train.learning_rate": 5e-4})
-EXTRA["medical"]["adapters"] = [*EXTRA["medical"]["adapters"], *({"train.learning_rate": lr, "train.epochs": "auto"}
-                                                                  for lr in (3e-4, 5e-4))]
-EXTRA["legal_binary"]["bitfit"].append({"train.learning_rate": 1e-2, "train.eval_every": 50})
+
+
+def group(dataset: str, method: str) -> list[dict]:
+    """The overrides run for one (dataset, method): the method's grid, the dataset's extras, the
+    one-evaluation rerun of the defaults."""
+    once = [{"train.eval_every": ONE_EVAL[dataset]}] if dataset in ONE_EVAL else []
+    return [one_pass(dataset, o) for o in GRIDS[method] + EXTRA.get(dataset, {}).get(method, []) + once]
+
+
 METRIC = {"sst2": "accuracy", "medical": "f1_macro", "legal_binary": "f1_macro", "demo": "accuracy"}
 
 
@@ -214,20 +220,20 @@ def main() -> None:
     for dataset in datasets:
         base = dataset_config(dataset, files)
         for method in methods:
-            grid = [one_pass(dataset, o) for o in GRIDS[method] + EXTRA.get(dataset, {}).get(method, [])]
-            group = [run_one(work, dataset, method, o, base, args.reuse,
-                             args.report_only or bool(only and config_tag(o) not in only)) for o in grid]
-            scored = [r for r in group if "error" not in r and r["validation"] is not None  # a seed rerun is no config
+            runs = [run_one(work, dataset, method, o, base, args.reuse,
+                            args.report_only or bool(only and config_tag(o) not in only))
+                    for o in group(dataset, method)]
+            scored = [r for r in runs if "error" not in r and r["validation"] is not None  # a seed rerun is no config
                       and set(r.get("overrides", {})) != {"train.seed"}]
             if scored:
                 max(scored, key=lambda r: r["validation"])["selected"] = True
-            rows += group
+            rows += runs
     print("\n" + table(rows))
     path = HERE / "results" / f"sweep_{'_'.join(methods)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"started": start, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                 "datasets": datasets, "metric": METRIC, "grids": {m: GRIDS[m] for m in methods}, "extra": EXTRA,
-                                "results": rows}, indent=2) + "\n")
+                                "one_eval": ONE_EVAL, "results": rows}, indent=2) + "\n")
     print(f"\nwrote {path}")
     if tmp:
         tmp.cleanup()
