@@ -20,6 +20,8 @@ Datasets (the same files for every configuration):
 
 Grids: each method's defaults, then the same method with the ``[CLS]`` pooler (``classify.pooling: cls``, the
 default before this sweep; ``auto`` now mean-pools the bundled MiniLM) and that pooler's alternatives.
+LoRA's and DoRA's defaults train with ``train.int8_base: auto`` (int8 input gradients on this CPU); their
+``int8_baseoff`` rows are the same runs in fp32, and LoRA's ``int8_baseon`` puts the forward in int8 too.
 
 Usage:
     .venv/bin/python benchmarks/sweep.py --methods lora                       # the LoRA grid on every dataset
@@ -73,7 +75,8 @@ GRIDS: dict[str, list[dict]] = {
 # Medical Abstracts' 1,000 training rows are 63 steps a pass: `train.epochs: auto` trains 4 passes there
 # (200+ steps); "epochs1" is the one-pass run, the default before (SST-2 and the unfair clauses have 250+
 # steps a pass, so auto is one pass there and their "defaults" are one pass). Seeds 43 and 44 rerun the
-# LoRA defaults there, to set beside the PEFT reference's own seed reruns (sweep_peft.py --seeds).
+# LoRA defaults there, to set beside the PEFT reference's own seed reruns (sweep_peft.py --seeds); with
+# "int8_baseoff" they are the fp32 runs of the defaults before `train.int8_base: auto`.
 ONE_PASS = {"train.epochs": 1}
 # Lower adapter rates learn the unfair clauses (at one evaluation a run) but undertrain Medical Abstracts.
 # Adapters at 1e-3 on the unfair clauses learn, then diverge to one class: "eval_every50" shows it (and
@@ -84,7 +87,8 @@ EXTRA: dict[str, dict[str, list[dict]]] = {
                      "adapters": [ADAPTER_LR, {"train.eval_every": 50}],
                      "bitfit": [{"train.learning_rate": 1e-2, "train.eval_every": 50}]},
     "medical": {"lora": [{**CLS, "classify.class_weights": "balanced"}, ONE_PASS, {"train.epochs": 3},
-                         {"train.epochs": 5}, {"train.batch_size": 8}, {"train.seed": 43}, {"train.seed": 44}],
+                         {"train.epochs": 5}, {"train.batch_size": 8}, {"train.seed": 43}, {"train.seed": 44},
+                         *({"train.seed": seed, "train.int8_base": "off"} for seed in (43, 44))],
                 "bitfit": [{"train.learning_rate": 1e-2, "train.epochs": "auto"}],  # the default before, 4 passes
                 "adapters": [ONE_PASS, *({"train.learning_rate": lr, "train.epochs": "auto"} for lr in (3e-4, 5e-4))],
                 **{m: [ONE_PASS] for m in ("dora", "ia3", "full", "prompt_tuning", "prefix_tuning")}},
@@ -98,13 +102,18 @@ EXTRA: dict[str, dict[str, list[dict]]] = {
 # at its end: "eval_every<steps a pass>" reruns each method's defaults that way on these datasets (every run of
 # the grids and extras above that is not "defaults" ran so too, one evaluation a pass).
 ONE_EVAL = {"sst2": 500, "legal_binary": 250, "demo": 125}
+# `train.int8_base: auto` runs LoRA's (and DoRA's) input-gradient matmuls in int8 on CPU ("backward");
+# "off" is the fp32 run (the defaults before), "on" puts the forward matmuls in int8 too. Every other
+# LoRA and DoRA run of the grids and extras above ran before int8 existed, so in fp32.
+INT8 = {"lora": [{"train.int8_base": "off"}, {"train.int8_base": "on"}], "dora": [{"train.int8_base": "off"}]}
 
 
 def group(dataset: str, method: str) -> list[dict]:
     """The overrides run for one (dataset, method): the method's grid, the dataset's extras, the
     one-evaluation rerun of the defaults."""
     once = [{"train.eval_every": ONE_EVAL[dataset]}] if dataset in ONE_EVAL else []
-    return [one_pass(dataset, o) for o in GRIDS[method] + EXTRA.get(dataset, {}).get(method, []) + once]
+    int8 = INT8.get(method, []) if dataset != "demo" else []
+    return [one_pass(dataset, o) for o in GRIDS[method] + EXTRA.get(dataset, {}).get(method, []) + once + int8]
 
 
 METRIC = {"sst2": "accuracy", "medical": "f1_macro", "legal_binary": "f1_macro", "demo": "accuracy"}
@@ -139,8 +148,8 @@ def write_domain_files(work: Path) -> dict:
 
 def one_pass(dataset: str, overrides: dict) -> dict:
     """Medical Abstracts' alternatives ran one pass (before ``epochs: auto``; four passes are 4x the time):
-    their overrides say so, and only the defaults, seed reruns and the epochs points take auto's passes."""
-    if dataset != "medical" or not overrides or "train.epochs" in overrides or set(overrides) == {"train.seed"}:
+    their overrides say so, and only the defaults, seed reruns, int8 points and epochs points take auto's passes."""
+    if dataset != "medical" or "train.epochs" in overrides or set(overrides) <= {"train.seed", "train.int8_base"}:
         return overrides
     return {**overrides, **ONE_PASS}
 
@@ -224,7 +233,7 @@ def main() -> None:
                             args.report_only or bool(only and config_tag(o) not in only))
                     for o in group(dataset, method)]
             scored = [r for r in runs if "error" not in r and r["validation"] is not None  # a seed rerun is no config
-                      and set(r.get("overrides", {})) != {"train.seed"}]
+                      and "train.seed" not in r.get("overrides", {})]
             if scored:
                 max(scored, key=lambda r: r["validation"])["selected"] = True
             rows += runs
@@ -233,7 +242,7 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"started": start, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                 "datasets": datasets, "metric": METRIC, "grids": {m: GRIDS[m] for m in methods}, "extra": EXTRA,
-                                "one_eval": ONE_EVAL, "results": rows}, indent=2) + "\n")
+                                "one_eval": ONE_EVAL, "int8": INT8, "results": rows}, indent=2) + "\n")
     print(f"\nwrote {path}")
     if tmp:
         tmp.cleanup()

@@ -113,8 +113,18 @@ class TrainConfig(_Strict):
         False, description="torch.compile each decoder layer for training steps (fused elementwise "
                             "ops). Measured on 2 CPU cores, SmolLM2 LoRA: steps 4-13% faster and ~25% less "
                             "memory, but ~1.5 min of compiling on a first run (~15 s once cached): for long runs")
+    int8_base: Literal["auto", "off", "backward", "on"] = Field(
+        "auto", description="frozen linear layers' training matmuls in int8 (CPU, fp32 only; docs/int8.md): "
+        "backward = the input gradients only (the forward and the loss stay exact), on = the forward too. "
+        "Evaluation and saved weights stay float. auto: backward for classify with LoRA on CPU, else off")
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list, description="experiment trackers via Accelerate (metrics.jsonl is always written)")
+
+    @field_validator("int8_base", mode="before")
+    @classmethod
+    def _int8_base(cls, value: Any) -> Any:
+        """YAML reads a bare on/off (and true/false) as a boolean."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("epochs", mode="before")
     @classmethod
@@ -174,6 +184,9 @@ class Config(_Strict):
                              f"{', '.join(spec.best_metrics[:-1])} or {spec.best_metrics[-1]}")
         if t.greater_is_better is None:
             t.greater_is_better = t.metric_for_best not in spec.lower_is_better
+        if t.compile and t.int8_base in ("backward", "on"):
+            raise ValueError(f"train.int8_base: {t.int8_base} and train.compile: true do not combine (torch.compile "
+                             "does not trace the int8 layers); set train.int8_base: off or train.compile: false")
         if t.learning_rate is None:
             t.learning_rate = get_method(self.method.name).lr_for(self.task)
         if spec.check is not None:

@@ -123,6 +123,9 @@ class TaskSpec:
     auto_evals: int = 1
     """With ``train.eval_every`` unset, evaluate at least this many times a run (evenly spaced, and at
     least once a pass); 1: once a pass."""
+    int8_auto: bool = False
+    """``train.int8_base: auto`` may run int8 base matmuls in this task (where measured), as the method's
+    :attr:`MethodSpec.int8_auto` says."""
     summary_keys: tuple[str, ...] = field(default_factory=tuple)
     """Summary values the CLI prints after training."""
     adapter_default: bool = False

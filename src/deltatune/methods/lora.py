@@ -297,4 +297,5 @@ LORA = register(MethodSpec(
     switch_off=lora_switched_off,
     saved_tags=("LORA",),
     options_from_saved=options_from_peft,
+    int8_auto="backward",
 ))

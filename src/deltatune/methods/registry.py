@@ -99,6 +99,9 @@ class MethodSpec:
     names (LoRA: ``dora`` = ``use_dora: true``)."""
     task_lr: dict[str, float] = field(default_factory=dict)
     """Default learning rates measured better for one task than ``default_lr`` (``{"classify": 1e-4}``)."""
+    int8_auto: str = "off"
+    """What ``train.int8_base: auto`` means for this method (``off``, ``backward``, ``on``: measured to keep
+    quality) in the tasks that allow it (:attr:`TaskSpec.int8_auto`)."""
 
     def lr_for(self, task: str) -> float:
         """The default learning rate of this method for ``task``."""

@@ -165,6 +165,6 @@ CLASSIFY = register_task(TaskSpec(
     format_report=format_report,
     predict=predict,
     check=check,
-    auto_min_steps=AUTO_MIN_STEPS, auto_evals=AUTO_EVALS,
+    auto_min_steps=AUTO_MIN_STEPS, auto_evals=AUTO_EVALS, int8_auto=True,
     summary_keys=("validation_accuracy", "validation_f1_macro", "test_accuracy", "test_f1_macro"), adapter_default=True,
 ))

@@ -23,6 +23,7 @@ from deltatune.runs.directory import (abandon_run, check_data_unchanged, check_s
                                       open_run, plan_run)
 from deltatune.tasks import TaskJob, TaskSpec, get_task
 from deltatune.training.accelerator import make_accelerator
+from deltatune.training.int8 import restore_float_linears, setup_int8_base
 from deltatune.training.logging import log
 from deltatune.training.loop import LoopResult, train
 
@@ -110,6 +111,8 @@ def _train(cfg: Config, task: TaskSpec, method: MethodSpec, job: TaskJob, run_di
         f"{params['trainable']:,} / {params['total']:,} parameters ({params['percent']:.3f}%)")
 
     accelerator = make_accelerator(t.precision, t.report_to, run_dir, cfg.model_dump(mode="json"))
+    int8 = setup_int8_base(job.model, t.int8_base, method.int8_auto if task.int8_auto else "off",
+                           accelerator.device.type, str(accelerator.mixed_precision), t.compile)
     lr = t.learning_rate
     param_lr = method.param_lr(job.model, cfg.method, lr) if method.param_lr else None
     job.run_dir = run_dir
@@ -118,6 +121,7 @@ def _train(cfg: Config, task: TaskSpec, method: MethodSpec, job: TaskJob, run_di
                    resume=t.resume, run_state={"data_fingerprints": fingerprints}, auto_min_steps=task.auto_min_steps,
                    auto_evals=task.auto_evals)
     model = accelerator.unwrap_model(job.model)
+    restore_float_linears(model)
     report.update(job.final(model))
     if not accelerator.is_main_process:
         return {}
@@ -126,7 +130,7 @@ def _train(cfg: Config, task: TaskSpec, method: MethodSpec, job: TaskJob, run_di
         job.tokenizer.save_pretrained(run_dir / method.saved_dir)
     job.save(run_dir)
     summary = {"task": task.name, "method": method.name, "learning_rate": lr, **_loop_summary(result),
-               "auto_evals": task.auto_evals,
+               "auto_evals": task.auto_evals, "int8_base": int8,
                "trainable_parameters": params, **job.summary(report)}
     report["summary"] = summary
     write_reports(run_dir, report, job.markdown(report, result))
