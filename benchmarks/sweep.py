@@ -20,8 +20,9 @@ Datasets (the same files for every configuration):
 
 Grids: each method's defaults, then the same method with the ``[CLS]`` pooler (``classify.pooling: cls``, the
 default before this sweep; ``auto`` now mean-pools the bundled MiniLM) and that pooler's alternatives.
-LoRA's and DoRA's defaults train with ``train.int8_base: auto`` (int8 input gradients on this CPU); their
-``int8_baseoff`` rows are the same runs in fp32, and LoRA's ``int8_baseon`` puts the forward in int8 too.
+LoRA's defaults train with ``train.int8_base: auto`` (int8 input gradients on this CPU); its ``int8_baseoff``
+rows are the same runs in fp32, and ``int8_baseon`` puts the forward in int8 too. DoRA's rows ran in fp32,
+before ``int8_base`` existed (its defaults now also get int8 input gradients; not rerun).
 
 Usage:
     .venv/bin/python benchmarks/sweep.py --methods lora                       # the LoRA grid on every dataset
@@ -102,10 +103,10 @@ EXTRA: dict[str, dict[str, list[dict]]] = {
 # at its end: "eval_every<steps a pass>" reruns each method's defaults that way on these datasets (every run of
 # the grids and extras above that is not "defaults" ran so too, one evaluation a pass).
 ONE_EVAL = {"sst2": 500, "legal_binary": 250, "demo": 125}
-# `train.int8_base: auto` runs LoRA's (and DoRA's) input-gradient matmuls in int8 on CPU ("backward");
-# "off" is the fp32 run (the defaults before), "on" puts the forward matmuls in int8 too. Every other
-# LoRA and DoRA run of the grids and extras above ran before int8 existed, so in fp32.
-INT8 = {"lora": [{"train.int8_base": "off"}, {"train.int8_base": "on"}], "dora": [{"train.int8_base": "off"}]}
+# `train.int8_base: auto` runs LoRA's input-gradient matmuls in int8 on CPU ("backward"); "off" is the
+# fp32 run (the defaults before), "on" puts the forward matmuls in int8 too. Every other LoRA run of the
+# grids and extras above ran before int8 existed, so in fp32, and so did every DoRA run (not rerun).
+INT8 = {"lora": [{"train.int8_base": "off"}, {"train.int8_base": "on"}]}
 
 
 def group(dataset: str, method: str) -> list[dict]:
