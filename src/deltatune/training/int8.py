@@ -26,6 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from deltatune.errors import ConfigError
+from deltatune.training.logging import log
+
 
 def _rows_int8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``t`` (n, k) float as int8 with one scale per row: ``t ~ q * scale``, ``scale`` (n, 1)."""
@@ -68,8 +71,8 @@ class _BackwardInt8(torch.autograd.Function):
 
 def _quantize_columns(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``w`` (m, k) float -> ``(q^T (k, m) int8, scale (m,))`` with one scale per row of ``w``."""
-    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-    return (w / scale[:, None]).round().to(torch.int8).t().contiguous(), scale
+    q, scale = _rows_int8(w)
+    return q.t().contiguous(), scale.squeeze(1)
 
 
 class Int8TrainLinear(nn.Linear):
@@ -178,9 +181,6 @@ def setup_int8_base(model: nn.Module, setting: str, auto_mode: str, device_type:
     """Apply ``train.int8_base`` (``off``, ``backward``, ``on`` or ``auto``) to an adapted model; returns
     the mode the run trains with. ``auto_mode``: what ``auto`` means for this task and method (where it
     was measured; ``off`` elsewhere), and it quietly stays off where the int8 path cannot run."""
-    from deltatune.errors import ConfigError
-    from deltatune.training.logging import log
-
     mode = auto_mode if setting == "auto" else setting
     if mode == "off":
         return "off"
