@@ -41,8 +41,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_busy_fraction  # noqa: E402
 
-from deltatune.evaluation.code_eval import CodeEvalSettings  # noqa: E402
-from deltatune.evaluation.code_report import write_code_reports  # noqa: E402
+from deltatune.codeeval.evaluate import CodeEvalSettings  # noqa: E402
+from deltatune.codeeval.report import write_code_reports  # noqa: E402
 from deltatune.io import write_json_atomic  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -108,7 +108,7 @@ def evaluate(model: str, run_dir: str | None, label: str, kwargs: dict, work: Pa
 
 def rescored(report: dict, settings: CodeEvalSettings, model_name: str) -> dict:
     """``report``'s saved answers judged again (extraction, programs, sandbox) by the current code."""
-    from deltatune.evaluation.code_eval import run_code_eval
+    from deltatune.codeeval.evaluate import run_code_eval
 
     answers = {t["task_id"]: [s["answer"] for s in t["samples"]] for t in report["tasks"]}
     header = report["header"]

@@ -77,14 +77,14 @@ def _write(path: Path, examples, names, multi: bool) -> str:
 
 
 def _shrink(examples, size):
-    from deltatune.data.classify import stratified_sample
+    from deltatune.tasks.classify.examples import stratified_sample
 
     return examples if size is None else stratified_sample(examples, size, SEED)
 
 
 def write_data(work: Path, args) -> dict[str, dict[str, str]]:
     """Train/validation/test jsonl files (fields ``text``, ``label``) for the three datasets."""
-    from deltatune.data.classify import load_classification_data
+    from deltatune.tasks.classify.examples import load_classification_data
 
     shrink_eval = QUICK["medical_eval"] if args.quick else None
     med = load_classification_data(MEDICAL_CSV, text_field="medical_abstract", label_field="condition_label",

@@ -61,7 +61,8 @@ def step_times(lengths: list[int], batch: int = 16, steps: int = 6) -> str:
     on random tokens, each setting twice in turn, the best of the two kept."""
     import torch
 
-    from deltatune.methods.lora import LoraOptions, apply_lora
+    from deltatune.methods.lora.options import LoraOptions
+    from deltatune.methods.lora.model import apply_lora
     from deltatune.methods.registry import ModelContext
     from deltatune.models.bundled import bundled_model_path
     from deltatune.models.loading import load_for_classification

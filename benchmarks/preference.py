@@ -98,15 +98,16 @@ IGNORE = -100
 
 # --------------------------------------------------------------------------- shared data
 def our_template(tok):
-    from deltatune.data.preference import PreferenceData
-    from deltatune.data.sft import template_for
+    from deltatune.tasks.preference.options import PreferenceData
+    from deltatune.data.templates import template_for
 
     return template_for(PreferenceData(template="chat"), tok, [])
 
 
 def select_pairs(tok, n: int, max_length: int) -> dict:
     """The first 2n usable pairs of DATA (file order): n training, n held-out, with what was skipped."""
-    from deltatune.data.preference import PairStats, encode_pair, encode_pairs, rows_to_pairs
+    from deltatune.data.pairs import PairStats, rows_to_pairs
+    from deltatune.tasks.preference.pairs import encode_pair, encode_pairs
     from deltatune.data.readers import read_rows
 
     rows = read_rows(str(DATA))
@@ -235,7 +236,7 @@ def heldout_quality(kind: str, adapter_dir: str, ctx: dict, live_model=None) -> 
     import torch
     import torch.nn.functional as F
 
-    from deltatune.losses.preference import pairwise_accuracy_ci
+    from deltatune.metrics.intervals import pairwise_accuracy_ci
 
     out = {}
     if live_model is not None:
@@ -376,8 +377,8 @@ def deltatune_spies(kind: str) -> dict:
     """Wrap (in this child only) deltatune's encode_pairs, the loop entry and Reference.attach, to capture the
     pairs its recipe encoded, the initial trainable weights, the model, and the reference precompute time."""
     import deltatune.runs.skeleton as skeleton
-    from deltatune.recipes import dpo as dpo_recipe, reward as reward_recipe
-    from deltatune.training.reference import Reference
+    from deltatune.tasks import dpo as dpo_recipe, reward as reward_recipe
+    from deltatune.tasks.preference.reference import Reference
 
     spy = {"feats": [], "ref_seconds": [0.0]}
     recipe = reward_recipe if kind == "reward" else dpo_recipe

@@ -21,8 +21,9 @@ from pathlib import Path
 
 
 def held_out_prompts(run_dir: str | None, path: str | None, limit: int) -> list[list[dict]]:
-    from deltatune.data.preference import PreferenceData, load_pair_splits
-    from deltatune.data.prompts import PromptData, load_prompt_splits, read_prompts
+    from deltatune.tasks.preference.options import PreferenceData
+    from deltatune.data.pairs import load_pair_splits
+    from deltatune.tasks.rl.prompts import PromptData, load_prompt_splits, read_prompts
     from deltatune.runs.loaded import finished_run_config
 
     if path:
@@ -40,8 +41,8 @@ def held_out_prompts(run_dir: str | None, path: str | None, limit: int) -> list[
 
 def answers(model, tokenizer, template, prompts, max_new_tokens: int) -> list[str]:
     from deltatune.config import GenerateConfig
-    from deltatune.data.sft import prompt_ids
-    from deltatune.evaluation.generation import generate_texts
+    from deltatune.data.masks import prompt_ids
+    from deltatune.inference.generation import generate_texts
 
     ids = [prompt_ids(tokenizer, template, p) for p in prompts]
     return generate_texts(model, tokenizer, ids, GenerateConfig(max_new_tokens=max_new_tokens, batch_size=8), seed=0)
@@ -58,7 +59,7 @@ def main() -> None:
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
 
-    from deltatune.losses.preference import pairwise_accuracy_ci
+    from deltatune.metrics.intervals import pairwise_accuracy_ci
     from deltatune.runs.loaded import load_run
 
     prompts = held_out_prompts(args.prompts_from or args.policy, args.prompts, args.limit)

@@ -7,7 +7,7 @@ The parent checks this again at run time and says so in the table notes and the 
 Protocol
 --------
 Prompts: the first ``--steps`` x ``--prompts`` rows of /work/shared/data/instruction/alpaca_subset_1k.json, read
-with deltatune's own reader (``deltatune.data.prompts.read_prompts``, layout ``alpaca``: user message =
+with deltatune's own reader (``deltatune.tasks.rl.prompts.read_prompts``, layout ``alpaca``: user message =
 instruction (+ "\\n\\n" + input)) and encoded with deltatune's ``prompt_ids`` (template ``chat``: SmolLM2's chat
 template, which adds its default system message). The parent checks, prompt by prompt, that these ids equal
 ``apply_chat_template(messages, add_generation_prompt=True)`` - what TRL does for conversational prompts.
@@ -107,7 +107,7 @@ TEMPERATURE, TOP_P = 1.0, 1.0
 
 # --------------------------------------------------------------------------- shared data
 def prompt_options():
-    from deltatune.data.prompts import PromptData
+    from deltatune.tasks.rl.prompts import PromptData
 
     return PromptData(layout="alpaca", template="chat")
 
@@ -115,8 +115,9 @@ def prompt_options():
 def select_prompts(tok, args, folder: Path) -> dict:
     """The first steps x prompts rows of DATA, written to ``folder/train.json`` (deltatune's training file), read
     back with deltatune's reader and encoded with its chat template; plus deltatune's rollout order."""
-    from deltatune.data.prompts import read_prompts
-    from deltatune.data.sft import prompt_ids, template_for
+    from deltatune.tasks.rl.prompts import read_prompts
+    from deltatune.data.masks import prompt_ids
+    from deltatune.data.templates import template_for
 
     n = args.steps * args.prompts
     rows = json.loads(DATA_JSON.read_text(encoding="utf-8"))[:n]
@@ -231,8 +232,8 @@ def way_trl(ctx: dict, args) -> dict:
     from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
-    from deltatune.evaluation.generation import end_token_ids
-    from deltatune.evaluation.rewards import load_reward
+    from deltatune.inference.generation import end_token_ids
+    from deltatune.tasks.rl.rewards import load_reward
 
     tok, records, sampling = ctx["tok"], [], set()
     watch_sampling(sampling)
@@ -293,7 +294,7 @@ def way_trl(ctx: dict, args) -> dict:
 
 def way_deltatune(ctx: dict, args) -> dict:
     import deltatune.runs.skeleton as skeleton
-    import deltatune.training.rollout as rollout
+    import deltatune.tasks.rl.rollout as rollout
     from deltatune.config import validate_config
     from deltatune.runs import run_config
 

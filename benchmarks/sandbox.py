@@ -38,8 +38,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_busy_fraction  # noqa: E402
 
-from deltatune.evaluation.code_metrics import load_mbpp, mbpp_preamble, mbpp_program  # noqa: E402
-from deltatune.evaluation.sandbox import SandboxLimits, run_many, sandbox_capabilities  # noqa: E402
+from deltatune.codeeval.programs import load_mbpp, mbpp_preamble, mbpp_program  # noqa: E402
+from deltatune.codeeval.sandbox import SandboxLimits, run_many, sandbox_capabilities  # noqa: E402
 
 MBPP = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mbpp" / "mbpp.jsonl"
 

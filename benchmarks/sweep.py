@@ -125,7 +125,7 @@ def dataset_config(name: str, files: dict) -> dict:
               "train": {"batch_size": 16, "seed": 42, "precision": "fp32", "progress": False,
                         "checkpoint_every": 100000, "metric_for_best": METRIC[name]}}
     if name == "demo":  # make demo's budget: 2,000 sentences of the shipped sample, 1 pass, dev as validation, no test
-        from deltatune.demo import demo_config
+        from deltatune.compare.demo import demo_config
 
         return {**common, "train": {**common["train"], "epochs": 1},
                 "data": {**demo_config()["data"], "max_train_samples": 2000}}

@@ -71,7 +71,7 @@ def worker(data: dict, cfg: dict, metric: str, out_json: Path, seed: int = SEED)
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                               Trainer, TrainingArguments)
 
-    from deltatune.data.classify import load_classification_data
+    from deltatune.tasks.classify.examples import load_classification_data
 
     transformers.set_seed(seed)  # the run's seed; the rows are read with the sweep's own (SEED), as deltatune reads them
     split = load_classification_data(

@@ -34,7 +34,7 @@ __all__ = ["CheckReport", "Finding", "format_report", "run_checks"]
 def run_checks(cfg, slow: bool = True, memory_limit_mb: float | None = None) -> CheckReport:
     """All checks of ``cfg`` (``slow=False``: without the probe step that loads the model)."""
     from deltatune.checks import config_checks, data_checks
-    from deltatune.checks.views import view_for
+    from deltatune.data.views import view_for
 
     report = CheckReport()
     report.findings += config_checks.run(cfg, report)

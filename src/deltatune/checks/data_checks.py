@@ -1,4 +1,4 @@
-"""Checks that read the examples (a :class:`~deltatune.checks.views.DataView`): label balance and
+"""Checks that read the examples (a :class:`~deltatune.data.views.DataView`): label balance and
 the metric that selects checkpoints, duplicates, train/validation overlap, truncation, examples
 without trained tokens."""
 
@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 
 from deltatune.checks.findings import CheckReport, Finding
-from deltatune.checks.views import DataView, Rows, normalise
+from deltatune.data.views import DataView, Rows, normalise
 from deltatune.losses.classification import auto_weighting
 
 IMBALANCE_RATIO = 3.0

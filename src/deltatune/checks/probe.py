@@ -24,7 +24,7 @@ BATCHES_SCANNED = 200
 def usable_memory_mb() -> float:
     import torch
 
-    from deltatune.evaluation.efficiency import current_rss_mb
+    from deltatune.inference.efficiency import current_rss_mb
 
     if torch.cuda.is_available():
         free, _ = torch.cuda.mem_get_info()
@@ -56,7 +56,7 @@ def measure_step(cfg) -> dict:
     import torch
     from accelerate.utils import send_to_device
 
-    from deltatune.evaluation.efficiency import PeakMemory
+    from deltatune.inference.efficiency import PeakMemory
     from deltatune.methods.registry import ModelContext, get_method
     from deltatune.models import head_module_names
     from deltatune.tasks import get_task
@@ -79,7 +79,7 @@ def measure_step(cfg) -> dict:
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate)
         with PeakMemory() as pm:
             with accelerator.autocast():
-                loss = job.loss_fn(model, send_to_device(batch, accelerator.device))[0]
+                loss = job.loss_fn(model, send_to_device(batch, accelerator.device)).loss
             loss.backward()
             optimizer.step()
     shapes = [tuple(t.shape) for t in batch.values() if isinstance(t, torch.Tensor) and t.dim() >= 2]

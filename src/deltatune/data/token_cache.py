@@ -25,7 +25,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from deltatune.training.logging import log
+from deltatune.data.readers import iter_rows
+from deltatune.errors import DataError
+from deltatune.log import log
 
 FORMAT_VERSION = 2
 WRITER_BATCH_ROWS = 1 << 16
@@ -280,3 +282,28 @@ class TokenRows(TableRows):
 def feature_lengths(feats) -> list[int]:
     """Tokens per feature of :class:`TableRows` or a list of feature dicts."""
     return feats.lengths() if isinstance(feats, TableRows) else [len(f["input_ids"]) for f in feats]
+
+
+CHUNK_ROWS = 8192
+"""Rows validated and tokenized at a time on the streamed route."""
+AUTO_CACHE_BYTES = 256 * 1024
+"""``data.cache`` unset: files at least this large go through the token cache."""
+
+
+def data_size(path: Path) -> int:
+    """Bytes of a data file, or of every file under a folder of shards."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def row_chunks(path: str, fmt, size: int = CHUNK_ROWS):
+    """The rows of ``path`` streamed in lists of ``size``; a file without rows is a DataError."""
+    chunk, any_rows = [], False
+    for row in iter_rows(path, fmt):
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk, any_rows = [], True
+    if chunk:
+        yield chunk
+    elif not any_rows:
+        raise DataError("no rows", path=path)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from deltatune.errors import ConfigError
+from deltatune.results import BatchLoss
 
 
 def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor,
@@ -178,8 +179,7 @@ def settle_class_weights(opts, names: Sequence[str], values: Sequence, counts: S
 
 
 def classifier_batch_loss(model, batch: dict, loss=cross_entropy_sum):
-    """(summed loss, examples, real tokens) of one micro-batch through a sequence classifier."""
+    """Summed loss, examples and real tokens of one micro-batch through a sequence classifier."""
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "num_units")}
     logits = model(**inputs).logits
-    return (loss(logits, batch["labels"]), int(batch["num_units"]),
-            int(batch["attention_mask"].sum()))
+    return BatchLoss(loss(logits, batch["labels"]), int(batch["num_units"]), int(batch["attention_mask"].sum()))

@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from deltatune.results import BatchLoss
+
 IGNORE_INDEX = -100
 HEAD_CHUNK_ELEMENTS = 2 ** 26  # logits of one chunk of target tokens: 256 MB in float32
 
@@ -104,16 +106,16 @@ def _skips_logits(model) -> bool:
                 or getattr(c, "logits_scaling", 1.0) not in (None, 1.0))
 
 
-def causal_lm_batch_loss(model, batch: dict) -> tuple[torch.Tensor, int, int]:
-    """(summed response cross-entropy, target tokens, real tokens) of one micro-batch (or of its
-    separately padded parts, see ``data.sft.padding_free_parts``)."""
+def causal_lm_batch_loss(model, batch: dict) -> BatchLoss:
+    """Summed response cross-entropy, target tokens and real tokens of one micro-batch (or of its
+    separately padded parts, see :func:`deltatune.data.batching.padding_free_parts`)."""
     if "parts" in batch:
         results = [causal_lm_batch_loss(model, part) for part in batch["parts"]]
-        return (sum(r[0] for r in results), sum(r[1] for r in results), sum(r[2] for r in results))
+        return BatchLoss(sum(r.loss for r in results), sum(r.units for r in results), sum(r.tokens for r in results))
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     if _skips_logits(model):
         hidden = model.base_model(**inputs, use_cache=False).last_hidden_state
         loss, n = response_cross_entropy_sum(hidden, batch["labels"], model.get_output_embeddings())
     else:
         loss, n = token_cross_entropy_sum(model(**inputs, use_cache=False).logits, batch["labels"])
-    return loss, n, int(batch["num_tokens"])
+    return BatchLoss(loss, n, int(batch["num_tokens"]))

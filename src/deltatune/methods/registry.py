@@ -1,26 +1,27 @@
 """The single extension point for fine-tuning methods.
 
-A method is one module that calls :func:`register` with a :class:`MethodSpec`: its options class
-(validated from the ``method:`` section of the config), how to inject itself into a model, and how
-to save and load what it trains. Nothing else in deltatune knows the list of methods.
+A method is one folder, ``deltatune/methods/<name>/``: ``options.py`` (its pydantic options, validated
+from the ``method:`` section; no torch), ``model.py`` (the layers, and how to inject, save, load and merge
+them) and ``__init__.py``, whose one :func:`register` call adds a :class:`MethodSpec` with :func:`lazy`
+references into ``model.py``. Nothing else in deltatune knows the list of methods; the registry's shape
+and rules are those of every registry (:mod:`deltatune.registry`).
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Protocol
 
-import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from deltatune.errors import ConfigError, suggest_key
+from deltatune.registry import Registry, lazy
 
-# Modules that register methods; imported lazily so `import deltatune` stays cheap.
-_METHOD_MODULES = ("deltatune.methods.full", "deltatune.methods.lora", "deltatune.methods.ia3",
-                   "deltatune.methods.bitfit", "deltatune.methods.adapters",
-                   "deltatune.methods.prompt", "deltatune.methods.prefix")
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+__all__ = ["MethodOptions", "MethodSpec", "ModelContext", "available", "get_method", "lazy", "register"]
 
 
 class MethodOptions(BaseModel):
@@ -71,7 +72,6 @@ class MethodSpec:
     default_lr: float
     """Peak learning rate when the config sets none (:meth:`lr_for`: a task may have its own)."""
     saved_dir: str = "adapter"           # run-dir subfolder written by ``save``
-    mergeable: bool = False
     merge: Callable[[nn.Module], nn.Module] | None = None
     """Fold the trained update into the base weights and remove the wrappers (mergeable methods)."""
     param_lr: Callable[[nn.Module, Any, float], dict[int, float]] | None = None
@@ -107,50 +107,26 @@ class MethodSpec:
         """The default learning rate of this method for ``task``."""
         return self.task_lr.get(task, self.default_lr)
 
-    @property
-    def config_cls(self) -> type[MethodOptions]:
-        return self.options
 
-    @property
-    def reference(self) -> str:
-        """How a reference (untuned) model is had: "switch off" the method, or a "frozen copy"."""
-        return "switch off" if self.switch_off is not None else "frozen copy"
-
-
-_REGISTRY: dict[str, MethodSpec] = {}
+METHODS: Registry[MethodSpec] = Registry("method", package="deltatune.methods",
+                                        entry_points="deltatune.methods")
+register = METHODS.register
+available = METHODS.available
 
 # PEFT's spellings of our option names, for "did you mean" hints.
 PEFT_ALIASES = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
                 "target": "target_modules", "targets": "target_modules"}
 
 
-def register(spec: MethodSpec) -> MethodSpec:
-    if spec.name in _REGISTRY:
-        raise ValueError(f"method '{spec.name}' registered twice")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def _ensure_loaded() -> None:
-    for mod in _METHOD_MODULES:
-        importlib.import_module(mod)
-
-
-def available() -> dict[str, MethodSpec]:
-    _ensure_loaded()
-    return dict(_REGISTRY)
-
 
 def get_method(name: str) -> MethodSpec:
-    methods = available()
-    if name not in methods:
-        raise ConfigError(f"method.name: unknown method '{name}'"
-                          f"{suggest_key(name, sorted(methods))}")
-    return methods[name]
+    return METHODS.get(name, key="method.name")
 
 
 def resolve_method(name: str) -> tuple[MethodSpec, dict[str, Any]]:
     """A method name or a registered variant name (``dora``) -> (its method, the options it sets)."""
+    if name in METHODS.folders():  # a method's own folder: no need to import the others
+        return METHODS.get(name), {}
     methods = available()
     if name in methods:
         return methods[name], {}

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 _EXPORTS = {
     "bundled": ["BUNDLED", "BundledModel", "bundled_model_path", "deltatune_home", "list_models",
                 "llama_parameter_count", "resolve_model_path", "safetensors_parameter_count"],
-    "loading": ["fit_max_length", "head_module_names", "is_encoder", "load_for_causal_lm", "load_for_classification",
+    "loading": ["head_module_names", "is_encoder", "load_for_causal_lm", "load_for_classification",
                 "load_tokenizer", "position_limit"],
     "tiny": ["make_tiny_model_dir", "tiny_config", "tiny_tokenizer"],
 }
@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below d
     from deltatune.models.bundled import (BUNDLED, BundledModel, bundled_model_path, deltatune_home,
                                           list_models, llama_parameter_count, resolve_model_path,
                                           safetensors_parameter_count)
-    from deltatune.models.loading import (fit_max_length, head_module_names, is_encoder, load_for_causal_lm, position_limit,
+    from deltatune.models.loading import (head_module_names, is_encoder, load_for_causal_lm, position_limit,
                                           load_for_classification, load_tokenizer)
     from deltatune.models.tiny import make_tiny_model_dir, tiny_config, tiny_tokenizer
 

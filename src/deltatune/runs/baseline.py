@@ -24,7 +24,7 @@ def evaluate_with_baseline(run_dir: str | None, adapter: str | None, model_name:
 
 
 def change_table(base: dict, tuned: dict, lower_is_better: set[str]) -> dict:
-    from deltatune.evaluation.compare_table import SKIP_METRICS
+    from deltatune.reports.facts import SKIP_METRICS
 
     out = {}
     for key, t in tuned.items():

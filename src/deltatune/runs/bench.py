@@ -1,6 +1,6 @@
 """``deltatune bench RUN_DIR``: inference latency, throughput and peak memory of a trained run, as
 trained, merged (methods that can fold into the base weights) and, with ``baseline``, of the untuned
-base model; see :mod:`deltatune.evaluation.efficiency` for how each number is measured."""
+base model; see :mod:`deltatune.inference.efficiency` for how each number is measured."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import gc
 from pathlib import Path
 
 from deltatune.errors import UserError
-from deltatune.evaluation.efficiency import OtherLoad, bench_model
+from deltatune.inference.efficiency import OtherLoad, bench_model
 from deltatune.io import read_json
 from deltatune.runs.directory import FINISHED_MARKER
 from deltatune.runs.loaded import finished_run_config, load_run

@@ -25,7 +25,7 @@ from deltatune.config import Config, dump_config
 from deltatune.errors import UserError
 from deltatune.io import read_json, write_text_atomic
 from deltatune.training.checkpoint import list_checkpoints
-from deltatune.training.logging import log
+from deltatune.log import log
 
 FINISHED_MARKER = "summary.json"
 RUN_MARKER = "config.yaml"

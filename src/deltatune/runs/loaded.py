@@ -42,7 +42,7 @@ class LoadedRun:
     def template(self, override: str | None = None):
         """The prompt template of a causal-LM run: ``override`` (the ``--template`` flag), else the
         one it trained with."""
-        from deltatune.data.sft import make_template
+        from deltatune.data.templates import make_template
 
         if override:
             return make_template(override, self.tokenizer, key="--template")

@@ -42,7 +42,7 @@ def _score_file(run: LoadedRun, data_path: str) -> list[dict]:
 
     rows = read_rows(data_path, run.cfg.data.format)
     if rows and "chosen" in rows[0] and "rejected" in rows[0]:
-        from deltatune.data.preference import read_pairs
+        from deltatune.data.pairs import read_pairs
 
         pairs, _ = read_pairs(data_path, run.cfg.data)
         rewards = run.task.score(run, [p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs])
@@ -98,7 +98,7 @@ def generation_target(run_dir: str | None, model_name: str | None, adapter: str 
     if not model_name:
         raise UserError("give a RUN_DIR (an sft run), --adapter DIR, or --model NAME (a base model)")
     from deltatune.config import validate_config
-    from deltatune.data.sft import make_template
+    from deltatune.data.templates import make_template
 
     task = next(t for t in available_tasks().values() if t.model_kind == "causal_lm" and t.adapter_default)
     cfg = validate_config({"task": task.name, "model": {"name": model_name}})
@@ -112,8 +112,8 @@ def evaluate_code(run_dir: str | None = None, model_name: str | None = None, ada
                   settings=None, template: str | None = None) -> dict:
     """Generated code judged by running it (MBPP, HumanEval: pass@k, execution rate, BLEU) for a
     causal-LM run, an adapter on its base model, or (``model_name`` alone) a base model.
-    ``settings``: a :class:`deltatune.evaluation.code_eval.CodeEvalSettings` (default: MBPP, greedy)."""
-    from deltatune.evaluation.code_eval import CodeEvalSettings, evaluate_model_code, load_tasks
+    ``settings``: a :class:`deltatune.codeeval.evaluate.CodeEvalSettings` (default: MBPP, greedy)."""
+    from deltatune.codeeval.evaluate import CodeEvalSettings, evaluate_model_code, load_tasks
 
     settings = settings or CodeEvalSettings()
     load_tasks(settings)  # a missing file or a bad --tasks fails before a model loads

@@ -15,7 +15,7 @@ import torch
 
 from deltatune.config import Config
 from deltatune.errors import ConfigError
-from deltatune.evaluation.reports import write_reports
+from deltatune.reports.writers import write_reports
 from deltatune.io import file_fingerprint, write_json_atomic
 from deltatune.methods.registry import MethodSpec, ModelContext, get_method, trainable_report
 from deltatune.models import head_module_names
@@ -24,8 +24,9 @@ from deltatune.runs.directory import (abandon_run, check_data_unchanged, check_s
 from deltatune.tasks import TaskJob, TaskSpec, get_task
 from deltatune.training.accelerator import make_accelerator
 from deltatune.training.int8 import restore_float_linears, setup_int8_base
-from deltatune.training.logging import log
-from deltatune.training.loop import LoopResult, train
+from deltatune.log import log
+from deltatune.results import LoopResult
+from deltatune.training.loop import train
 
 
 def data_fingerprints(cfg: Config) -> dict[str, dict]:

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from deltatune.errors import ConfigError
-from deltatune.training.logging import log
+from deltatune.log import log
 
 
 def _rows_int8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

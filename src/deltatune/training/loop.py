@@ -1,8 +1,8 @@
 """The one training loop every task uses. Tasks differ only in their loss function and batches.
 
-A loss function returns (sum of per-unit losses, units, real tokens): units are examples for a
-classifier, target tokens for a language model, pairs for a reward model or DPO; the loop neither
-knows nor cares which (set-up of devices and precision: :mod:`deltatune.training.accelerator`).
+A loss function returns a :class:`~deltatune.results.BatchLoss` (sum of per-unit losses, units, real
+tokens): units are examples for a classifier, target tokens for a language model, pairs for a reward
+model or DPO; the loop neither knows nor cares which (set-up of devices and precision: :mod:`deltatune.training.accelerator`).
 
 Per optimizer step:
   1. take ``grad_accum`` micro-batches and count their loss units (examples or target tokens),
@@ -22,7 +22,6 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -33,35 +32,17 @@ from accelerate.utils import send_to_device
 
 from deltatune.config import TrainConfig
 from deltatune.errors import UserError
+from deltatune.results import BatchLoss, LoopResult
 from deltatune.training.checkpoint import (latest_checkpoint, load_checkpoint, load_trainable,
                                            save_checkpoint)
 from deltatune.training.compile import RegionalCompile
-from deltatune.training.logging import MetricsWriter, Progress, log, peak_memory_mb
+from deltatune.log import MetricsWriter, Progress, log, peak_memory_mb
 from deltatune.training.optim import build_optimizer, build_scheduler
 
-# loss_fn(model, batch) -> (sum of per-unit losses, number of units, number of real tokens)
-LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, int, int]]
+LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], BatchLoss]
 EvalFn = Callable[[nn.Module], dict[str, float]]
 
 MAX_CONSECUTIVE_BAD_STEPS = 10
-
-
-@dataclass
-class LoopResult:
-    steps: int = 0
-    train_seconds: float = 0.0
-    train_tokens: int = 0
-    skipped_steps: int = 0
-    best_metric: float | None = None
-    best_step: int | None = None
-    epochs: float | None = None  # passes planned (``train.epochs`` settled); None when max_steps sets the length
-    eval_every: int | None = None  # optimizer steps between evaluations (``train.eval_every`` settled)
-    last_eval: dict[str, float] = field(default_factory=dict)
-    peak_memory_mb: float = 0.0
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.train_tokens / self.train_seconds if self.train_seconds else 0.0
 
 
 def steps_per_epoch(num_batches: int, grad_accum: int) -> int:
@@ -328,15 +309,15 @@ def _forever(loader: Iterable, skip: int = 0):
 
 def _fault_injection(step: int) -> None:
     """Test hook: ``DELTATUNE_FAULT_AT_STEP=N`` SIGKILLs the process right after checkpoint N, to
-    prove that resume continues exactly (tests/test_resume.py)."""
+    prove that resume continues exactly (tests/tasks/test_resume.py)."""
     if os.environ.get("DELTATUNE_FAULT_AT_STEP") == str(step):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _accumulate(model, group, loss_fn, accelerator) -> tuple[float, int, int, bool, dict]:
     """Backward over one accumulation group with exact normalisation; returns (loss sum, units,
-    tokens, finite, extra metric sums). A loss function may return a fourth element, a dict of
-    sums over its units (e.g. DPO's reward accuracy), logged as means like the loss."""
+    tokens, finite, extra metric sums). A loss's ``metrics`` are sums over its units (e.g. DPO's reward
+    accuracy), logged as means like the loss."""
     local_units = sum(int(b["num_units"]) for b in group)
     total_units = local_units
     if accelerator.num_processes > 1:
@@ -351,14 +332,15 @@ def _accumulate(model, group, loss_fn, accelerator) -> tuple[float, int, int, bo
             # The loader is only prepared (sharded) with several processes: move the batch here, and
             # autocast here too, since a loss_fn may call submodules around the wrapped forward.
             with accelerator.autocast():
-                loss_sum, _, n_tokens, *more = loss_fn(model, send_to_device(batch, accelerator.device))
+                out = loss_fn(model, send_to_device(batch, accelerator.device))
+            loss_sum = out.loss
             if not torch.isfinite(loss_sum):
                 finite = False
                 continue
             accelerator.backward(loss_sum * scale)
         loss_total += float(loss_sum.detach())
-        tokens += n_tokens
-        for key, value in (more[0] if more else {}).items():
+        tokens += out.tokens
+        for key, value in out.metrics.items():
             extras[key] = extras.get(key, 0.0) + float(value)
     return loss_total, local_units, tokens, finite, extras
 
