@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deltatune-setup
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint fmt bench clean
 
 setup: $(STAMP)
 
@@ -21,7 +21,17 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/deltatune demo
 
-test: setup
+# The complexity gate (pyproject.toml, [tool.ruff]): line length, undefined names, complexity,
+# arguments and statements per function, import order; and one formatting for every file.
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check -q src tests benchmarks
+
+fmt: setup
+	$(BIN)/ruff format -q src tests benchmarks
+	$(BIN)/ruff check --fix -q src tests benchmarks
+
+test: lint
 	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
 
 bench: setup

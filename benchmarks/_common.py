@@ -11,9 +11,11 @@ from pathlib import Path
 
 def cpu_busy_fraction(interval: float = 1.0) -> float:
     """Fraction of all CPUs busy over `interval` seconds, from /proc/stat (0.0 where unavailable)."""
+
     def sample():
         fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
         return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
     try:
         (t0, i0), _ = sample(), time.sleep(interval)
         t1, i1 = sample()
@@ -37,8 +39,15 @@ def result_line(out_path: Path, way: str, keep_errors: bool = True) -> dict | No
     return None
 
 
-def spawn_way(cmd: list[str], way: str, work: Path, reuse: bool = False, same: dict | None = None,
-            failed: dict | None = None, env: dict | None = None) -> dict:
+def spawn_way(
+    cmd: list[str],
+    way: str,
+    work: Path,
+    reuse: bool = False,
+    same: dict | None = None,
+    failed: dict | None = None,
+    env: dict | None = None,
+) -> dict:
     """Run one benchmark way in a fresh child (``cmd``) writing ``work/<way>.out`` and ``.log``; its
     JSON result line plus the whole child's peak RSS (os.wait4) and wall time. With ``reuse``, an earlier
     successful result in ``work`` is returned instead (marked ``reused_from``) when its values of ``same``
@@ -46,15 +55,27 @@ def spawn_way(cmd: list[str], way: str, work: Path, reuse: bool = False, same: d
     out_path, log = work / f"{way}.out", work / f"{way}.log"
     if reuse and (earlier := result_line(out_path, way, keep_errors=False)) is not None:
         if all(earlier.get(k) == v for k, v in (same or {}).items()):
-            print(f"reusing {way} from {out_path} (measured {time.ctime(out_path.stat().st_mtime)})", flush=True)
+            print(
+                f"reusing {way} from {out_path} (measured {time.ctime(out_path.stat().st_mtime)})", flush=True
+            )
             return dict(earlier, reused_from=str(out_path))
         print(f"not reusing {way} from {out_path}: measured with other sizes", flush=True)
     print(f"$ {' '.join(cmd)}\n  (log: {log})", flush=True)
     busy = cpu_busy_fraction()  # timings assume an otherwise idle machine
     if busy > 0.25:
-        print(f"  warning: CPUs {100 * busy:.0f}% busy before start (other processes?); tok/s may be understated")
-    env = dict(os.environ, TQDM_DISABLE="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1", HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
+        print(
+            f"  warning: CPUs {100 * busy:.0f}% busy before start (other processes?); "
+            "tok/s may be understated"
+        )
+    env = dict(
+        os.environ,
+        TQDM_DISABLE="1",
+        HF_DATASETS_DISABLE_PROGRESS_BARS="1",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        **(env or {}),
+    )
     with open(out_path, "w") as out, open(log, "w") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
@@ -63,10 +84,16 @@ def spawn_way(cmd: list[str], way: str, work: Path, reuse: bool = False, same: d
     result = result_line(out_path, way)
     if result is None:
         tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:] or ["no output"]
-        result = {"way": way, **(failed or {}),
-                  "error": f"child exited {proc.returncode} without a result: {tail[0][:300]}"}
-    result.update(process_peak_rss_mb=usage.ru_maxrss / 1024, process_wall_s=time.perf_counter() - t0,
-                  exit_code=proc.returncode)
+        result = {
+            "way": way,
+            **(failed or {}),
+            "error": f"child exited {proc.returncode} without a result: {tail[0][:300]}",
+        }
+    result.update(
+        process_peak_rss_mb=usage.ru_maxrss / 1024,
+        process_wall_s=time.perf_counter() - t0,
+        exit_code=proc.returncode,
+    )
     if "error" in result:
         print(f"  FAILED: {result['error']}\n  (traceback in {log})", flush=True)
     else:  # the parent's measurements, kept with the child's line for --reuse

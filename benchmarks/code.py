@@ -51,13 +51,20 @@ DATA = ROOT.parent / "shared" / "data"
 CONFIG = ROOT / "configs" / "sft_code_alpaca.yaml"
 RESULTS_JSON = HERE / "results" / "code.json"
 MODEL = "smollm2-135m-instruct"
-QUICK_SFT = ["data.max_train_samples=16", "data.validation_split=0.005", "train.max_steps=2",
-             "generate.eval_samples=0"]
+QUICK_SFT = [
+    "data.max_train_samples=16",
+    "data.validation_split=0.005",
+    "train.max_steps=2",
+    "generate.eval_samples=0",
+]
 
 
 def plan(args) -> list[tuple[str, dict]]:
     """(label, CodeEvalSettings keywords) of each evaluation, run for the base and the tuned model."""
-    files = {"mbpp": str(DATA / "mbpp" / "mbpp.jsonl"), "humaneval": str(DATA / "humaneval" / "HumanEval.jsonl")}
+    files = {
+        "mbpp": str(DATA / "mbpp" / "mbpp.jsonl"),
+        "humaneval": str(DATA / "humaneval" / "HumanEval.jsonl"),
+    }
     fmt = {"mbpp": None, "humaneval": args.humaneval_format}
     budget = {"max_new_tokens": 48 if args.quick else 512}
     greedy_limit = 3 if args.quick else args.limit
@@ -66,13 +73,25 @@ def plan(args) -> list[tuple[str, dict]]:
     for bench in ("mbpp", "humaneval"):
         common = {"benchmark": bench, "data_path": files[bench], "prompt_format": fmt[bench], **budget}
         out.append((f"{bench} greedy", {**common, "limit": greedy_limit}))
-        out.append((f"{bench} n=10 T=0.8", {**common, "limit": sampled_limit, "samples": 10,
-                                            "temperature": 0.8, "k": (1, 5), "batch_size": 10}))
+        out.append(
+            (
+                f"{bench} n=10 T=0.8",
+                {
+                    **common,
+                    "limit": sampled_limit,
+                    "samples": 10,
+                    "temperature": 0.8,
+                    "k": (1, 5),
+                    "batch_size": 10,
+                },
+            )
+        )
     return out
 
 
-def evaluate(model: str, run_dir: str | None, label: str, kwargs: dict, work: Path, reuse: bool,
-             rescore: bool = False) -> dict:
+def evaluate(
+    model: str, run_dir: str | None, label: str, kwargs: dict, work: Path, reuse: bool, rescore: bool = False
+) -> dict:
     """One evaluation; a finished report of the same evaluation in ``work`` is reused when ``reuse``
     (``rescore``: its saved answers are judged again by the current code extraction and sandbox,
     without generating them again)."""
@@ -95,14 +114,28 @@ def evaluate(model: str, run_dir: str | None, label: str, kwargs: dict, work: Pa
         write_code_reports(report, folder)
     seconds = report.get("seconds", 0.0)
     h, m = report["header"], report["metrics"]
-    row = {"model": model, "evaluation": label, "benchmark": h["benchmark"], "prompt_format": h["prompt_format"],
-           "decoding": h["decoding"], "tasks": m["tasks"], "selection": h["selection"],
-           "samples_per_task": h["samples_per_task"], "metrics": {k: v for k, v in m.items()},
-           "seconds": round(seconds, 1), "timing": report["timing"], "report": str(folder),
-           "failing_first": report["failing"][:5]}
-    print(f"  {model:<5} {label:<22} " + "  ".join(f"{k}={v:.3f}" for k, v in m.items() if k.startswith("pass@"))
-          + f"  exec={m['execution_rate']:.3f}  bleu={m['bleu']:.1f}  ({seconds:.0f} s{', reused' if reused else ''})",
-          flush=True)
+    row = {
+        "model": model,
+        "evaluation": label,
+        "benchmark": h["benchmark"],
+        "prompt_format": h["prompt_format"],
+        "decoding": h["decoding"],
+        "tasks": m["tasks"],
+        "selection": h["selection"],
+        "samples_per_task": h["samples_per_task"],
+        "metrics": {k: v for k, v in m.items()},
+        "seconds": round(seconds, 1),
+        "timing": report["timing"],
+        "report": str(folder),
+        "failing_first": report["failing"][:5],
+    }
+    print(
+        f"  {model:<5} {label:<22} "
+        + "  ".join(f"{k}={v:.3f}" for k, v in m.items() if k.startswith("pass@"))
+        + f"  exec={m['execution_rate']:.3f}  bleu={m['bleu']:.1f}  "
+        f"({seconds:.0f} s{', reused' if reused else ''})",
+        flush=True,
+    )
     return row
 
 
@@ -114,17 +147,26 @@ def rescored(report: dict, settings: CodeEvalSettings, model_name: str) -> dict:
     header = report["header"]
     # reports written before the header had its own field name the template inside the prompt text
     template = header.get("template") or header["prompt"].rsplit(", ", 1)[-1].split(" template]")[0]
-    new = run_code_eval(lambda prompts, _: [answers[p.task_id] for p in prompts], settings, model_name, template)
+    new = run_code_eval(
+        lambda prompts, _: [answers[p.task_id] for p in prompts], settings, model_name, template
+    )
     new["seconds"], new["rescored"] = report.get("seconds", 0.0), True  # generation time of the saved answers
     return new
 
 
 def same_evaluation(header: dict, settings: CodeEvalSettings, model: str) -> bool:
-    want = {"model": model, "data": str(settings.path), "prompt_format": settings.format,
-            "decoding": settings.decoding(), "samples_per_task": settings.samples,
-            "max_new_tokens": settings.max_new_tokens, "k": list(settings.pass_ks)}
+    want = {
+        "model": model,
+        "data": str(settings.path),
+        "prompt_format": settings.format,
+        "decoding": settings.decoding(),
+        "samples_per_task": settings.samples,
+        "max_new_tokens": settings.max_new_tokens,
+        "k": list(settings.pass_ks),
+    }
     return all(header.get(k) == v for k, v in want.items()) and header.get("selection", "").startswith(
-        f"a seeded sample of {settings.limit} " if settings.limit else "the whole")
+        f"a seeded sample of {settings.limit} " if settings.limit else "the whole"
+    )
 
 
 def train(args, work: Path) -> tuple[str, dict, bool]:
@@ -146,32 +188,62 @@ def train(args, work: Path) -> tuple[str, dict, bool]:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("\n| model | benchmark | prompt | decoding | tasks | pass@1 | pass@5 | execution rate | BLEU | seconds |")
+    print(
+        "\n| model | benchmark | prompt | decoding | tasks "
+        "| pass@1 | pass@5 | execution rate | BLEU | seconds |"
+    )
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         m = r["metrics"]
         p5 = f"{m['pass@5']:.3f}" if "pass@5" in m else ""
         decoding = "greedy" if r["decoding"] == "greedy" else r["evaluation"].split(" ", 1)[1]
-        print(f"| {r['model']} | {r['benchmark']} | {r['prompt_format']} | {decoding} | {r['tasks']} | "
-              f"{m['pass@1']:.3f} | {p5} | {m['execution_rate']:.3f} | {m['bleu']:.1f} | {r['seconds']:.0f} |")
+        print(
+            f"| {r['model']} | {r['benchmark']} | {r['prompt_format']} | {decoding} | {r['tasks']} | "
+            f"{m['pass@1']:.3f} | {p5} | {m['execution_rate']:.3f} | {m['bleu']:.1f} | {r['seconds']:.0f} |"
+        )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="3 tasks greedy, 2 tasks x 10 samples, 48 new tokens, "
-                   "2 SFT steps on 16 rows: checks the whole pipeline in a few minutes")
-    p.add_argument("--limit", type=int, default=None, help="greedy runs on a seeded sample of N tasks "
-                   "(default: the whole MBPP test split and all of HumanEval)")
-    p.add_argument("--sampled-tasks", type=int, default=40, help="tasks in the seeded subset of the n=10 runs")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 tasks greedy, 2 tasks x 10 samples, 48 new tokens, "
+        "2 SFT steps on 16 rows: checks the whole pipeline in a few minutes",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="greedy runs on a seeded sample of N tasks "
+        "(default: the whole MBPP test split and all of HumanEval)",
+    )
+    p.add_argument(
+        "--sampled-tasks", type=int, default=40, help="tasks in the seeded subset of the n=10 runs"
+    )
     p.add_argument("--humaneval-format", choices=("instruct", "completion"), default="instruct")
     p.add_argument("--run-dir", help="a finished code SFT run to evaluate instead of training one")
-    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-code", help="run and reports directory")
-    p.add_argument("--fresh", action="store_true", help="redo everything (default: an evaluation or SFT run "
-                   "finished in --work by an earlier, interrupted invocation is reused)")
-    p.add_argument("--rescore", action="store_true", help="judge the answers saved in --work again with the "
-                   "current code extraction and sandbox (no generation; the SFT run is reused)")
-    p.add_argument("--json", type=Path, help=f"results file (default {RESULTS_JSON.relative_to(ROOT)}; "
-                   "a --quick run writes one only when given)")
+    p.add_argument(
+        "--work", type=Path, default=ROOT / "runs" / "bench-code", help="run and reports directory"
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="redo everything (default: an evaluation or SFT run "
+        "finished in --work by an earlier, interrupted invocation is reused)",
+    )
+    p.add_argument(
+        "--rescore",
+        action="store_true",
+        help="judge the answers saved in --work again with the "
+        "current code extraction and sandbox (no generation; the SFT run is reused)",
+    )
+    p.add_argument(
+        "--json",
+        type=Path,
+        help=f"results file (default {RESULTS_JSON.relative_to(ROOT)}; "
+        "a --quick run writes one only when given)",
+    )
     args = p.parse_args()
     if not (DATA / "mbpp" / "mbpp.jsonl").is_file():
         sys.exit(f"no MBPP data at {DATA}: see /work/shared/data/README.md")
@@ -180,7 +252,9 @@ def main() -> None:
     started, rows = time.strftime("%Y-%m-%dT%H:%M:%S"), []
     evaluations = plan(args)
     for label, kwargs in evaluations:
-        rows.append(evaluate("base", None, label, kwargs, args.work, reuse=not args.fresh, rescore=args.rescore))
+        rows.append(
+            evaluate("base", None, label, kwargs, args.work, reuse=not args.fresh, rescore=args.rescore)
+        )
     run_dir, summary, reused = train(args, args.work)
     for label, kwargs in evaluations:
         rows.append(evaluate("tuned", run_dir, label, kwargs, args.work, reuse=reused, rescore=args.rescore))
@@ -189,12 +263,35 @@ def main() -> None:
     if path is None:
         print("\n--quick run: results not written (pass --json PATH to keep them)")
         return
-    sft = {k: summary.get(k) for k in ("train_seconds", "train_tokens_per_s", "peak_rss_mb", "base_loss",
-                                       "tuned_loss", "base_rouge_l", "tuned_rouge_l", "base_bleu", "tuned_bleu")}
-    write_json_atomic({"benchmark": "code", "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                       "quick": args.quick, "model": MODEL, "config": str(CONFIG.relative_to(ROOT)), "sft": sft,
-                       "sft_run": run_dir, "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
-                       "results": rows}, path)
+    sft = {
+        k: summary.get(k)
+        for k in (
+            "train_seconds",
+            "train_tokens_per_s",
+            "peak_rss_mb",
+            "base_loss",
+            "tuned_loss",
+            "base_rouge_l",
+            "tuned_rouge_l",
+            "base_bleu",
+            "tuned_bleu",
+        )
+    }
+    write_json_atomic(
+        {
+            "benchmark": "code",
+            "started": started,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "quick": args.quick,
+            "model": MODEL,
+            "config": str(CONFIG.relative_to(ROOT)),
+            "sft": sft,
+            "sft_run": run_dir,
+            "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+            "results": rows,
+        },
+        path,
+    )
     print(f"\nwritten: {path}")
 
 

@@ -31,7 +31,8 @@ the token cache (``data.cache: true``), and the in-memory route (``data.cache: f
 Usage:
     .venv/bin/python benchmarks/data_scale.py                 # 10k, 100k, 400k, 1M
     .venv/bin/python benchmarks/data_scale.py --quick         # 2k and 20k: a smoke run
-    .venv/bin/python benchmarks/data_scale.py --sft 20000,200000,2000000 --memory-route 20000,200000   # SFT rows
+    .venv/bin/python benchmarks/data_scale.py --sft 20000,200000,2000000 --memory-route 20000,200000
+        # SFT rows
 Results: a markdown table on stdout and benchmarks/results/data_scale.json (data_scale_<sizes>[_no_check].json
 for a --sizes subset or --no-check).
 """
@@ -61,7 +62,9 @@ DATA_LINE = re.compile(r"data read and tokenized in ([0-9.]+) s")
 
 def write_rows(n: int, path: Path) -> None:
     with open(SST2, newline="", encoding="utf-8") as f:
-        rows = [(r["sentence"], r["label"]) for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+        rows = [
+            (r["sentence"], r["label"]) for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        ]
     with open(path, "w", encoding="utf-8") as f:
         f.write("sentence\tlabel\n")
         for i in range(n):
@@ -83,15 +86,30 @@ def write_sft_rows(n: int, path: Path) -> None:
 def sft_run(n: int, data: Path, work: Path, label: str, cache: bool) -> dict:
     """``deltatune train`` of SmolLM2-135M-Instruct (LoRA, its chat template) for 2 steps on ``n`` rows."""
     config = work / f"sft-config-{n}-{label}.yaml"
-    config.write_text(json.dumps({
-        "task": "sft", "model": {"name": "smollm2-135m-instruct"}, "method": {"name": "lora"},
-        "data": {"train": str(data), "max_length": MAX_LENGTH, "cache": cache},
-        "generate": {"eval_samples": 0},
-        "train": {"max_steps": 2, "batch_size": 8, "progress": False, "seed": 42, "precision": "fp32"}}))
+    config.write_text(
+        json.dumps(
+            {
+                "task": "sft",
+                "model": {"name": "smollm2-135m-instruct"},
+                "method": {"name": "lora"},
+                "data": {"train": str(data), "max_length": MAX_LENGTH, "cache": cache},
+                "generate": {"eval_samples": 0},
+                "train": {
+                    "max_steps": 2,
+                    "batch_size": 8,
+                    "progress": False,
+                    "seed": 42,
+                    "precision": "fp32",
+                },
+            }
+        )
+    )
     out, log = work / f"sft-run-{n}-{label}", work / f"sft-log-{n}-{label}.txt"
     env = {**os.environ, "DELTATUNE_HOME": str(work / "home")}
     print(f"$ deltatune train sft ({n:,} rows, {label})", flush=True)
-    result = run_child([sys.executable, "-m", "deltatune", "train", str(config), "--output-dir", str(out)], log, env)
+    result = run_child(
+        [sys.executable, "-m", "deltatune", "train", str(config), "--output-dir", str(out)], log, env
+    )
     found = DATA_LINE.findall(log.read_text(errors="replace"))
     result["data_s"] = round(sum(map(float, found)), 2) if found else None
     return {"way": f"deltatune sft {label}", "rows": n, **result}
@@ -101,7 +119,9 @@ def run_child(cmd: list[str], log: Path, env: dict) -> dict:
     """Run ``cmd`` in a fresh child (output to ``log``): its peak RSS (MB, wait4) and wall seconds."""
     busy = cpu_busy_fraction(0.5)
     if busy > 0.25:
-        print(f"  warning: CPUs {100 * busy:.0f}% busy before start (other processes?); times may be overstated")
+        print(
+            f"  warning: CPUs {100 * busy:.0f}% busy before start (other processes?); times may be overstated"
+        )
     with open(log, "w") as f:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
@@ -116,13 +136,27 @@ def run_child(cmd: list[str], log: Path, env: dict) -> dict:
 
 def deltatune_run(n: int, tsv: Path, work: Path, label: str, cache: bool, no_check: bool = False) -> dict:
     config = work / f"config-{n}-{label}.yaml"
-    config.write_text(json.dumps({
-        "task": "classify", "model": {"name": "minilm-l6"}, "method": {"name": "lora"},
-        "data": {"train": str(tsv), "text_field": "sentence", "max_length": MAX_LENGTH, "cache": cache},
-        "train": {"max_steps": 2, "batch_size": 32, "progress": False, "seed": 42}}))
+    config.write_text(
+        json.dumps(
+            {
+                "task": "classify",
+                "model": {"name": "minilm-l6"},
+                "method": {"name": "lora"},
+                "data": {
+                    "train": str(tsv),
+                    "text_field": "sentence",
+                    "max_length": MAX_LENGTH,
+                    "cache": cache,
+                },
+                "train": {"max_steps": 2, "batch_size": 32, "progress": False, "seed": 42},
+            }
+        )
+    )
     out, log = work / f"run-{n}-{label}", work / f"log-{n}-{label}.txt"
     env = {**os.environ, "DELTATUNE_HOME": str(work / "home")}
-    cmd = [sys.executable, "-m", "deltatune", "train", str(config), "--output-dir", str(out)] + ["--no-check"] * no_check
+    cmd = [sys.executable, "-m", "deltatune", "train", str(config), "--output-dir", str(out)] + [
+        "--no-check"
+    ] * no_check
     print(f"$ deltatune train ({n:,} rows, {label})", flush=True)
     result = run_child(cmd, log, env)
     found = DATA_LINE.findall(log.read_text(errors="replace"))
@@ -139,28 +173,55 @@ def datasets_child(tsv: Path, cache_dir: Path, out_json: Path) -> None:
     datasets.disable_progress_bars()
     tok = AutoTokenizer.from_pretrained(resolve_model_path("minilm-l6"))
     t0 = time.perf_counter()
-    ds = datasets.load_dataset("csv", data_files=str(tsv), delimiter="\t", quoting=csv.QUOTE_NONE,
-                               split="train", cache_dir=str(cache_dir))
-    ds = ds.map(lambda b: tok(b["sentence"], truncation=True, max_length=MAX_LENGTH), batched=True,
-                remove_columns=["sentence"])
+    ds = datasets.load_dataset(
+        "csv",
+        data_files=str(tsv),
+        delimiter="\t",
+        quoting=csv.QUOTE_NONE,
+        split="train",
+        cache_dir=str(cache_dir),
+    )
+    ds = ds.map(
+        lambda b: tok(b["sentence"], truncation=True, max_length=MAX_LENGTH),
+        batched=True,
+        remove_columns=["sentence"],
+    )
     out_json.write_text(json.dumps({"data_s": round(time.perf_counter() - t0, 2), "rows": len(ds)}))
 
 
 def datasets_run(n: int, tsv: Path, work: Path) -> dict:
     out_json, log = work / f"datasets-{n}.json", work / f"log-{n}-datasets.txt"
-    cmd = [sys.executable, __file__, "--datasets-child", str(tsv), "--cache-dir", str(work / f"hf-{n}"),
-           "--json", str(out_json)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--datasets-child",
+        str(tsv),
+        "--cache-dir",
+        str(work / f"hf-{n}"),
+        "--json",
+        str(out_json),
+    ]
     print(f"$ datasets load_dataset + map ({n:,} rows)", flush=True)
     result = run_child(cmd, log, dict(os.environ))
-    return {"way": "datasets load+map", "rows": n, **result, "data_s": json.loads(out_json.read_text())["data_s"]}
+    return {
+        "way": "datasets load+map",
+        "rows": n,
+        **result,
+        "data_s": json.loads(out_json.read_text())["data_s"],
+    }
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| rows | way | peak RSS MB | wall s | data s | rows/s (data) |", "|---:|---|---:|---:|---:|---:|"]
+    lines = [
+        "| rows | way | peak RSS MB | wall s | data s | rows/s (data) |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
     for r in results:
         rate = f"{r['rows'] / r['data_s']:,.0f}" if r.get("data_s") else "-"
-        lines.append(f"| {r['rows']:,} | {r['way']} | {r['peak_rss_mb']:,} | {r['wall_s']:.1f} | "
-                     f"{r['data_s'] if r.get('data_s') is not None else '-'} | {rate} |")
+        lines.append(
+            f"| {r['rows']:,} | {r['way']} | {r['peak_rss_mb']:,} | {r['wall_s']:.1f} | "
+            f"{r['data_s'] if r.get('data_s') is not None else '-'} | {rate} |"
+        )
     return "\n".join(lines)
 
 
@@ -173,18 +234,28 @@ def ratios(results: list[dict], sizes: list[int]) -> list[str]:
         a, b = get.get((small, f"deltatune {label}")), get.get((big, f"deltatune {label}"))
         if a and b:
             extra = b["peak_rss_mb"] - a["peak_rss_mb"]
-            out.append(f"peak RSS {big:,} rows ({label}) - {small:,} rows ({label}) = {extra:+,} MB "
-                       f"(goal <= +300 MB: {'met' if extra <= 300 else 'NOT met'})")
+            out.append(
+                f"peak RSS {big:,} rows ({label}) - {small:,} rows ({label}) = {extra:+,} MB "
+                f"(goal <= +300 MB: {'met' if extra <= 300 else 'NOT met'})"
+            )
     for n in sizes:
         cold, warm, hf = (get.get((n, w)) for w in ("deltatune cold", "deltatune warm", "datasets load+map"))
         if cold and hf and cold.get("data_s"):
             speed = hf["data_s"] / cold["data_s"]
-            out.append(f"{n:,} rows: tokenization throughput deltatune cold / datasets = {speed:.2f}x "
-                       f"(goal >= 1: {'met' if speed >= 1 else 'NOT met'})")
+            out.append(
+                f"{n:,} rows: tokenization throughput deltatune cold / datasets = {speed:.2f}x "
+                f"(goal >= 1: {'met' if speed >= 1 else 'NOT met'})"
+            )
         if cold and warm:
-            data = f"{cold['data_s'] / warm['data_s']:.1f}x" if cold.get("data_s") and warm.get("data_s") else "-"
-            out.append(f"{n:,} rows: warm vs cold start, whole command {cold['wall_s'] / warm['wall_s']:.1f}x, "
-                       f"data step {data} (goal for 400,000 rows: >= 10x)")
+            data = (
+                f"{cold['data_s'] / warm['data_s']:.1f}x"
+                if cold.get("data_s") and warm.get("data_s")
+                else "-"
+            )
+            out.append(
+                f"{n:,} rows: warm vs cold start, whole command {cold['wall_s'] / warm['wall_s']:.1f}x, "
+                f"data step {data} (goal for 400,000 rows: >= 10x)"
+            )
     return out
 
 
@@ -193,10 +264,16 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="2,000 and 20,000 rows only (a smoke run)")
     p.add_argument("--sizes", help="comma-separated row counts (default 10000,100000,400000,1000000)")
     p.add_argument("--memory-route", default="", help="comma-separated sizes also run with data.cache: false")
-    p.add_argument("--no-check", action="store_true", help="pass --no-check (skip the pre-flight data checks) "
-                   "to deltatune train")
-    p.add_argument("--sft", help="comma-separated row counts of an SFT run instead (synthetic instruction rows, "
-                   "SmolLM2-135M-Instruct): cold and warm through the token cache")
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="pass --no-check (skip the pre-flight data checks) to deltatune train",
+    )
+    p.add_argument(
+        "--sft",
+        help="comma-separated row counts of an SFT run instead (synthetic instruction rows, "
+        "SmolLM2-135M-Instruct): cold and warm through the token cache",
+    )
     p.add_argument("--workdir", help="keep data, configs, logs, runs and caches here (default: a temp dir)")
     p.add_argument("--datasets-child", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--cache-dir", type=Path, help=argparse.SUPPRESS)
@@ -206,9 +283,14 @@ def main() -> None:
         datasets_child(args.datasets_child, args.cache_dir, args.json)
         return
     if args.sft:
-        sft_main([int(x) for x in args.sft.split(",")], [int(x) for x in args.memory_route.split(",") if x], args)
+        sft_main(
+            [int(x) for x in args.sft.split(",")], [int(x) for x in args.memory_route.split(",") if x], args
+        )
         return
-    sizes = [int(s) for s in (args.sizes or ("2000,20000" if args.quick else "10000,100000,400000,1000000")).split(",")]
+    sizes = [
+        int(s)
+        for s in (args.sizes or ("2000,20000" if args.quick else "10000,100000,400000,1000000")).split(",")
+    ]
     memory = [int(s) for s in args.memory_route.split(",") if s]
     tmp, work = workdir(args, "deltatune-data-scale-")
     results = []
@@ -225,11 +307,23 @@ def main() -> None:
     print("\n".join(f"- {line}" for line in ratios(results, sizes)))
     if not args.quick:
         # a subset of sizes (or --no-check) gets its own file, so it never overwrites the full run
-        suffix = ("" if args.sizes is None else "_" + "_".join(map(str, sizes))) + ("_no_check" if args.no_check else "")
+        suffix = ("" if args.sizes is None else "_" + "_".join(map(str, sizes))) + (
+            "_no_check" if args.no_check else ""
+        )
         path = RESULTS_JSON.with_name(f"data_scale{suffix}.json")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "no_check": args.no_check,
-                                    "results": results, "ratios": ratios(results, sizes)}, indent=2) + "\n")
+        path.write_text(
+            json.dumps(
+                {
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "no_check": args.no_check,
+                    "results": results,
+                    "ratios": ratios(results, sizes),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         print(f"wrote {path}")
 
 
@@ -257,12 +351,18 @@ def sft_main(sizes: list[int], memory: list[int], args) -> None:
     for label in ("cold", "warm"):
         a, b = get.get((sizes[0], f"deltatune sft {label}")), get.get((sizes[-1], f"deltatune sft {label}"))
         if a and b and a is not b:
-            lines.append(f"sft peak RSS {sizes[-1]:,} rows ({label}) - {sizes[0]:,} rows = "
-                         f"{b['peak_rss_mb'] - a['peak_rss_mb']:+,} MB")
+            lines.append(
+                f"sft peak RSS {sizes[-1]:,} rows ({label}) - {sizes[0]:,} rows = "
+                f"{b['peak_rss_mb'] - a['peak_rss_mb']:+,} MB"
+            )
     print("\n".join(f"- {line}" for line in lines))
     path = RESULTS_JSON.with_name("data_scale_sft_" + "_".join(map(str, sizes)) + ".json")
-    path.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results, "ratios": lines},
-                               indent=2) + "\n")
+    path.write_text(
+        json.dumps(
+            {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results, "ratios": lines}, indent=2
+        )
+        + "\n"
+    )
     print(f"wrote {path}")
 
 

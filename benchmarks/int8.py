@@ -46,7 +46,9 @@ def run_dataset(work: Path, dataset: str, files: dict, reuse: bool) -> list[dict
     for label, value in SETTINGS.items():
         r = sweep.run_one(work, dataset, "lora", {"train.int8_base": value}, base, reuse=reuse)
         if "error" not in r:
-            summary = json.loads((work / f"{dataset}-lora-{sweep.config_tag(r['overrides'])}" / "summary.json").read_text())
+            summary = json.loads(
+                (work / f"{dataset}-lora-{sweep.config_tag(r['overrides'])}" / "summary.json").read_text()
+            )
             r["peak_rss_mb"] = summary.get("peak_rss_mb")
         rows.append({**r, "contender": f"deltatune lora, {label}"})
     name = peft_selected(dataset)
@@ -61,8 +63,8 @@ def step_times(lengths: list[int], batch: int = 16, steps: int = 6) -> str:
     on random tokens, each setting twice in turn, the best of the two kept."""
     import torch
 
-    from deltatune.methods.lora.options import LoraOptions
     from deltatune.methods.lora.model import apply_lora
+    from deltatune.methods.lora.options import LoraOptions
     from deltatune.methods.registry import ModelContext
     from deltatune.models.bundled import bundled_model_path
     from deltatune.models.loading import load_for_classification
@@ -77,12 +79,17 @@ def step_times(lengths: list[int], batch: int = 16, steps: int = 6) -> str:
         for _ in range(2):
             for label, mode in SETTINGS.items():
                 model = load_for_classification(path, 5)[0]
-                apply_lora(model, LoraOptions(), ModelContext(base_model=path, task_type="SEQ_CLS",
-                                                              head_modules=["classifier"]))
+                apply_lora(
+                    model,
+                    LoraOptions(),
+                    ModelContext(base_model=path, task_type="SEQ_CLS", head_modules=["classifier"]),
+                )
                 if mode != "off":
                     use_int8_linears(model, mode)
                 model.train()
-                opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, foreach=True)
+                opt = torch.optim.AdamW(
+                    [p for p in model.parameters() if p.requires_grad], lr=1e-3, foreach=True
+                )
                 for i in range(steps + 2):  # two warm-up steps
                     if i == 2:
                         start = time.perf_counter()
@@ -92,13 +99,19 @@ def step_times(lengths: list[int], batch: int = 16, steps: int = 6) -> str:
                 seconds = (time.perf_counter() - start) / steps
                 best[label] = min(best.get(label, seconds), seconds)
         base = best[next(iter(SETTINGS))]
-        out.append(f"| {length} | " + " | ".join(f"{1000 * t:,.0f} ms ({base / t:.2f}x)" for t in best.values()) + " |")
+        out.append(
+            f"| {length} | "
+            + " | ".join(f"{1000 * t:,.0f} ms ({base / t:.2f}x)" for t in best.values())
+            + " |"
+        )
     return "\n".join(out)
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| dataset | contender | tokens/s | vs PEFT | peak RSS | validation | test |",
-           "|---|---|---:|---:|---:|---:|---:|"]
+    out = [
+        "| dataset | contender | tokens/s | vs PEFT | peak RSS | validation | test |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         group = [r for r in rows if r["dataset"] == dataset]
         peft = next((r.get("tokens_per_s") for r in group if r["contender"].startswith("PEFT")), None)
@@ -108,8 +121,10 @@ def table(rows: list[dict]) -> str:
                 continue
             ratio = f"{r['tokens_per_s'] / peft:.2f}x" if peft else "-"
             rss = f"{r['peak_rss_mb']:,.0f} MB" if r.get("peak_rss_mb") else "-"
-            out.append(f"| {dataset} | {r['contender']} | {r['tokens_per_s']:,.0f} | {ratio} | {rss} "
-                       f"| {r['validation']:.4f} | {r['test']:.4f} |")
+            out.append(
+                f"| {dataset} | {r['contender']} | {r['tokens_per_s']:,.0f} | {ratio} | {rss} "
+                f"| {r['validation']:.4f} | {r['test']:.4f} |"
+            )
     return "\n".join(out)
 
 
@@ -118,8 +133,12 @@ def main() -> None:
     p.add_argument("--datasets", default="medical")
     p.add_argument("--workdir", help="keep data, runs and logs here (default: a temp dir)")
     p.add_argument("--reuse", action="store_true", help="with --workdir: keep runs already there")
-    p.add_argument("--step-times", metavar="LENGTHS", help="instead: time training steps at these row lengths "
-                   "(comma list, e.g. 128,32) with each setting, no PEFT, no data")
+    p.add_argument(
+        "--step-times",
+        metavar="LENGTHS",
+        help="instead: time training steps at these row lengths "
+        "(comma list, e.g. 128,32) with each setting, no PEFT, no data",
+    )
     args = p.parse_args()
     if args.step_times:
         print(step_times([int(n) for n in args.step_times.split(",")]))
@@ -131,8 +150,12 @@ def main() -> None:
     rows = [r for d in args.datasets.split(",") for r in run_dataset(work, d, files, args.reuse)]
     print(table(rows))
     RESULTS_JSON.parent.mkdir(exist_ok=True)
-    RESULTS_JSON.write_text(json.dumps({"started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                        "results": rows}, indent=1) + "\n")
+    RESULTS_JSON.write_text(
+        json.dumps(
+            {"started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "results": rows}, indent=1
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

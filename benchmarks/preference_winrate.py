@@ -21,10 +21,10 @@ from pathlib import Path
 
 
 def held_out_prompts(run_dir: str | None, path: str | None, limit: int) -> list[list[dict]]:
-    from deltatune.tasks.preference.options import PreferenceData
     from deltatune.data.pairs import load_pair_splits
-    from deltatune.tasks.rl.prompts import PromptData, load_prompt_splits, read_prompts
     from deltatune.runs.loaded import finished_run_config
+    from deltatune.tasks.preference.options import PreferenceData
+    from deltatune.tasks.rl.prompts import PromptData, load_prompt_splits, read_prompts
 
     if path:
         return read_prompts(path, PromptData(train=path))[:limit]
@@ -45,7 +45,9 @@ def answers(model, tokenizer, template, prompts, max_new_tokens: int) -> list[st
     from deltatune.inference.generation import generate_texts
 
     ids = [prompt_ids(tokenizer, template, p) for p in prompts]
-    return generate_texts(model, tokenizer, ids, GenerateConfig(max_new_tokens=max_new_tokens, batch_size=8), seed=0)
+    return generate_texts(
+        model, tokenizer, ids, GenerateConfig(max_new_tokens=max_new_tokens, batch_size=8), seed=0
+    )
 
 
 def main() -> None:
@@ -67,7 +69,7 @@ def main() -> None:
     template = run.template()
     start = time.perf_counter()
     tuned = answers(run.model, run.tokenizer, template, prompts, args.max_new_tokens)
-    with (run.method.switch_off(run.model) if run.method.switch_off else _base(run)) as base_model:
+    with run.method.switch_off(run.model) if run.method.switch_off else _base(run) as base_model:
         base = answers(base_model or run.model, run.tokenizer, template, prompts, args.max_new_tokens)
     generated = time.perf_counter() - start
     judge = load_run(args.reward, command="score")
@@ -76,18 +78,32 @@ def main() -> None:
     wins = [t > b for t, b in zip(tuned_scores, base_scores)]
     ties = sum(t == b for t, b in zip(tuned_scores, base_scores))
     rate, low, high = pairwise_accuracy_ci(wins)
-    result = {"policy": args.policy, "reward": args.reward, "prompts": len(prompts), "wins": sum(wins), "ties": ties,
-              "win_rate": (sum(wins) + 0.5 * ties) / len(prompts), "strict_win_rate_ci": [low, high],
-              "tuned_mean_reward": sum(tuned_scores) / len(prompts), "base_mean_reward": sum(base_scores) / len(prompts),
-              "tuned_words": sum(len(a.split()) for a in tuned) / len(tuned),
-              "base_words": sum(len(a.split()) for a in base) / len(base), "generation_seconds": round(generated, 1),
-              "samples": [{"prompt": p[-1]["content"], "base": b, "tuned": t, "base_reward": bs, "tuned_reward": ts}
-                          for p, b, t, bs, ts in list(zip(prompts, base, tuned, base_scores, tuned_scores))[:5]]}
-    print(f"| policy | prompts | win rate (ties half) | strict wins 95% CI | mean reward base -> tuned | words base -> tuned |\n"
-          f"|---|---:|---:|---|---|---|\n"
-          f"| {args.policy} | {len(prompts)} | {result['win_rate']:.3f} | [{low:.3f}, {high:.3f}] | "
-          f"{result['base_mean_reward']:.3f} -> {result['tuned_mean_reward']:.3f} | "
-          f"{result['base_words']:.1f} -> {result['tuned_words']:.1f} |")
+    result = {
+        "policy": args.policy,
+        "reward": args.reward,
+        "prompts": len(prompts),
+        "wins": sum(wins),
+        "ties": ties,
+        "win_rate": (sum(wins) + 0.5 * ties) / len(prompts),
+        "strict_win_rate_ci": [low, high],
+        "tuned_mean_reward": sum(tuned_scores) / len(prompts),
+        "base_mean_reward": sum(base_scores) / len(prompts),
+        "tuned_words": sum(len(a.split()) for a in tuned) / len(tuned),
+        "base_words": sum(len(a.split()) for a in base) / len(base),
+        "generation_seconds": round(generated, 1),
+        "samples": [
+            {"prompt": p[-1]["content"], "base": b, "tuned": t, "base_reward": bs, "tuned_reward": ts}
+            for p, b, t, bs, ts in list(zip(prompts, base, tuned, base_scores, tuned_scores))[:5]
+        ],
+    }
+    print(
+        "| policy | prompts | win rate (ties half) | strict wins 95% CI "
+        "| mean reward base -> tuned | words base -> tuned |\n"
+        f"|---|---:|---:|---|---|---|\n"
+        f"| {args.policy} | {len(prompts)} | {result['win_rate']:.3f} | [{low:.3f}, {high:.3f}] | "
+        f"{result['base_mean_reward']:.3f} -> {result['tuned_mean_reward']:.3f} | "
+        f"{result['base_words']:.1f} -> {result['tuned_words']:.1f} |"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

@@ -46,8 +46,10 @@ MBPP = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mbpp
 
 def plain(programs: list[str], workers: int) -> int:
     """Run each program with a bare ``python -c``; return how many passed (exit status 0)."""
+
     def one(source: str) -> bool:
         return subprocess.run([sys.executable, "-c", source], capture_output=True, timeout=10).returncode == 0
+
     with ThreadPoolExecutor(workers) as pool:
         return sum(pool.map(one, programs))
 
@@ -74,15 +76,19 @@ def main() -> None:
         passed = run(programs, args.workers)
         rows.append((name, time.perf_counter() - start, passed))
     base = rows[0][1]
-    print(f"\nMBPP test split reference programs: {len(programs)} samples, {args.workers} concurrent, "
-          f"{os.cpu_count()} cores, Python {platform.python_version()}")
+    print(
+        f"\nMBPP test split reference programs: {len(programs)} samples, {args.workers} concurrent, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}"
+    )
     print(f"sandbox protections: {', '.join(caps.active())}\n")
     print("| way | wall s | samples/s | ms/sample/worker | passed | time vs plain |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, seconds, passed in rows:
-        print(f"| {name} | {seconds:.1f} | {len(programs) / seconds:.1f} | "
-              f"{1000 * seconds * args.workers / len(programs):.0f} | {passed}/{len(programs)} | "
-              f"{seconds / base:.2f}x |")
+        print(
+            f"| {name} | {seconds:.1f} | {len(programs) / seconds:.1f} | "
+            f"{1000 * seconds * args.workers / len(programs):.0f} | {passed}/{len(programs)} | "
+            f"{seconds / base:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ Ways (each in its own child process ``sft.py --way NAME``, which prints one JSON
   trl_sft          TRL SFTTrainer on plain-text {prompt, completion} with completion_only_loss, fp32,
                    gradient_checkpointing=False (TRL defaults to True; no other way recomputes activations).
   trl_sft_gc       trl_sft with TRL's default gradient checkpointing (less memory, slower).
-  handwritten      PEFT model + a plain PyTorch loop: AdamW, linear schedule, dynamic padding, token-mean loss.
+  handwritten      PEFT model + a plain PyTorch loop: AdamW, linear schedule, dynamic padding, token-mean
+                   loss.
   deltatune        deltatune.runs.run_config with task sft (train.precision fp32).
   deltatune_packed the same with data.packing=True.
   deltatune_compile       the same with train.compile=True, from an empty inductor cache: the timed training
@@ -42,9 +43,9 @@ Measures: real tokens = non-padding tokens (prompt + completion) of the rows the
 ``train_tokens``); time = wall time of the training call only (``trainer.train()``, our loop, deltatune's
 ``train_seconds``); peak RSS = ``ru_maxrss`` of the child read right after training, before the held-out
 evaluation (which loads a second model for deltatune); the whole child's ``ru_maxrss`` (os.wait4) is kept in
-the JSON as ``process_peak_rss_mb``. Held-out loss = token-mean cross-entropy over the completion tokens of the
-held-out rows, by one function (:func:`heldout_loss`, batch 8, fp32, no_grad) on the trained model in the same
-child; deltatune's adapter is loaded with ``peft.PeftModel.from_pretrained`` (checks PEFT interop).
+the JSON as ``process_peak_rss_mb``. Held-out loss = token-mean cross-entropy over the completion tokens of
+the held-out rows, by one function (:func:`heldout_loss`, batch 8, fp32, no_grad) on the trained model in the
+same child; deltatune's adapter is loaded with ``peft.PeftModel.from_pretrained`` (checks PEFT interop).
 
 Usage:
     .venv/bin/python benchmarks/sft.py                                  # all ways, ~20+ min on 2 cores
@@ -81,8 +82,17 @@ MODEL = "smollm2-135m-instruct"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 R, ALPHA, BATCH, LR, SEED, MAX_LENGTH = 16, 32, 8, 2e-4, 42, 512
 END_OF_TURN = "<|im_end|>\n"  # what SmolLM2's chat template writes after an assistant message
-BASE_WAYS = ["base", "trainer_pad512", "trl_sft", "trl_sft_gc", "handwritten", "deltatune", "deltatune_packed",
-             "deltatune_compile", "deltatune_compile_warm"]
+BASE_WAYS = [
+    "base",
+    "trainer_pad512",
+    "trl_sft",
+    "trl_sft_gc",
+    "handwritten",
+    "deltatune",
+    "deltatune_packed",
+    "deltatune_compile",
+    "deltatune_compile_warm",
+]
 BF16_WAYS = ["trl_sft_bf16", "handwritten_bf16"]
 TRL_REF, HAND_REF = "trl_sft", "handwritten"  # the fp32 references for the relative columns
 
@@ -92,7 +102,7 @@ def load_rows(rows: int) -> tuple[list[dict], list[dict]]:
     data = json.loads(DATA_JSON.read_text(encoding="utf-8"))
     if 2 * rows > len(data):
         raise SystemExit(f"--rows {rows}: need {2 * rows} rows, {DATA_JSON} has {len(data)}")
-    return data[:rows], data[rows:2 * rows]
+    return data[:rows], data[rows : 2 * rows]
 
 
 def prompt_completion(tok, row: dict) -> tuple[str, str]:
@@ -145,7 +155,7 @@ def heldout_loss(model, encoded: list[dict], pad_id: int) -> tuple[float, int]:
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(encoded), BATCH):
-            ids, mask, labels = (t.to(device) for t in pad_batch(encoded[i:i + BATCH], pad_id))
+            ids, mask, labels = (t.to(device) for t in pad_batch(encoded[i : i + BATCH], pad_id))
             hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
             targets = labels[:, 1:]  # position t predicts token t+1
             keep = targets != -100
@@ -175,11 +185,14 @@ def lora_config():
 
 
 def count_forward_tokens(model, counter: list[int]):
-    """Count real tokens at every training forward (after any dataloader prefetch): returns the hook handle."""
+    """Count real tokens at every training forward (after any dataloader prefetch): returns the hook
+    handle."""
+
     def hook(module, args, kwargs):
         if module.training:
             mask = kwargs.get("attention_mask")
             counter[0] += int(mask.sum()) if mask is not None else kwargs["input_ids"].numel()
+
     return model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
@@ -197,9 +210,21 @@ def way_trainer_pad512(ctx: dict, args) -> dict:
     model = get_peft_model(load_base(ctx["path"]), lora_config())
     with tempfile.TemporaryDirectory() as tmp:
         targs = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=BATCH, learning_rate=LR, lr_scheduler_type="linear",
-            warmup_steps=0, num_train_epochs=1, max_steps=args.max_steps or -1, seed=SEED, bf16=False,
-            eval_strategy="no", save_strategy="no", report_to="none", logging_strategy="no", disable_tqdm=True)
+            output_dir=tmp,
+            per_device_train_batch_size=BATCH,
+            learning_rate=LR,
+            lr_scheduler_type="linear",
+            warmup_steps=0,
+            num_train_epochs=1,
+            max_steps=args.max_steps or -1,
+            seed=SEED,
+            bf16=False,
+            eval_strategy="no",
+            save_strategy="no",
+            report_to="none",
+            logging_strategy="no",
+            disable_tqdm=True,
+        )
         trainer = Trainer(model=model, args=targs, train_dataset=train)  # default_data_collator
         return timed_train(trainer, model, ctx)
 
@@ -219,9 +244,17 @@ def finish(model, ctx: dict, tokens: int, seconds: float, steps: int, extra: dic
     rss = rss_mb()
     loss, n = heldout_loss(model, ctx["heldout"], ctx["tok"].pad_token_id)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"train_tokens": tokens, "train_seconds": seconds, "train_tokens_per_s": tokens / seconds,
-            "steps": steps, "peak_rss_mb": rss, "heldout_loss": loss, "heldout_tokens": n,
-            "trainable_params": trainable, **(extra or {})}
+    return {
+        "train_tokens": tokens,
+        "train_seconds": seconds,
+        "train_tokens_per_s": tokens / seconds,
+        "steps": steps,
+        "peak_rss_mb": rss,
+        "heldout_loss": loss,
+        "heldout_tokens": n,
+        "trainable_params": trainable,
+        **(extra or {}),
+    }
 
 
 def way_trl(ctx: dict, args, bf16: bool = False, checkpointing: bool = False) -> dict:
@@ -236,14 +269,33 @@ def way_trl(ctx: dict, args, bf16: bool = False, checkpointing: bool = False) ->
     model = load_base(ctx["path"])
     with tempfile.TemporaryDirectory() as tmp:
         cfg = SFTConfig(
-            output_dir=tmp, completion_only_loss=True, max_length=MAX_LENGTH, per_device_train_batch_size=BATCH,
-            learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0, num_train_epochs=1,
-            max_steps=args.max_steps or -1, report_to="none", save_strategy="no", eval_strategy="no",
-            packing=False, bf16=bf16, seed=SEED, gradient_checkpointing=checkpointing,
-            logging_strategy="no", disable_tqdm=True,
-            use_cpu=bf16 and not torch.cuda.is_available())  # bf16 on CPU is refused without use_cpu
-        trainer = SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(texts),
-                             processing_class=tok, peft_config=lora_config())
+            output_dir=tmp,
+            completion_only_loss=True,
+            max_length=MAX_LENGTH,
+            per_device_train_batch_size=BATCH,
+            learning_rate=LR,
+            lr_scheduler_type="linear",
+            warmup_steps=0,
+            num_train_epochs=1,
+            max_steps=args.max_steps or -1,
+            report_to="none",
+            save_strategy="no",
+            eval_strategy="no",
+            packing=False,
+            bf16=bf16,
+            seed=SEED,
+            gradient_checkpointing=checkpointing,
+            logging_strategy="no",
+            disable_tqdm=True,
+            use_cpu=bf16 and not torch.cuda.is_available(),
+        )  # bf16 on CPU is refused without use_cpu
+        trainer = SFTTrainer(
+            model=model,
+            args=cfg,
+            train_dataset=Dataset.from_list(texts),
+            processing_class=tok,
+            peft_config=lora_config(),
+        )
         extra = align_trl_dataset(trainer, ctx, keep_eos=args.trl_keep_eos)
         extra.update(gradient_checkpointing=checkpointing, bf16=bf16)
         return timed_train(trainer, trainer.model, ctx, extra)
@@ -255,18 +307,29 @@ def align_trl_dataset(trainer, ctx: dict, keep_eos: bool) -> dict:
     ds = trainer.train_dataset
     if len(ds) != len(ours):
         return {"trl_note": f"TRL kept {len(ds)} of {len(ours)} rows; rows not compared"}
-    appended = sum(1 for i, r in enumerate(ds) if r["input_ids"][:-1] == ours[i]["input_ids"]
-                   and r["input_ids"][-1] == eos)
+    appended = sum(
+        1
+        for i, r in enumerate(ds)
+        if r["input_ids"][:-1] == ours[i]["input_ids"] and r["input_ids"][-1] == eos
+    )
     if not keep_eos and appended:
+
         def strip(r, i):
             if r["input_ids"][:-1] == ours[i]["input_ids"] and r["input_ids"][-1] == eos:
                 return {"input_ids": r["input_ids"][:-1], "labels": r["labels"][:-1]}
             return {}
+
         ds = trainer.train_dataset = ds.map(strip, with_indices=True)
-    same = sum(1 for i, r in enumerate(ds) if r["input_ids"] == ours[i]["input_ids"]
-               and r["labels"] == ours[i]["labels"])
-    return {"trl_eos_appended_rows": appended, "trl_eos_stripped": not keep_eos and appended > 0,
-            "trl_rows_identical_to_ours": same}
+    same = sum(
+        1
+        for i, r in enumerate(ds)
+        if r["input_ids"] == ours[i]["input_ids"] and r["labels"] == ours[i]["labels"]
+    )
+    return {
+        "trl_eos_appended_rows": appended,
+        "trl_eos_stripped": not keep_eos and appended > 0,
+        "trl_rows_identical_to_ours": same,
+    }
 
 
 def way_handwritten(ctx: dict, args, bf16: bool = False) -> dict:
@@ -318,23 +381,44 @@ def steady_tokens_per_s(metrics_path: Path, skip: int = 2) -> float | None:
 def way_deltatune(ctx: dict, args, packing: bool = False, compile: bool = False) -> dict:
     from deltatune.config import validate_config
     from deltatune.runs import run_config
+
     with tempfile.TemporaryDirectory(prefix="sft-bench-deltatune-") as tmp:
         train_path, run_dir = Path(tmp) / "train.json", Path(tmp) / "run"
         train_path.write_text(json.dumps(ctx["train_rows"]), encoding="utf-8")
-        train = {"epochs": 1, "batch_size": BATCH, "learning_rate": LR, "warmup_ratio": 0.0,
-                 "scheduler": "linear", "progress": False, "checkpoint_every": None, "seed": SEED,
-                 "precision": "fp32",  # "auto" would pick bf16 on CPUs with native bf16: keep fp32 like the rest
-                 "log_every": 1, "compile": compile}
+        train = {
+            "epochs": 1,
+            "batch_size": BATCH,
+            "learning_rate": LR,
+            "warmup_ratio": 0.0,
+            "scheduler": "linear",
+            "progress": False,
+            "checkpoint_every": None,
+            "seed": SEED,
+            "precision": "fp32",  # "auto" would pick bf16 on CPUs with native bf16: keep fp32 like the rest
+            "log_every": 1,
+            "compile": compile,
+        }
         cache = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR", "/nonexistent"))
         cache_warm = compile and cache.is_dir() and any(cache.iterdir())
         if args.max_steps:
             train["max_steps"] = args.max_steps
-        cfg = validate_config({
-            "task": "sft", "model": {"name": MODEL},
-            "data": {"train": str(train_path), "layout": "alpaca", "template": "chat",
-                     "max_length": MAX_LENGTH, "packing": packing},
-            "method": {"name": "lora", "r": R, "alpha": ALPHA, "dropout": 0.0, "target_modules": TARGETS},
-            "train": train, "generate": {"eval_samples": 0}, "output_dir": str(run_dir)})
+        cfg = validate_config(
+            {
+                "task": "sft",
+                "model": {"name": MODEL},
+                "data": {
+                    "train": str(train_path),
+                    "layout": "alpaca",
+                    "template": "chat",
+                    "max_length": MAX_LENGTH,
+                    "packing": packing,
+                },
+                "method": {"name": "lora", "r": R, "alpha": ALPHA, "dropout": 0.0, "target_modules": TARGETS},
+                "train": train,
+                "generate": {"eval_samples": 0},
+                "output_dir": str(run_dir),
+            }
+        )
         summary = run_config(cfg, overwrite=True)
         steady = steady_tokens_per_s(run_dir / "metrics.jsonl")
         gc.collect()
@@ -343,13 +427,23 @@ def way_deltatune(ctx: dict, args, packing: bool = False, compile: bool = False)
 
         model = PeftModel.from_pretrained(load_base(ctx["path"]), str(run_dir / "adapter"))
         loss, n = heldout_loss(model, ctx["heldout"], ctx["tok"].pad_token_id)
-    return {"train_tokens": summary["train_tokens"], "train_seconds": summary["train_seconds"],
-            "train_tokens_per_s": summary["train_tokens"] / summary["train_seconds"],
-            "deltatune_tokens_per_s": summary.get("train_tokens_per_s"), "steps": summary.get("steps"),
-            "peak_rss_mb": rss, "deltatune_peak_rss_mb": summary.get("peak_rss_mb"), "heldout_loss": loss,
-            "heldout_tokens": n, "trainable_params": (summary.get("trainable_parameters") or {}).get("trainable"),
-            "packing": packing, "template": summary.get("template"), "steady_tokens_per_s": steady,
-            "compile": compile, "compile_cache_warm_at_start": cache_warm if compile else None}
+    return {
+        "train_tokens": summary["train_tokens"],
+        "train_seconds": summary["train_seconds"],
+        "train_tokens_per_s": summary["train_tokens"] / summary["train_seconds"],
+        "deltatune_tokens_per_s": summary.get("train_tokens_per_s"),
+        "steps": summary.get("steps"),
+        "peak_rss_mb": rss,
+        "deltatune_peak_rss_mb": summary.get("peak_rss_mb"),
+        "heldout_loss": loss,
+        "heldout_tokens": n,
+        "trainable_params": (summary.get("trainable_parameters") or {}).get("trainable"),
+        "packing": packing,
+        "template": summary.get("template"),
+        "steady_tokens_per_s": steady,
+        "compile": compile,
+        "compile_cache_warm_at_start": cache_warm if compile else None,
+    }
 
 
 def way_base(ctx: dict, args) -> dict:
@@ -381,13 +475,23 @@ def run_way(args) -> None:
 
     from deltatune.models.bundled import resolve_model_path
 
-    result = {"way": args.way, "rows": args.rows, "max_steps": args.max_steps, "torch_threads": torch.get_num_threads()}
+    result = {
+        "way": args.way,
+        "rows": args.rows,
+        "max_steps": args.max_steps,
+        "torch_threads": torch.get_num_threads(),
+    }
     try:
         path = resolve_model_path(MODEL)
         tok = AutoTokenizer.from_pretrained(path)
         train_rows, heldout_rows = load_rows(args.rows)
-        ctx = {"path": path, "tok": tok, "train_rows": train_rows, "train": encode_rows(tok, train_rows),
-               "heldout": encode_rows(tok, heldout_rows)}
+        ctx = {
+            "path": path,
+            "tok": tok,
+            "train_rows": train_rows,
+            "train": encode_rows(tok, train_rows),
+            "heldout": encode_rows(tok, heldout_rows),
+        }
         result["expected_train_tokens"] = sum(len(e["input_ids"]) for e in ctx["train"])  # one full epoch
         result.update(WAYS[args.way](ctx, args))
     except Exception as e:  # noqa: BLE001 - reported in the table, the traceback goes to the log
@@ -414,8 +518,10 @@ def print_table(results: list[dict]) -> list[str]:
     ok = {r["way"]: r for r in results if "error" not in r}
     trl_best = max((r["train_tokens_per_s"] for w, r in ok.items() if w.startswith("trl")), default=None)
     trl, hand = ok.get(TRL_REF), ok.get(HAND_REF)
-    print("\n| way | real tok/s | x vs TRL | x vs hand-written | steps 3+ tok/s | peak RSS MB | held-out loss "
-          "| loss vs TRL (%) |")
+    print(
+        "\n| way | real tok/s | x vs TRL | x vs hand-written | steps 3+ tok/s | peak RSS MB | held-out loss "
+        "| loss vs TRL (%) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         if "error" in r:
@@ -423,21 +529,37 @@ def print_table(results: list[dict]) -> list[str]:
             continue
         tps, steady = r.get("train_tokens_per_s"), r.get("steady_tokens_per_s")
         dloss = f"{100 * (r['heldout_loss'] / trl['heldout_loss'] - 1):+.2f}" if trl else "-"
-        print(f"| {r['way']} | {f'{tps:,.0f}' if tps else '-'} | {ratio(tps, trl_best)} "
-              f"| {ratio(tps, hand and hand['train_tokens_per_s'])} "
-              f"| {f'{steady:,.0f}' if steady else '-'} "
-              f"| {r['peak_rss_mb']:,.0f} "
-              f"| {r['heldout_loss']:.4f} | {dloss} |")
-    print(f"\nx vs TRL: against TRL's best tok/s ({', '.join(w for w in ok if w.startswith('trl')) or 'none run'}); "
-          f"loss vs TRL: against {TRL_REF}. Peak RSS: the child's ru_maxrss right after training.")
+        print(
+            f"| {r['way']} | {f'{tps:,.0f}' if tps else '-'} | {ratio(tps, trl_best)} "
+            f"| {ratio(tps, hand and hand['train_tokens_per_s'])} "
+            f"| {f'{steady:,.0f}' if steady else '-'} "
+            f"| {r['peak_rss_mb']:,.0f} "
+            f"| {r['heldout_loss']:.4f} | {dloss} |"
+        )
+    print(
+        "\nx vs TRL: against TRL's best tok/s "
+        f"({', '.join(w for w in ok if w.startswith('trl')) or 'none run'}); "
+        f"loss vs TRL: against {TRL_REF}. Peak RSS: the child's ru_maxrss right after training."
+    )
     for r in results:
         exp = r.get("expected_train_tokens")
-        if "error" not in r and r.get("train_tokens") and exp and r["train_tokens"] != exp and not r.get("max_steps"):
-            print(f"note: {r['way']} counted {r['train_tokens']} real tokens, one epoch of our encoding has {exp}")
+        if (
+            "error" not in r
+            and r.get("train_tokens")
+            and exp
+            and r["train_tokens"] != exp
+            and not r.get("max_steps")
+        ):
+            print(
+                f"note: {r['way']} counted {r['train_tokens']} real tokens, "
+                f"one epoch of our encoding has {exp}"
+            )
         if r.get("trl_eos_appended_rows") is not None:
-            print(f"note: {r['way']}: TRL appended EOS to {r['trl_eos_appended_rows']} rows "
-                  f"({'stripped' if r['trl_eos_stripped'] else 'kept'}); "
-                  f"{r['trl_rows_identical_to_ours']}/{r['rows']} rows identical to ours")
+            print(
+                f"note: {r['way']}: TRL appended EOS to {r['trl_eos_appended_rows']} rows "
+                f"({'stripped' if r['trl_eos_stripped'] else 'kept'}); "
+                f"{r['trl_rows_identical_to_ours']}/{r['rows']} rows identical to ours"
+            )
     return goal_lines(ok, trl_best, trl, hand)
 
 
@@ -457,8 +579,10 @@ def goal_lines(ok: dict, trl_best, trl, hand) -> list[str]:
         if trl:
             dl = 100 * (d["heldout_loss"] / trl["heldout_loss"] - 1)
             checks.append(f"loss {dl:+.2f}% vs TRL (within 2%) {'PASS' if abs(dl) <= 2 else 'FAIL'}")
-            checks.append(f"RSS {d['peak_rss_mb']:,.0f} vs TRL {trl['peak_rss_mb']:,.0f} MB (<=) "
-                          f"{'PASS' if d['peak_rss_mb'] <= trl['peak_rss_mb'] else 'FAIL'}")
+            checks.append(
+                f"RSS {d['peak_rss_mb']:,.0f} vs TRL {trl['peak_rss_mb']:,.0f} MB (<=) "
+                f"{'PASS' if d['peak_rss_mb'] <= trl['peak_rss_mb'] else 'FAIL'}"
+            )
         lines.append(f"goal {way}: " + "; ".join(checks or ["no reference ways ran"]))
     print("\n" + "\n".join(lines or ["goal: no deltatune way succeeded"]))
     return lines
@@ -467,13 +591,21 @@ def goal_lines(ok: dict, trl_best, trl, hand) -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=64, help="training rows (the first N); held-out: the next N")
-    p.add_argument("--ways", help=f"comma list (default: {','.join(BASE_WAYS)}; --bf16 adds {','.join(BF16_WAYS)})")
+    p.add_argument(
+        "--ways", help=f"comma list (default: {','.join(BASE_WAYS)}; --bf16 adds {','.join(BF16_WAYS)})"
+    )
     p.add_argument("--max-steps", type=int, help="stop every way after N optimizer steps (smoke tests)")
-    p.add_argument("--bf16", action="store_true", help="add bf16-autocast variants of TRL and the hand-written loop")
+    p.add_argument(
+        "--bf16", action="store_true", help="add bf16-autocast variants of TRL and the hand-written loop"
+    )
     p.add_argument("--trl-keep-eos", action="store_true", help="keep the EOS TRL appends to each completion")
     p.add_argument("--workdir", help="keep child logs here (default: a temp dir)")
-    p.add_argument("--json", type=Path, help=f"results file (default {RESULTS_JSON.relative_to(HERE.parent)}; "
-                   "not written for --max-steps runs unless given)")
+    p.add_argument(
+        "--json",
+        type=Path,
+        help=f"results file (default {RESULTS_JSON.relative_to(HERE.parent)}; "
+        "not written for --max-steps runs unless given)",
+    )
     p.add_argument("--way", choices=list(WAYS), help="run one way in this process and print one JSON line")
     args = p.parse_args()
     if args.rows < 1 or (args.max_steps is not None and args.max_steps < 1):
@@ -503,16 +635,36 @@ def main() -> None:
     if out is None:
         print("\n--max-steps run: results not written (pass --json PATH to keep them)")
         return
-    write_json(out, {
-        "protocol": {"data": str(DATA_JSON), "train_rows": [0, args.rows], "heldout_rows": [args.rows, 2 * args.rows],
-                     "model": MODEL, "lora": {"r": R, "alpha": ALPHA, "dropout": 0.0, "target_modules": TARGETS},
-                     "batch_size": BATCH, "learning_rate": LR, "scheduler": "linear, no warm-up", "epochs": 1,
-                     "max_steps": args.max_steps, "seed": SEED, "max_length": MAX_LENGTH,
-                     "trl_eos": "kept" if args.trl_keep_eos else "stripped"},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "torch": torch.__version__, "transformers": transformers.__version__},
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "goals": goals, "results": results,
-    })
+    write_json(
+        out,
+        {
+            "protocol": {
+                "data": str(DATA_JSON),
+                "train_rows": [0, args.rows],
+                "heldout_rows": [args.rows, 2 * args.rows],
+                "model": MODEL,
+                "lora": {"r": R, "alpha": ALPHA, "dropout": 0.0, "target_modules": TARGETS},
+                "batch_size": BATCH,
+                "learning_rate": LR,
+                "scheduler": "linear, no warm-up",
+                "epochs": 1,
+                "max_steps": args.max_steps,
+                "seed": SEED,
+                "max_length": MAX_LENGTH,
+                "trl_eos": "kept" if args.trl_keep_eos else "stripped",
+            },
+            "machine": {
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+            },
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "goals": goals,
+            "results": results,
+        },
+    )
     print(f"\nwrote {out}")
 
 

@@ -18,8 +18,9 @@ class ConfigError(UserError):
 class DataError(UserError):
     """Invalid data: names the file, line and field."""
 
-    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
-                 field: str | None = None):
+    def __init__(
+        self, message: str, *, path: str | None = None, line: int | None = None, field: str | None = None
+    ):
         where = ""
         if path is not None:
             where = str(path)
@@ -33,7 +34,7 @@ class DataError(UserError):
 
 
 def _unit(path: str) -> str:
-    """"row" for columnar sources (Parquet, Arrow, hub datasets), which have no lines; else "line"."""
+    """ "row" for columnar sources (Parquet, Arrow, hub datasets), which have no lines; else "line"."""
     import os
 
     columnar = path.startswith("hf://") or path.endswith((".parquet", ".arrow")) or "*" in path

@@ -25,8 +25,10 @@ def _atomic_target(path: Path) -> str:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror}; check that {path.parent} is "
-                        "writable and the disk is not full") from None
+        raise UserError(
+            f"cannot write {path}: {exc.strerror}; check that {path.parent} is "
+            "writable and the disk is not full"
+        ) from None
     os.close(fd)
     return tmp
 
@@ -45,8 +47,9 @@ def save_safetensors_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
 
     tmp = _atomic_target(path)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp,
-                  metadata={"format": "pt"})
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp, metadata={"format": "pt"}
+        )
     except BaseException:
         os.unlink(tmp)
         raise
@@ -79,9 +82,11 @@ def load_safetensors(path: Path | str, what: str = "weights") -> dict[str, torch
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"{path}: cannot read the {what}: the file is damaged or not a safetensors "
-                        f"file ({str(exc).splitlines()[0][:120]}); re-create it (train again, or "
-                        "copy it again from where it came from)") from None
+        raise UserError(
+            f"{path}: cannot read the {what}: the file is damaged or not a safetensors "
+            f"file ({str(exc).splitlines()[0][:120]}); re-create it (train again, or "
+            "copy it again from where it came from)"
+        ) from None
 
 
 def read_json(path: Path | str, what: str = "file") -> Any:

@@ -41,8 +41,9 @@ class MetricsWriter:
 
     def write(self, record: dict) -> None:
         if self.accelerator is not None and "step" in record:
-            numbers = {k: v for k, v in record.items()
-                       if isinstance(v, (int, float)) and k not in ("step", "time")}
+            numbers = {
+                k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("step", "time")
+            }
             self.accelerator.log(numbers, step=int(record["step"]))
         if not self.enabled:
             return
@@ -56,16 +57,18 @@ class Progress:
     gives the ETA."""
 
     def __init__(self, total: int, enabled: bool = True):
-        self.bar = tqdm(total=total, disable=not enabled, unit="step", dynamic_ncols=True,
-                        file=sys.stderr, desc="train")
+        self.bar = tqdm(
+            total=total, disable=not enabled, unit="step", dynamic_ncols=True, file=sys.stderr, desc="train"
+        )
         self.tokens, self.start = 0, time.perf_counter()
         self.extra: dict[str, str] = {}
 
     def update(self, loss: float, lr: float, tokens: int) -> None:
         self.tokens += tokens
         rate = self.tokens / max(time.perf_counter() - self.start, 1e-9)
-        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}", **self.extra,
-                             refresh=False)
+        self.bar.set_postfix(
+            loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}", **self.extra, refresh=False
+        )
         self.bar.update(1)
 
     def note(self, metrics: dict[str, float]) -> None:

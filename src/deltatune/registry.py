@@ -56,7 +56,9 @@ class Registry(Generic[T]):
             names = sorted(self.available())
             if name in names:
                 return self._items[name]
-            raise ConfigError(f"{key or self.kind}: unknown {self.kind} {name!r}{suggest_key(str(name), names)}")
+            raise ConfigError(
+                f"{key or self.kind}: unknown {self.kind} {name!r}{suggest_key(str(name), names)}"
+            )
         return self._items[name]
 
     def available(self) -> dict[str, T]:
@@ -73,8 +75,11 @@ class Registry(Generic[T]):
         if self.package is None:
             return []
         package = importlib.import_module(self.package)
-        return sorted(info.name for info in pkgutil.iter_modules(package.__path__)
-                      if info.ispkg and not info.name.startswith("_"))
+        return sorted(
+            info.name
+            for info in pkgutil.iter_modules(package.__path__)
+            if info.ispkg and not info.name.startswith("_")
+        )
 
     def _import_folder(self, name: str) -> None:
         if self.package is not None and name in self.folders():

@@ -33,7 +33,9 @@ class LoopResult:
     skipped_steps: int = 0
     best_metric: float | None = None
     best_step: int | None = None
-    epochs: float | None = None  # passes planned (``train.epochs`` settled); None when max_steps sets the length
+    epochs: float | None = (
+        None  # passes planned (``train.epochs`` settled); None when max_steps sets the length
+    )
     eval_every: int | None = None  # optimizer steps between evaluations (``train.eval_every`` settled)
     last_eval: dict[str, float] = field(default_factory=dict)
     peak_memory_mb: float = 0.0

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers.bad_inputs import CASES, Ctx, World, cls_argv, sft_argv, write_data, write_jsonl
 from deltatune.cli import main
 from deltatune.models import make_tiny_model_dir
+from helpers.bad_inputs import CASES, Ctx, World, cls_argv, sft_argv, write_data, write_jsonl
 
 # "error: ..." from deltatune, or "deltatune [cmd]: error: ..." from argparse
 ERROR_LINE = re.compile(r"^(?:deltatune(?: [\w-]+)?: )?error: ", re.M)
@@ -46,8 +46,11 @@ def _positions(model_dir: str) -> int:
 def _cli_quietly(argv: list[str], cwd: Path) -> tuple[int | None, str, BaseException | None]:
     """main(argv) in ``cwd`` with stderr captured (fixtures cannot use capsys)."""
     err = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err), \
-            contextlib.redirect_stdout(io.StringIO()):
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        contextlib.redirect_stderr(err),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
         mp.chdir(cwd)
         try:
             return main(argv), err.getvalue(), None
@@ -69,21 +72,38 @@ def world(tmp_path_factory, one_thread) -> World:
     # Killed runs: SIGKILL right after checkpoint 2 (mid-run) and 4 (after the last step, before the
     # adapter and summary are written). Subprocesses, started first so they run alongside.
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
-    procs = {name: subprocess.Popen([sys.executable, "-m", "deltatune", *cls_argv(bert, "killed-run")],
-                                    cwd=folders[name], env={**env, "DELTATUNE_FAULT_AT_STEP": str(step)},
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for name, step in (("killed", 2), ("killed_end", 4))}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "deltatune", *cls_argv(bert, "killed-run")],
+            cwd=folders[name],
+            env={**env, "DELTATUNE_FAULT_AT_STEP": str(step)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, step in (("killed", 2), ("killed_end", 4))
+    }
     for name, argv in (("cls", cls_argv(bert, "cls-run")), ("sft", sft_argv(llama, "sft-run"))):
         code, err, exc = _cli_quietly(argv, folders[name])
         assert code == 0 and exc is None, f"module setup: {name} run failed ({exc!r}):\n{err[-3000:]}"
     for name, proc in procs.items():
         _, err = proc.communicate(timeout=600)
-        assert proc.returncode == -9, f"module setup: {name} run was not killed (rc {proc.returncode}):\n{err[-3000:]}"
+        assert proc.returncode == -9, (
+            f"module setup: {name} run was not killed (rc {proc.returncode}):\n{err[-3000:]}"
+        )
         run = folders[name] / "killed-run"
-        assert (run / "checkpoints").is_dir() and not (run / "summary.json").exists(), f"{name}: not a killed run"
-    return World(root=root, bert=bert, llama=llama, bert_positions=_positions(bert),
-                 llama_positions=_positions(llama), folders=folders,
-                 runs={"cls": "cls-run", "sft": "sft-run", "killed": "killed-run", "killed_end": "killed-run"})
+        assert (run / "checkpoints").is_dir() and not (run / "summary.json").exists(), (
+            f"{name}: not a killed run"
+        )
+    return World(
+        root=root,
+        bert=bert,
+        llama=llama,
+        bert_positions=_positions(bert),
+        llama_positions=_positions(llama),
+        folders=folders,
+        runs={"cls": "cls-run", "sft": "sft-run", "killed": "killed-run", "killed_end": "killed-run"},
+    )
 
 
 # ----------------------------------------------------------------------------- running and judging
@@ -111,12 +131,20 @@ def run_cli_read_only(argv: list[str], paths: list[Path]) -> tuple[int | None, s
     namespace: how a read-only folder is staged for root, whom chmod does not stop)."""
     import shlex
 
-    mounts = " && ".join(f"mount --bind {shlex.quote(str(p))} {shlex.quote(str(p))} && "
-                         f"mount -o remount,bind,ro {shlex.quote(str(p))}" for p in paths)
+    mounts = " && ".join(
+        f"mount --bind {shlex.quote(str(p))} {shlex.quote(str(p))} && "
+        f"mount -o remount,bind,ro {shlex.quote(str(p))}"
+        for p in paths
+    )
     command = f"{mounts} && exec {shlex.join([sys.executable, '-m', 'deltatune', *argv])}"
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
-    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
-                          capture_output=True, text=True, timeout=600, env=env)
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     return done.returncode, done.stdout, done.stderr, None
 
 
@@ -129,8 +157,13 @@ def snapshot(path: Path) -> dict[str, str] | None:
     out = {}
     for p in sorted(path.rglob("*")):
         rel = p.relative_to(path).as_posix()
-        out[rel] = (f"link:{os.readlink(p)}" if p.is_symlink() else "dir" if p.is_dir()
-                    else hashlib.sha256(p.read_bytes()).hexdigest())
+        out[rel] = (
+            f"link:{os.readlink(p)}"
+            if p.is_symlink()
+            else "dir"
+            if p.is_dir()
+            else hashlib.sha256(p.read_bytes()).hexdigest()
+        )
     return out
 
 
@@ -142,8 +175,11 @@ def describe_change(before: dict | None, after: dict | None) -> str:
     removed = sorted(set(before) - set(after))
     added = sorted(set(after) - set(before))
     changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
-    parts = [f"{label} {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
-             for label, names in (("removed", removed), ("added", added), ("changed", changed)) if names]
+    parts = [
+        f"{label} {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
+        for label, names in (("removed", removed), ("added", added), ("changed", changed))
+        if names
+    ]
     return "; ".join(parts)
 
 
@@ -181,7 +217,7 @@ def judge(spec, code, err: str, escaped, before: dict) -> list[str]:
     starts = [m.start() for m in ERROR_LINE.finditer(err)]
     if len(starts) != 1 and escaped is None:
         problems.append(f"{len(starts)} 'error:' messages, want 1")
-    message = err[starts[0]:] if starts else ""
+    message = err[starts[0] :] if starts else ""
     first_line = message.splitlines()[0][:220] if message else ""
     missing = [_shown(e) for e in spec.expect if not _matches(message, e)]
     if missing and message:
@@ -198,7 +234,9 @@ def judge(spec, code, err: str, escaped, before: dict) -> list[str]:
             problems.append(f"{path.name} not unchanged: {describe_change(snap, after)}")
     for path in spec.absent:
         if path.exists():
-            problems.append(f"{path.relative_to(path.parents[1]).as_posix()} exists (work done before failing)")
+            problems.append(
+                f"{path.relative_to(path.parents[1]).as_posix()} exists (work done before failing)"
+            )
     return problems
 
 
@@ -220,12 +258,16 @@ def test_bad_input(build, world, tmp_path, monkeypatch, capsys):
         else:
             code, _, err, escaped = run_cli(spec.argv, capsys)
         problems = judge(spec, code, err, escaped, before)
-        print("exit", code, "|", " | ".join(m.group(0)[:300] for m in re.finditer(r"^.*error: .*$", err, re.M)))
+        print(
+            "exit", code, "|", " | ".join(m.group(0)[:300] for m in re.finditer(r"^.*error: .*$", err, re.M))
+        )
     finally:
         for path in ctx.locked:
             path.chmod(0o755)
     if problems:
-        pytest.fail("; ".join(problems) + f"\n--- argv: {spec.argv}\n--- stderr:\n{err[-3000:]}", pytrace=False)
+        pytest.fail(
+            "; ".join(problems) + f"\n--- argv: {spec.argv}\n--- stderr:\n{err[-3000:]}", pytrace=False
+        )
 
 
 def test_corpus_ids_are_unique_and_classed():
@@ -237,8 +279,9 @@ def test_corpus_ids_are_unique_and_classed():
 # ----------------------------------------------------------------------------- not errors, but said
 
 
-NOTHING_TO_RESUME = re.compile(r"nothing to resume|no checkpoint|(new|fresh) run|from scratch|starting (fresh|over|anew)",
-                               re.I)
+NOTHING_TO_RESUME = re.compile(
+    r"nothing to resume|no checkpoint|(new|fresh) run|from scratch|starting (fresh|over|anew)", re.I
+)
 
 
 @pytest.mark.parametrize("kind", ["missing-dir", "empty-dir"], ids=lambda k: f"silent-resume-{k}-says-so")
@@ -262,9 +305,14 @@ def _loss_steps(run: Path) -> list[int]:
     return [r["step"] for r in rows if "loss" in r]
 
 
-@pytest.mark.parametrize("killed", ["killed", "killed_end"],
-                         ids=["lose-resumed-after-mid-run-kill-reports-like-uninterrupted",
-                              "lose-resumed-after-kill-at-last-step-reports-like-uninterrupted"])
+@pytest.mark.parametrize(
+    "killed",
+    ["killed", "killed_end"],
+    ids=[
+        "lose-resumed-after-mid-run-kill-reports-like-uninterrupted",
+        "lose-resumed-after-kill-at-last-step-reports-like-uninterrupted",
+    ],
+)
 def test_resumed_run_reports_like_uninterrupted(killed, world, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     ctx = Ctx(tmp_path, world)
@@ -282,7 +330,9 @@ def test_resumed_run_reports_like_uninterrupted(killed, world, tmp_path, monkeyp
     if not got.get("train_tokens_per_s"):
         problems.append(f"summary train_tokens_per_s={got.get('train_tokens_per_s')}")
     if _loss_steps(run) != _loss_steps(ref_run):
-        problems.append(f"metrics.jsonl loss lines at steps {_loss_steps(run)}, uninterrupted {_loss_steps(ref_run)}")
+        problems.append(
+            f"metrics.jsonl loss lines at steps {_loss_steps(run)}, uninterrupted {_loss_steps(ref_run)}"
+        )
     if problems:
         pytest.fail("; ".join(problems), pytrace=False)
 
@@ -322,16 +372,20 @@ def test_broken_pipe_into_head_is_quiet(name, world, tmp_path):
     ctx = Ctx(tmp_path, world)
     run = ctx.use("cls")
     write_jsonl(tmp_path / "many.jsonl", [{"text": f"sentence number {i} is fine"} for i in range(1500)])
-    script = (f"'{sys.executable}' -m deltatune predict {run.name} --data many.jsonl --json 2> err.txt "
-              "| head -c 10 > head.txt; echo ${PIPESTATUS[0]} > rc.txt")
+    script = (
+        f"'{sys.executable}' -m deltatune predict {run.name} --data many.jsonl --json 2> err.txt "
+        "| head -c 10 > head.txt; echo ${PIPESTATUS[0]} > rc.txt"
+    )
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
     subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, timeout=300, check=True)
     problems = _pipe_problems(int((tmp_path / "rc.txt").read_text()), (tmp_path / "err.txt").read_text())
     if len((tmp_path / "head.txt").read_bytes()) != 10:
         problems.append("head did not get 10 bytes")
     if problems:
-        pytest.fail("; ".join(problems) + f"\n--- stderr:\n{(tmp_path / 'err.txt').read_text()[-3000:]}",
-                    pytrace=False)
+        pytest.fail(
+            "; ".join(problems) + f"\n--- stderr:\n{(tmp_path / 'err.txt').read_text()[-3000:]}",
+            pytrace=False,
+        )
 
 
 @pytest.mark.parametrize("name", ["traceback-eval-json-into-closed-pipe"])
@@ -346,9 +400,15 @@ def test_eval_json_into_a_closed_pipe_is_quiet(name, world, tmp_path):
     os.close(read_end)
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
     try:
-        proc = subprocess.run([sys.executable, "-m", "deltatune", "eval", run.name, "--data", "val.jsonl", "--json"],
-                              cwd=tmp_path, env=env, stdout=write_end, stderr=subprocess.PIPE, text=True,
-                              timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "deltatune", "eval", run.name, "--data", "val.jsonl", "--json"],
+            cwd=tmp_path,
+            env=env,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
     finally:
         os.close(write_end)
     problems = _pipe_problems(proc.returncode, proc.stderr)
@@ -386,13 +446,18 @@ def test_sft_full_trains(name, sft_full):
     assert (run / "model").is_dir() and (run / "summary.json").is_file()
 
 
-@pytest.mark.parametrize("command", ["generate", "eval", "chat"],
-                         ids=["bug-sft-full-generate", "bug-sft-full-eval", "bug-sft-full-chat"])
+@pytest.mark.parametrize(
+    "command",
+    ["generate", "eval", "chat"],
+    ids=["bug-sft-full-generate", "bug-sft-full-eval", "bug-sft-full-chat"],
+)
 def test_sft_full_run_is_usable(command, sft_full, world, capsys, monkeypatch):
     run = _full_run_or_fail(sft_full)
-    argv = {"generate": ["generate", str(run), "hi", "--max-new-tokens", "3"],
-            "eval": ["eval", str(run), "--data", str(world.folders["sft"] / "sft.jsonl"), "--samples", "1"],
-            "chat": ["chat", str(run), "--max-new-tokens", "3"]}[command]
+    argv = {
+        "generate": ["generate", str(run), "hi", "--max-new-tokens", "3"],
+        "eval": ["eval", str(run), "--data", str(world.folders["sft"] / "sft.jsonl"), "--samples", "1"],
+        "chat": ["chat", str(run), "--max-new-tokens", "3"],
+    }[command]
     answers = iter(["hi", "/exit"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
     code, out, err, escaped = run_cli(argv, capsys)
@@ -422,4 +487,3 @@ def test_sft_full_merge_works_or_says_why_not(name, sft_full, tmp_path, capsys):
         problems.append(f"exit {code}, want 0 or 2")
     if problems:
         pytest.fail("; ".join(problems), pytrace=False)
-

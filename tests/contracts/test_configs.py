@@ -1,6 +1,5 @@
 """Every shipped example config loads and validates."""
 
-
 import pytest
 
 from deltatune.config import load_config

@@ -1,8 +1,15 @@
 """Helpers shared by test modules (methods)."""
 
 import torch
-from transformers import (BertConfig, BertForSequenceClassification, GPT2Config,
-                          GPT2ForSequenceClassification, LlamaConfig, LlamaForSequenceClassification)
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    LlamaConfig,
+    LlamaForSequenceClassification,
+)
+
 from deltatune.methods.adapters import ADAPTERS
 from deltatune.methods.adapters.options import AdaptersOptions
 from deltatune.methods.bitfit import BITFIT
@@ -13,23 +20,48 @@ from deltatune.methods.lora import LORA
 from deltatune.methods.lora.options import LoraOptions
 from deltatune.methods.registry import ModelContext
 
-H, L, I, R = 32, 2, 64, 4          # tiny() sizes; R = LoRA rank used here
+H, L, FF, R = 32, 2, 64, 4  # tiny() sizes; R = LoRA rank used here
 
 
 def tiny(kind):
     """A random 2-layer model (same seed -> same weights) and its head module names."""
     torch.manual_seed(0)
     if kind == "bert":
-        return BertForSequenceClassification(BertConfig(
-            vocab_size=100, hidden_size=H, num_hidden_layers=L, num_attention_heads=4,
-            intermediate_size=I, num_labels=3)), ["classifier"]
+        return BertForSequenceClassification(
+            BertConfig(
+                vocab_size=100,
+                hidden_size=H,
+                num_hidden_layers=L,
+                num_attention_heads=4,
+                intermediate_size=FF,
+                num_labels=3,
+            )
+        ), ["classifier"]
     if kind == "llama":
-        return LlamaForSequenceClassification(LlamaConfig(
-            vocab_size=100, hidden_size=H, num_hidden_layers=L, num_attention_heads=4,
-            num_key_value_heads=2, intermediate_size=I, num_labels=3, pad_token_id=0)), ["score"]
-    return GPT2ForSequenceClassification(GPT2Config(
-        vocab_size=100, n_embd=H, n_layer=L, n_head=4, num_labels=3, pad_token_id=0,
-        bos_token_id=0, eos_token_id=0)), ["score"]
+        return LlamaForSequenceClassification(
+            LlamaConfig(
+                vocab_size=100,
+                hidden_size=H,
+                num_hidden_layers=L,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=FF,
+                num_labels=3,
+                pad_token_id=0,
+            )
+        ), ["score"]
+    return GPT2ForSequenceClassification(
+        GPT2Config(
+            vocab_size=100,
+            n_embd=H,
+            n_layer=L,
+            n_head=4,
+            num_labels=3,
+            pad_token_id=0,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    ), ["score"]
 
 
 def method(name):

@@ -2,13 +2,13 @@
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
 from deltatune.methods.prefix_tuning import PREFIX_TUNING
 from deltatune.methods.prefix_tuning.options import PrefixOptions
 from deltatune.methods.prompt_tuning import PROMPT_TUNING
 from deltatune.methods.prompt_tuning.options import PromptOptions
 from deltatune.methods.registry import ModelContext
 from deltatune.models.tiny import tiny_config
-
 
 N = 3  # virtual tokens
 

@@ -1,25 +1,36 @@
-"""Methods against Hugging Face PEFT: saved adapters round-trip both ways with the same outputs; DoRA and IA3 equal PEFT's."""
+"""Methods against Hugging Face PEFT: saved adapters round-trip both ways with the same outputs; DoRA and IA3
+equal PEFT's."""
 
 import pytest
 import torch
+
 from deltatune.methods.ia3.model import ia3_layers
 from deltatune.methods.ia3.model import options_from_peft as ia3_options_from_peft
 from deltatune.methods.lora import LORA
-from deltatune.methods.lora.options import LoraOptions
 from deltatune.methods.lora.model import options_from_peft as lora_options_from_peft
+from deltatune.methods.lora.options import LoraOptions
 from deltatune.methods.registry import ModelContext
-from helpers.tiny import inputs
 from helpers.methods import R, adapted, perturb, tiny
-
+from helpers.tiny import inputs
 
 
 def _peft_config(peft, name, kind):
     if name == "ia3":
         return peft.IA3Config(task_type="SEQ_CLS")
-    targets = {"bert": ["query", "value", "dense"], "llama": ["q_proj", "v_proj", "down_proj"],
-               "gpt2": ["c_attn", "c_proj"]}[kind]
-    return peft.LoraConfig(r=R, lora_alpha=8, lora_dropout=0.0, target_modules=targets,
-                           use_dora=True, task_type="SEQ_CLS", fan_in_fan_out=(kind == "gpt2"))
+    targets = {
+        "bert": ["query", "value", "dense"],
+        "llama": ["q_proj", "v_proj", "down_proj"],
+        "gpt2": ["c_attn", "c_proj"],
+    }[kind]
+    return peft.LoraConfig(
+        r=R,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        target_modules=targets,
+        use_dora=True,
+        task_type="SEQ_CLS",
+        fan_in_fan_out=(kind == "gpt2"),
+    )
 
 
 @pytest.mark.parametrize("name", ["ia3", "dora"])
@@ -63,8 +74,11 @@ def test_dora_outputs_and_gradients_equal_peft(kind, dropout):
     ours = dict(model.named_parameters())
 
     def key(peft_name):
-        return (peft_name.replace("base_model.model.", "").replace(".default", "")
-                .replace("lora_magnitude_vector.weight", "lora_magnitude_vector"))
+        return (
+            peft_name.replace("base_model.model.", "")
+            .replace(".default", "")
+            .replace("lora_magnitude_vector.weight", "lora_magnitude_vector")
+        )
 
     with torch.no_grad():
         for name, p in pm.named_parameters():
@@ -90,6 +104,9 @@ def test_ia3_defaults_match_peft():
     for kind in ("bert", "llama", "gpt2"):
         model, *_ = adapted("ia3", kind)
         pm = peft.get_peft_model(tiny(kind)[0], peft.IA3Config(task_type="SEQ_CLS"))
-        theirs = {n.replace("base_model.model.", ""): m.is_feedforward
-                  for n, m in pm.named_modules() if hasattr(m, "ia3_l")}
+        theirs = {
+            n.replace("base_model.model.", ""): m.is_feedforward
+            for n, m in pm.named_modules()
+            if hasattr(m, "ia3_l")
+        }
         assert {n: m.is_feedforward for n, m in ia3_layers(model).items()} == theirs

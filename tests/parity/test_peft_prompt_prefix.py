@@ -2,13 +2,15 @@
 
 import pytest
 import torch
+
 from deltatune.methods.prefix_tuning import PREFIX_TUNING
 from deltatune.methods.prompt_tuning import PROMPT_TUNING
 from helpers.prompt_prefix import N, adapt, batch, ctx, logits, randomize, tiny
 
 
-@pytest.mark.parametrize("kind,task", [("bert", "SEQ_CLS"), ("llama", "SEQ_CLS"), ("llama", "CAUSAL_LM"),
-                                       ("gpt2", "CAUSAL_LM")])
+@pytest.mark.parametrize(
+    "kind,task", [("bert", "SEQ_CLS"), ("llama", "SEQ_CLS"), ("llama", "CAUSAL_LM"), ("gpt2", "CAUSAL_LM")]
+)
 def test_prompt_tuning_round_trips_with_peft(kind, task, tmp_path):
     peft = pytest.importorskip("peft")
     model, opts = adapt("prompt", kind, task, placement="start")

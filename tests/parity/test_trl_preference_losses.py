@@ -8,12 +8,11 @@ returning the log-probs / rewards we choose, so no model or trainer is built.
 
 from collections import defaultdict
 from types import SimpleNamespace
+
 import pytest
 import torch
-from deltatune.losses.preference import (DPO_LOSSES, bradley_terry, dpo_rewards, mean_logps,
-                                         preference_metrics)
 
-
+from deltatune.losses.preference import DPO_LOSSES, bradley_terry, dpo_rewards, mean_logps, preference_metrics
 
 trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer")
 
@@ -26,8 +25,12 @@ def _metrics():
 
 
 def _accelerator():
-    return SimpleNamespace(device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x,
-                           reduce=lambda x, reduction="sum": x)
+    return SimpleNamespace(
+        device=torch.device("cpu"),
+        gather=lambda x: x,
+        gather_for_metrics=lambda x: x,
+        reduce=lambda x, reduction="sum": x,
+    )
 
 
 def trl_dpo_loss(loss_type, pc, pr, rc, rr, beta, label_smoothing=0.0, lengths=None):
@@ -42,12 +45,28 @@ def trl_dpo_loss(loss_type, pc, pr, rc, rr, beta, label_smoothing=0.0, lengths=N
     zeros = torch.zeros(n, seq - 1)
     outputs = SimpleNamespace(log_probs=log_probs, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool())
     self = SimpleNamespace(
-        model=SimpleNamespace(training=False), accelerator=_accelerator(), aux_loss_enabled=False,
-        ld_alpha=None, precompute_ref_logps=True, f_divergence_type="reverse_kl", loss_types=[loss_type],
-        loss_weights=[1.0], beta=beta, label_smoothing=label_smoothing, use_weighting=False,
-        _metrics=_metrics(), _total_train_tokens=0, _tp_size=1)
-    inputs = {"input_ids": torch.zeros(n, seq, dtype=torch.long), "attention_mask": torch.ones(n, seq),
-              "completion_mask": completion_mask.long(), "ref_chosen_logps": rc, "ref_rejected_logps": rr}
+        model=SimpleNamespace(training=False),
+        accelerator=_accelerator(),
+        aux_loss_enabled=False,
+        ld_alpha=None,
+        precompute_ref_logps=True,
+        f_divergence_type="reverse_kl",
+        loss_types=[loss_type],
+        loss_weights=[1.0],
+        beta=beta,
+        label_smoothing=label_smoothing,
+        use_weighting=False,
+        _metrics=_metrics(),
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
+    inputs = {
+        "input_ids": torch.zeros(n, seq, dtype=torch.long),
+        "attention_mask": torch.ones(n, seq),
+        "completion_mask": completion_mask.long(),
+        "ref_chosen_logps": rc,
+        "ref_rejected_logps": rr,
+    }
     loss = trl_dpo.DPOTrainer._compute_loss(self, lambda **kw: outputs, inputs, return_outputs=False)
     return loss, {k: v[0] for k, v in self._metrics["eval"].items()}
 
@@ -62,9 +81,14 @@ def test_bradley_terry_equals_trl_reward_trainer(with_margin):
     g = torch.Generator().manual_seed(1)
     chosen, rejected = torch.randn(6, generator=g), torch.randn(6, generator=g)
     margin = torch.rand(6, generator=g)
-    self = SimpleNamespace(model=SimpleNamespace(training=False), accelerator=_accelerator(),
-                           args=SimpleNamespace(center_rewards_coefficient=0.01), _metrics=_metrics(),
-                           _total_train_tokens=0, _tp_size=1)
+    self = SimpleNamespace(
+        model=SimpleNamespace(training=False),
+        accelerator=_accelerator(),
+        args=SimpleNamespace(center_rewards_coefficient=0.01),
+        _metrics=_metrics(),
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
     outputs = SimpleNamespace(logits=torch.cat([chosen, rejected]).unsqueeze(-1))
     inputs = {"attention_mask": torch.ones(12, 4)} | ({"margin": margin} if with_margin else {})
     expected = trl_reward.RewardTrainer.compute_loss(self, lambda **kw: outputs, inputs)
@@ -104,7 +128,7 @@ def test_conservative_dpo_equals_trl_aot_on_single_pairs(label_smoothing):
     pc, pr, rc, rr = _random_pairs(b=6, seed=3)
     ours = DPO_LOSSES["sigmoid"](pc, pr, rc, rr, 0.2, label_smoothing)
     for i in range(6):
-        pair = [x[i:i + 1] for x in (pc, pr, rc, rr)]
+        pair = [x[i : i + 1] for x in (pc, pr, rc, rr)]
         expected, _ = trl_dpo_loss("aot", *pair, 0.2, label_smoothing)
         torch.testing.assert_close(ours[i], expected)
     plain, _ = trl_dpo_loss("sigmoid", pc, pr, rc, rr, 0.2, label_smoothing)

@@ -3,12 +3,18 @@
 import math
 from collections import defaultdict
 from types import SimpleNamespace
+
 import pytest
 import torch
-from deltatune.losses.rl import (entropy_from_logits, gather_logprobs,
-                                 group_advantages, grpo_loss, shifted_logprobs)
-from helpers.rl_losses import _grpo_batch
 
+from deltatune.losses.rl import (
+    entropy_from_logits,
+    gather_logprobs,
+    group_advantages,
+    grpo_loss,
+    shifted_logprobs,
+)
+from helpers.rl_losses import _grpo_batch
 
 trl_utils = pytest.importorskip("trl.trainer.utils")
 
@@ -20,10 +26,13 @@ def test_logprobs_and_entropy_equal_trl():
     g = torch.Generator().manual_seed(5)
     logits, ids = torch.randn(3, 7, 11, generator=g), torch.randint(0, 11, (3, 7), generator=g)
     torch.testing.assert_close(gather_logprobs(logits, ids), trl_utils.selective_log_softmax(logits, ids))
-    torch.testing.assert_close(gather_logprobs(logits, ids, temperature=0.7),
-                               trl_utils.selective_log_softmax(logits, ids, temperature=0.7))
-    torch.testing.assert_close(shifted_logprobs(logits, ids)[:, 1:],
-                               trl_utils.selective_log_softmax(logits[:, :-1], ids[:, 1:]))
+    torch.testing.assert_close(
+        gather_logprobs(logits, ids, temperature=0.7),
+        trl_utils.selective_log_softmax(logits, ids, temperature=0.7),
+    )
+    torch.testing.assert_close(
+        shifted_logprobs(logits, ids)[:, 1:], trl_utils.selective_log_softmax(logits[:, :-1], ids[:, 1:])
+    )
     torch.testing.assert_close(entropy_from_logits(logits), trl_utils.entropy_from_logits(logits))
     torch.testing.assert_close(entropy_from_logits(torch.zeros(2, 11)), torch.full((2,), math.log(11)))
 
@@ -42,15 +51,31 @@ def trl_grpo_loss(logp, old, ref, advantages, mask, clip, beta):
     """TRL's ``loss_type="grpo"`` loss (mean over sequences) and its logged metrics."""
     self = SimpleNamespace(
         _get_per_token_logps_and_entropies=lambda *a, **k: (logp, torch.zeros_like(logp), None),
-        top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level="token",
-        beta=beta, args=SimpleNamespace(use_bias_correction_kl=False, delta=None), loss_type="grpo",
-        epsilon_low=clip, epsilon_high=clip, use_vllm=False, model=SimpleNamespace(training=False),
-        _entropy_bonus_enabled=False, aux_loss_enabled=False, _metrics=defaultdict(lambda: defaultdict(list)),
-        accelerator=SimpleNamespace(reduce=lambda x, reduction="sum": x, gather=lambda x: x))
+        top_entropy_quantile=1.0,
+        off_policy_mask_threshold=None,
+        importance_sampling_level="token",
+        beta=beta,
+        args=SimpleNamespace(use_bias_correction_kl=False, delta=None),
+        loss_type="grpo",
+        epsilon_low=clip,
+        epsilon_high=clip,
+        use_vllm=False,
+        model=SimpleNamespace(training=False),
+        _entropy_bonus_enabled=False,
+        aux_loss_enabled=False,
+        _metrics=defaultdict(lambda: defaultdict(list)),
+        accelerator=SimpleNamespace(reduce=lambda x, reduction="sum": x, gather=lambda x: x),
+    )
     b = logp.shape[0]
-    inputs = {"prompt_ids": torch.zeros(b, 2, dtype=torch.long), "prompt_mask": torch.ones(b, 2),
-              "completion_ids": torch.zeros_like(mask), "completion_mask": mask, "advantages": advantages,
-              "old_per_token_logps": old, "ref_per_token_logps": ref}
+    inputs = {
+        "prompt_ids": torch.zeros(b, 2, dtype=torch.long),
+        "prompt_mask": torch.ones(b, 2),
+        "completion_ids": torch.zeros_like(mask),
+        "completion_mask": mask,
+        "advantages": advantages,
+        "old_per_token_logps": old,
+        "ref_per_token_logps": ref,
+    }
     loss = trl_grpo.GRPOTrainer._compute_loss(self, None, inputs)
     return loss, {k: v[0] for k, v in self._metrics["eval"].items()}
 

@@ -10,10 +10,26 @@ import yaml
 from deltatune.cli import main
 from deltatune.models import make_tiny_model_dir
 
-POS = ["a great film", "wonderful acting", "i loved it", "superb and moving", "a joy to watch",
-       "brilliant story", "funny and warm", "truly excellent"]
-NEG = ["a dull mess", "terrible acting", "i hated it", "boring and long", "a waste of time",
-       "awful story", "flat and cold", "truly bad"]
+POS = [
+    "a great film",
+    "wonderful acting",
+    "i loved it",
+    "superb and moving",
+    "a joy to watch",
+    "brilliant story",
+    "funny and warm",
+    "truly excellent",
+]
+NEG = [
+    "a dull mess",
+    "terrible acting",
+    "i hated it",
+    "boring and long",
+    "a waste of time",
+    "awful story",
+    "flat and cold",
+    "truly bad",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +51,35 @@ def files(tmp_path):
 
 def train_args(tiny_bert, files, out, *extra):
     train, val = files
-    return ["train", f"model.name={tiny_bert}", f"data.train={train}", f"data.validation={val}",
-            "train.epochs=6", "train.batch_size=8", "train.learning_rate=5e-3", "train.progress=false",
-            "train.precision=fp32", "--output-dir", str(out), *extra]
+    return [
+        "train",
+        f"model.name={tiny_bert}",
+        f"data.train={train}",
+        f"data.validation={val}",
+        "train.epochs=6",
+        "train.batch_size=8",
+        "train.learning_rate=5e-3",
+        "train.progress=false",
+        "train.precision=fp32",
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
 
 
 def test_train_eval_predict_round_trip(tiny_bert, files, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(train_args(tiny_bert, files, out, "--json")) == 0
     summary = json.loads(capsys.readouterr().out)
-    for name in ("config.yaml", "metrics.jsonl", "eval_report.json", "eval_report.md",
-                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "labels.json"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "eval_report.json",
+        "eval_report.md",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "labels.json",
+    ):
         assert (out / name).is_file(), name
     report = json.loads((out / "eval_report.json").read_text())
     assert report["labels"] == ["neg", "pos"]
@@ -95,7 +129,7 @@ def test_full_finetune_saves_a_plain_hf_model(tiny_bert, files, tmp_path):
     assert main(train_args(tiny_bert, files, out, "method.name=full", "train.epochs=1")) == 0
     hf = AutoModelForSequenceClassification.from_pretrained(out / "model")
     run = load_run(out)
-    ours, tokenizer, labels = run.model, run.tokenizer, run.extras["labels"]
+    ours, tokenizer, _labels = run.model, run.tokenizer, run.extras["labels"]
     assert hf.config.id2label == {0: "neg", 1: "pos"}
     batch = tokenizer(["a great film"], return_tensors="pt")
     with torch.no_grad():
@@ -106,21 +140,45 @@ def test_user_errors_are_one_line(tiny_bert, files, tmp_path, capsys):
     train, val = files
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok", "label": "pos"}\n{"text": "broken", "label": \n')
-    assert main(["train", f"model.name={tiny_bert}", f"data.train={bad}", "--output-dir",
-                 str(tmp_path / "x")]) == 2
+    assert (
+        main(["train", f"model.name={tiny_bert}", f"data.train={bad}", "--output-dir", str(tmp_path / "x")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "bad.jsonl, line 2" in err and "Traceback" not in err
 
     unseen = write_jsonl(tmp_path / "v2.jsonl", [{"text": "meh", "label": "neutral"}])
-    assert main(["train", f"model.name={tiny_bert}", f"data.train={train}",
-                 f"data.validation={unseen}", "--output-dir", str(tmp_path / "y")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                f"model.name={tiny_bert}",
+                f"data.train={train}",
+                f"data.validation={unseen}",
+                "--output-dir",
+                str(tmp_path / "y"),
+            ]
+        )
+        == 2
+    )
     assert "never seen in training" in capsys.readouterr().err
 
     assert main(["train", "train.learnig_rate=1"]) == 2
     assert "did you mean `learning_rate`" in capsys.readouterr().err
 
-    assert main(["train", f"model.name={tiny_bert}", f"data.train={train}", "method.target_modules=[q_proj]",
-                 "--output-dir", str(tmp_path / "z")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                f"model.name={tiny_bert}",
+                f"data.train={train}",
+                "method.target_modules=[q_proj]",
+                "--output-dir",
+                str(tmp_path / "z"),
+            ]
+        )
+        == 2
+    )
     assert "query" in capsys.readouterr().err
 
     assert main(["predict", str(tmp_path / "nowhere"), "hello"]) == 2
@@ -171,8 +229,11 @@ def test_methods_lists_every_method_with_its_trainable_share(tiny_bert, capsys):
 def test_methods_lists_the_lora_variants_as_rows(tiny_bert, capsys):
     assert main(["methods", "--model", str(tiny_bert)]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
-    for variant, option in (("dora", "use_dora: True"), ("rslora", "use_rslora: True"),
-                            ("loraplus", "loraplus_lr_ratio: 16")):
+    for variant, option in (
+        ("dora", "use_dora: True"),
+        ("rslora", "use_rslora: True"),
+        ("loraplus", "loraplus_lr_ratio: 16"),
+    ):
         assert option in rows[variant] and "%" in rows[variant]
     dora, lora = (int(rows[k].split()[1].replace(",", "")) for k in ("dora", "lora"))
     assert dora > lora  # DoRA adds a magnitude vector per adapted layer
@@ -190,11 +251,20 @@ def test_epochs_auto_trains_more_passes_when_one_pass_is_few_steps(tiny_bert, fi
     summary = json.loads(capsys.readouterr().out)
     assert AUTO_MIN_STEPS > 8 * AUTO_MAX_EPOCHS
     assert summary["epochs"] == AUTO_MAX_EPOCHS and summary["steps"] == 8 * AUTO_MAX_EPOCHS
-    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] == "auto"  # as asked; summary: what ran
+    assert (
+        yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] == "auto"
+    )  # as asked; summary: what ran
     assert main(train_args(tiny_bert, files, tmp_path / "one", "train.epochs=1", "--json")) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["epochs"] == 1 and summary["steps"] == 8
-    assert main(train_args(tiny_bert, files, tmp_path / "capped", "train.epochs=auto", "train.max_steps=3", "--json")) == 0
+    assert (
+        main(
+            train_args(
+                tiny_bert, files, tmp_path / "capped", "train.epochs=auto", "train.max_steps=3", "--json"
+            )
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["epochs"] is None and summary["steps"] == 3  # max_steps sets the length, not passes
 
@@ -203,7 +273,9 @@ def test_one_pass_classifier_evaluates_several_times_and_keeps_the_best(tiny_ber
     from deltatune.tasks.classify.options import AUTO_EVALS
     from deltatune.training.loop import eval_interval
 
-    assert eval_interval(250, 250, AUTO_EVALS) == 63 and eval_interval(63, 252, AUTO_EVALS) == 63  # auto's 4 passes
+    assert (
+        eval_interval(250, 250, AUTO_EVALS) == 63 and eval_interval(63, 252, AUTO_EVALS) == 63
+    )  # auto's 4 passes
     assert eval_interval(500, 500, 1) == 500 and eval_interval(8, 8, 4) == 2 and eval_interval(1, 1, 4) == 1
 
     def eval_steps(out):
@@ -219,8 +291,15 @@ def test_one_pass_classifier_evaluates_several_times_and_keeps_the_best(tiny_ber
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     scores = {r["step"]: r["eval/accuracy"] for r in rows if "eval/accuracy" in r}
     best = max(scores.values())  # the first evaluation reaching the best score is kept, and restored
-    assert summary["best_step"] == min(s for s, v in scores.items() if v == best) and summary["eval_every"] == 2
+    assert (
+        summary["best_step"] == min(s for s, v in scores.items() if v == best) and summary["eval_every"] == 2
+    )
     assert summary["best_metric"] == pytest.approx(best) == summary["validation_accuracy"]
-    assert main(train_args(tiny_bert, files, tmp_path / "once", "train.epochs=1", "train.eval_every=8", "--json")) == 0
+    assert (
+        main(
+            train_args(tiny_bert, files, tmp_path / "once", "train.epochs=1", "train.eval_every=8", "--json")
+        )
+        == 0
+    )
     capsys.readouterr()
     assert eval_steps(tmp_path / "once") == [8]  # an explicit train.eval_every is obeyed

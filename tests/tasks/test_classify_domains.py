@@ -13,14 +13,19 @@ import yaml
 
 from deltatune.cli import main
 from deltatune.config import load_config
+from deltatune.errors import ConfigError, DataError
+from deltatune.losses.classification import (
+    balanced_class_weights,
+    binary_cross_entropy_sum,
+    binary_focal_sum,
+    cross_entropy_sum,
+    focal_sum,
+    resolve_class_weights,
+)
+from deltatune.models import load_tokenizer, make_tiny_model_dir
+from deltatune.tasks.classify.evaluate import Scorer, aggregate_windows
 from deltatune.tasks.classify.examples import Example, load_classification_data, stratified_split
 from deltatune.tasks.classify.windows import Windows, encode_examples, window_features
-from deltatune.errors import ConfigError, DataError
-from deltatune.tasks.classify.evaluate import Scorer, aggregate_windows
-from deltatune.losses.classification import (balanced_class_weights, binary_cross_entropy_sum,
-                                             binary_focal_sum, cross_entropy_sum, focal_sum,
-                                             resolve_class_weights)
-from deltatune.models import load_tokenizer, make_tiny_model_dir
 
 WORDS = "the patient heart tumor nerve liver pain blood cell brain stomach lung".split()
 
@@ -45,8 +50,13 @@ def cli(*argv) -> int:
     return main([str(a) for a in argv])
 
 
-COMMON = ("train.batch_size=8", "train.learning_rate=5e-3", "train.progress=false", "train.precision=fp32",
-          "train.checkpoint_every=1000")
+COMMON = (
+    "train.batch_size=8",
+    "train.learning_rate=5e-3",
+    "train.progress=false",
+    "train.precision=fp32",
+    "train.checkpoint_every=1000",
+)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -60,10 +70,13 @@ def test_focal_with_gamma_zero_is_cross_entropy_and_weights_scale_examples():
     manual = sum(w[y] * -torch.log_softmax(z, -1)[y] for z, y in zip(logits, labels))
     assert torch.allclose(cross_entropy_sum(logits, labels, w), manual)
     assert torch.allclose(focal_sum(logits, labels, w, gamma=0.0), manual)
-    assert focal_sum(logits, labels, gamma=2.0) < cross_entropy_sum(logits, labels)  # easy examples count less
+    assert focal_sum(logits, labels, gamma=2.0) < cross_entropy_sum(
+        logits, labels
+    )  # easy examples count less
     targets = (torch.rand(6, 3, generator=g) > 0.5).float()
-    assert torch.allclose(binary_focal_sum(logits, targets, w, gamma=0.0),
-                          binary_cross_entropy_sum(logits, targets, w))
+    assert torch.allclose(
+        binary_focal_sum(logits, targets, w, gamma=0.0), binary_cross_entropy_sum(logits, targets, w)
+    )
     ref = torch.nn.BCEWithLogitsLoss(pos_weight=w)(logits, targets)  # mean over all elements
     assert torch.allclose(binary_cross_entropy_sum(logits, targets, w) / 6, ref)
 
@@ -92,7 +105,13 @@ def test_thresholds_tuned_globally_or_per_label():
     from deltatune.metrics.classification import tune_thresholds
 
     y = [[1, 0], [1, 0], [0, 1], [0, 0], [0, 1]]
-    probs = [[0.9, 0.2], [0.7, 0.1], [0.6, 0.35], [0.2, 0.05], [0.1, 0.3]]  # label 0 splits at 0.7, label 1 at 0.3
+    probs = [
+        [0.9, 0.2],
+        [0.7, 0.1],
+        [0.6, 0.35],
+        [0.2, 0.05],
+        [0.1, 0.3],
+    ]  # label 0 splits at 0.7, label 1 at 0.3
     per = tune_thresholds(y, probs, per_label=True)
     assert 0.6 < per[0] <= 0.7 and 0.1 < per[1] <= 0.3
     assert tune_thresholds(y, probs, per_label=False)[0] == tune_thresholds(y, probs, per_label=False)[1]
@@ -117,19 +136,24 @@ def test_stratified_test_split_then_validation_split(tmp_path):
 
 def test_multi_label_rows_lists_and_delimited_strings(tmp_path):
     rows = [{"text": "a", "tags": ["ltd", "ter"]}, {"text": "b", "tags": []}, {"text": "c", "tags": ["ch"]}]
-    data = load_classification_data(write_jsonl(tmp_path / "l.jsonl", rows), label_field="tags",
-                                     label_separator=",")
+    data = load_classification_data(
+        write_jsonl(tmp_path / "l.jsonl", rows), label_field="tags", label_separator=","
+    )
     assert data.labels.names == ["ch", "ltd", "ter"] and [e.label for e in data.train] == [(1, 2), (), (0,)]
     csv = tmp_path / "l.csv"
-    csv.write_text("text,tags\na,\"ltd, ter\"\nb,\nc,ch\n")
-    assert [e.label for e in load_classification_data(csv, label_field="tags", label_separator=",").train] == \
-        [(1, 2), (), (0,)]
+    csv.write_text('text,tags\na,"ltd, ter"\nb,\nc,ch\n')
+    assert [
+        e.label for e in load_classification_data(csv, label_field="tags", label_separator=",").train
+    ] == [(1, 2), (), (0,)]
     bad = write_jsonl(tmp_path / "v.jsonl", [{"text": "x", "tags": ["ltd"]}, {"text": "y", "tags": ["law"]}])
     with pytest.raises(DataError, match=r"v.jsonl, line 2, field 'tags': label 'law' was never seen"):
-        load_classification_data(write_jsonl(tmp_path / "l.jsonl", rows), bad, label_field="tags",
-                                 label_separator=",")
+        load_classification_data(
+            write_jsonl(tmp_path / "l.jsonl", rows), bad, label_field="tags", label_separator=","
+        )
     null = write_jsonl(tmp_path / "n.jsonl", [{"text": "x", "tags": None}])
-    with pytest.raises(DataError, match=r"n.jsonl, line 1, field 'tags': expected the row's labels as a list"):
+    with pytest.raises(
+        DataError, match=r"n.jsonl, line 1, field 'tags': expected the row's labels as a list"
+    ):
         load_classification_data(null, label_field="tags", label_separator=",")
     exs = [Example("t", None, lab, i) for i, lab in enumerate([(0,)] * 30 + [()] * 60 + [(0, 1)] * 10)]
     _, held = stratified_split(exs, 0.1, seed=0)  # stratified by label set
@@ -149,7 +173,7 @@ def test_windows_cover_every_token_in_order(tiny):
         assert all(len(f["input_ids"]) <= max_length and f["doc"] == 0 and f["label"] == 1 for f in feats)
         texts = [f["input_ids"][1:-1] for f in feats]  # [CLS] ... [SEP]
         for k, ids in enumerate(texts):
-            assert ids == full[k * stride:k * stride + room]
+            assert ids == full[k * stride : k * stride + room]
         assert (len(feats) - 1) * stride + len(texts[-1]) == len(full)  # the last window ends at the end
         assert len(feats) == 1 + -(-(len(full) - room) // stride)
     assert len(window_features(tok, [doc], 64, 31, max_windows=3)) == 3
@@ -184,20 +208,43 @@ def test_one_window_equals_the_plain_path_bit_for_bit(tiny, aggregate, one_threa
 def imbalanced(tmp_path_factory):
     """3 classes, 24/8/4 training rows (ratio 6): words of the class in the text."""
     d = tmp_path_factory.mktemp("imb")
-    make = lambda lab, n, s: [{"text": f"{WORDS[lab]} {long_text(6, s + i)}", "label": f"c{lab}"}  # noqa: E731
-                              for i in range(n)]
+
+    def make(lab, n, s):
+        return [{"text": f"{WORDS[lab]} {long_text(6, s + i)}", "label": f"c{lab}"} for i in range(n)]
+
     train = make(0, 24, 0) + make(1, 8, 100) + make(2, 4, 200)
-    return write_jsonl(d / "train.jsonl", train), write_jsonl(d / "val.jsonl", make(0, 4, 300) + make(1, 4, 400) + make(2, 4, 500))
+    return write_jsonl(d / "train.jsonl", train), write_jsonl(
+        d / "val.jsonl", make(0, 4, 300) + make(1, 4, 400) + make(2, 4, 500)
+    )
 
 
-def test_weighted_run_records_weights_selects_on_macro_f1_and_reports_recall(tiny, imbalanced, tmp_path, capsys):
+def test_weighted_run_records_weights_selects_on_macro_f1_and_reports_recall(
+    tiny, imbalanced, tmp_path, capsys
+):
     out = tmp_path / "run"
     train, val = imbalanced
-    assert cli("train", f"model.name={tiny[3]}", f"data.train={train}", f"data.validation={val}", f"data.test={val}",
-               "classify.class_weights=balanced", "classify.loss=focal", "classify.gamma=1.0", "train.epochs=3",
-               *COMMON, "--output-dir", out) == 0
+    assert (
+        cli(
+            "train",
+            f"model.name={tiny[3]}",
+            f"data.train={train}",
+            f"data.validation={val}",
+            f"data.test={val}",
+            "classify.class_weights=balanced",
+            "classify.loss=focal",
+            "classify.gamma=1.0",
+            "train.epochs=3",
+            *COMMON,
+            "--output-dir",
+            out,
+        )
+        == 0
+    )
     err = capsys.readouterr().err
-    assert "best checkpoint by f1_macro (training labels are imbalanced: largest/smallest class 6.00 >= 1.5)" in err
+    assert (
+        "best checkpoint by f1_macro (training labels are imbalanced: largest/smallest class 6.00 >= 1.5)"
+        in err
+    )
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     weights = {"c0": round(36 / 72, 6), "c1": 1.5, "c2": 3.0}  # n / (C * n_c)
     assert cfg["classify"]["class_weights"] == weights and cfg["classify"]["loss"] == "focal"
@@ -210,22 +257,62 @@ def test_weighted_run_records_weights_selects_on_macro_f1_and_reports_recall(tin
     assert "confusion matrix" in md and "class weights" in md
     assert load_config(out / "config.yaml").classify.class_weights == weights  # reloads as it ran
     # a user's metric is kept (and said so); the default class_weights (auto) weighs these labels (6x)
-    assert cli("train", f"model.name={tiny[3]}", f"data.train={train}", f"data.validation={val}", "train.max_steps=1",
-               "train.metric_for_best=accuracy", *COMMON, "--output-dir", tmp_path / "r2") == 0
+    assert (
+        cli(
+            "train",
+            f"model.name={tiny[3]}",
+            f"data.train={train}",
+            f"data.validation={val}",
+            "train.max_steps=1",
+            "train.metric_for_best=accuracy",
+            *COMMON,
+            "--output-dir",
+            tmp_path / "r2",
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "best checkpoint by accuracy (set in the config)" in err and "(auto: imbalanced labels" in err
-    assert yaml.safe_load((tmp_path / "r2" / "config.yaml").read_text())["classify"]["class_weights"] == weights
-    assert cli("train", f"model.name={tiny[3]}", f"data.train={train}", f"data.validation={val}", "train.max_steps=1",
-               "classify.class_weights=none", *COMMON, "--output-dir", tmp_path / "r3") == 0
-    assert yaml.safe_load((tmp_path / "r3" / "config.yaml").read_text())["classify"]["class_weights"] == "none"
+    assert (
+        yaml.safe_load((tmp_path / "r2" / "config.yaml").read_text())["classify"]["class_weights"] == weights
+    )
+    assert (
+        cli(
+            "train",
+            f"model.name={tiny[3]}",
+            f"data.train={train}",
+            f"data.validation={val}",
+            "train.max_steps=1",
+            "classify.class_weights=none",
+            *COMMON,
+            "--output-dir",
+            tmp_path / "r3",
+        )
+        == 0
+    )
+    assert (
+        yaml.safe_load((tmp_path / "r3" / "config.yaml").read_text())["classify"]["class_weights"] == "none"
+    )
 
 
 def test_long_document_gets_one_prediction_past_the_position_limit(tiny, imbalanced, tmp_path, capsys):
     out = tmp_path / "win"
     train, val = imbalanced
-    assert cli("train", f"model.name={tiny[3]}", f"data.train={train}", f"data.validation={val}",
-               "data.max_length=16", "data.windows={stride: 6, aggregate: max, max_train_windows: 2}",
-               "train.max_steps=2", *COMMON, "--output-dir", out) == 0
+    assert (
+        cli(
+            "train",
+            f"model.name={tiny[3]}",
+            f"data.train={train}",
+            f"data.validation={val}",
+            "data.max_length=16",
+            "data.windows={stride: 6, aggregate: max, max_train_windows: 2}",
+            "train.max_steps=2",
+            *COMMON,
+            "--output-dir",
+            out,
+        )
+        == 0
+    )
     capsys.readouterr()
     text = long_text(2000)  # ~2000 tokens: 4x the tiny model's 512 positions
     assert cli("predict", out, text, "a short one", "--json") == 0
@@ -249,6 +336,7 @@ def legal(tmp_path_factory):
             words += ["liver"] * (i % 3 == 0) + ["brain"] * (i % 4 == 0)
             out.append({"text": " ".join(words), "cats": cats})
         return out
+
     return write_jsonl(d / "train.jsonl", rows(48, 0)), write_jsonl(d / "val.jsonl", rows(16, 1000))
 
 
@@ -260,9 +348,24 @@ def test_multi_label_run_thresholds_predict_and_hf_peft_interop(tiny, legal, tmp
 
     train, val = legal
     out = tmp_path / "ml"
-    assert cli("train", f"model.name={tiny[2]}", f"data.train={train}", f"data.validation={val}", f"data.test={val}",
-               "data.label_field=cats", "data.multi_label=true", "classify.class_weights=balanced",
-               "classify.threshold=per_label", "train.epochs=2", *COMMON, "--output-dir", out) == 0
+    assert (
+        cli(
+            "train",
+            f"model.name={tiny[2]}",
+            f"data.train={train}",
+            f"data.validation={val}",
+            f"data.test={val}",
+            "data.label_field=cats",
+            "data.multi_label=true",
+            "classify.class_weights=balanced",
+            "classify.threshold=per_label",
+            "train.epochs=2",
+            *COMMON,
+            "--output-dir",
+            out,
+        )
+        == 0
+    )
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["classify"]["loss"] == "binary_cross_entropy"
     assert cfg["classify"]["class_weights"] == {"ltd": 2.0, "ter": 3.0}  # pos_weight = negatives / positives
@@ -285,8 +388,9 @@ def test_multi_label_run_thresholds_predict_and_hf_peft_interop(tiny, legal, tmp
 
     run = load_run(out)
     batch = run.tokenizer(["the liver and brain", "the heart"], padding=True, return_tensors="pt")
-    base = AutoModelForSequenceClassification.from_pretrained(tiny[2], num_labels=2,
-                                                              problem_type="multi_label_classification")
+    base = AutoModelForSequenceClassification.from_pretrained(
+        tiny[2], num_labels=2, problem_type="multi_label_classification"
+    )
     pm = peft.PeftModel.from_pretrained(base, out / "adapter").eval()
     targets = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
     with torch.no_grad():
@@ -301,23 +405,49 @@ def test_multi_label_full_finetune_saves_problem_type(tiny, legal, tmp_path):
 
     train, val = legal
     out = tmp_path / "full"
-    assert cli("train", f"model.name={tiny[2]}", f"data.train={train}", f"data.validation={val}",
-               "data.label_field=cats", "data.multi_label=true", "classify.threshold=0.4", "method.name=full",
-               "train.max_steps=1", *COMMON, "--output-dir", out) == 0
+    assert (
+        cli(
+            "train",
+            f"model.name={tiny[2]}",
+            f"data.train={train}",
+            f"data.validation={val}",
+            "data.label_field=cats",
+            "data.multi_label=true",
+            "classify.threshold=0.4",
+            "method.name=full",
+            "train.max_steps=1",
+            *COMMON,
+            "--output-dir",
+            out,
+        )
+        == 0
+    )
     hf = AutoModelForSequenceClassification.from_pretrained(out / "model")
-    assert hf.config.problem_type == "multi_label_classification" and hf.config.id2label == {0: "ltd", 1: "ter"}
+    assert hf.config.problem_type == "multi_label_classification" and hf.config.id2label == {
+        0: "ltd",
+        1: "ter",
+    }
     assert json.loads((out / "labels.json").read_text())["thresholds"] == [0.4, 0.4]
 
 
-@pytest.mark.parametrize("override, expected", [
-    (["data.multi_label=true", "classify.loss=focal"],
-     "classify.loss: focal does not fit data.multi_label: true; use binary_cross_entropy or binary_focal"),
-    (["classify.threshold=0.3"], "classify.threshold: for multi-label runs only"),
-    (["data.multi_label=true", "classify.threshold=tuned"], "classify.threshold: tuned is tuned on validation data"),
-    (["data.windows={max_length: 128}"], "set data.max_length: 128 and remove data.windows.max_length"),
-    (["classify.class_weights={c0: 0}"], "weights must be positive"),
-    (["train.metric_for_best=f1_samples"], "train.metric_for_best: for multi-label runs only"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (
+            ["data.multi_label=true", "classify.loss=focal"],
+            "classify.loss: focal does not fit data.multi_label: true; "
+            "use binary_cross_entropy or binary_focal",
+        ),
+        (["classify.threshold=0.3"], "classify.threshold: for multi-label runs only"),
+        (
+            ["data.multi_label=true", "classify.threshold=tuned"],
+            "classify.threshold: tuned is tuned on validation data",
+        ),
+        (["data.windows={max_length: 128}"], "set data.max_length: 128 and remove data.windows.max_length"),
+        (["classify.class_weights={c0: 0}"], "weights must be positive"),
+        (["train.metric_for_best=f1_samples"], "train.metric_for_best: for multi-label runs only"),
+    ],
+)
 def test_config_mistakes_are_one_clear_error(override, expected):
     with pytest.raises(ConfigError, match=re.escape(expected)):
         load_config(None, ["data.train=t.jsonl", *override])

@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 from deltatune.models import make_tiny_model_dir
 from helpers.paths import ASSETS
 
-ROWS = [{"text": " ".join("abcdefghijklmnopqrstuvwxyz"[i % 26] * (1 + i % 5)), "label": i % 2}
-        for i in range(64)]
+ROWS = [
+    {"text": " ".join("abcdefghijklmnopqrstuvwxyz"[i % 26] * (1 + i % 5)), "label": i % 2} for i in range(64)
+]
 
 
 def run(args, nproc=None, timeout=600):
@@ -43,12 +44,20 @@ def test_two_processes_equal_one_with_double_batch(tmp_path):
     model = make_tiny_model_dir("bert", tmp_path / "bert")
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    common = ["train", f"model.name={model}", f"data.train={train}", "train.max_steps=5",
-              "train.group_by_length=false", "train.progress=false", "train.precision=fp32",
-              "method.dropout=0", "train.checkpoint_every=100"]
+    common = [
+        "train",
+        f"model.name={model}",
+        f"data.train={train}",
+        "train.max_steps=5",
+        "train.group_by_length=false",
+        "train.progress=false",
+        "train.precision=fp32",
+        "method.dropout=0",
+        "train.checkpoint_every=100",
+    ]
     one_vs_two_processes(common, tmp_path)
     # only rank 0 wrote the log: one end record
-    ends = [l for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines() if '"end"' in l]
+    ends = [line for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines() if '"end"' in line]
     assert len(ends) == 1
 
 
@@ -58,7 +67,17 @@ def test_sft_two_processes_equal_one_with_double_batch(tmp_path):
     rows = json.load(open(ASSETS / "alpaca_sample.json"))[:48]
     train = tmp_path / "train.json"
     train.write_text(json.dumps(rows))
-    common = ["train", "task=sft", f"model.name={model}", f"data.train={train}", "data.max_length=96",
-              "train.max_steps=3", "train.group_by_length=false", "train.progress=false",
-              "train.precision=fp32", "train.checkpoint_every=100", "generate.eval_samples=0"]
+    common = [
+        "train",
+        "task=sft",
+        f"model.name={model}",
+        f"data.train={train}",
+        "data.max_length=96",
+        "train.max_steps=3",
+        "train.group_by_length=false",
+        "train.progress=false",
+        "train.precision=fp32",
+        "train.checkpoint_every=100",
+        "generate.eval_samples=0",
+    ]
     one_vs_two_processes(common, tmp_path)

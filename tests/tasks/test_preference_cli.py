@@ -11,11 +11,11 @@ import torch
 from deltatune.cli import main
 from deltatune.data.conversations import FieldMap
 from deltatune.data.pairs import PairStats, rows_to_pairs
-from deltatune.tasks.preference.pairs import encode_pairs
 from deltatune.data.readers import Row
 from deltatune.data.templates import make_template
 from deltatune.losses.lm import IGNORE_INDEX
 from deltatune.models import make_tiny_model_dir
+from deltatune.tasks.preference.pairs import encode_pairs
 
 WORDS = "apple river stone cloud light paper music garden window candle".split()
 
@@ -28,8 +28,13 @@ def synthetic_pairs(n, seed=0):
         topic = rng.choice(WORDS)
         good = " ".join(rng.choice(["great", "good", "kind", "helpful"]) for _ in range(4))
         bad = " ".join(rng.choice(["awful", "rude", "bad", "wrong"]) for _ in range(4))
-        rows.append({"prompt": f"Tell me about the {topic}.", "chosen": f"The {topic} is {good}.",
-                     "rejected": f"The {topic} is {bad}."})
+        rows.append(
+            {
+                "prompt": f"Tell me about the {topic}.",
+                "chosen": f"The {topic} is {good}.",
+                "rejected": f"The {topic} is {bad}.",
+            }
+        )
     return rows
 
 
@@ -40,9 +45,13 @@ def tiny(tmp_path_factory):
     rows = synthetic_pairs(96)
     train.write_text("".join(json.dumps(r) + "\n" for r in rows[:64]))
     val.write_text("".join(json.dumps(r) + "\n" for r in rows[64:]))
-    return {"llama": make_tiny_model_dir("llama", root / "llama", task="causal_lm"),
-            "bert": make_tiny_model_dir("bert", root / "bert", num_labels=1),
-            "train": train, "val": val, "root": root}
+    return {
+        "llama": make_tiny_model_dir("llama", root / "llama", task="causal_lm"),
+        "bert": make_tiny_model_dir("bert", root / "bert", num_labels=1),
+        "train": train,
+        "val": val,
+        "root": root,
+    }
 
 
 def _rows(records):
@@ -50,27 +59,46 @@ def _rows(records):
 
 
 def test_hh_transcripts_become_chat_pairs_and_mismatches_are_counted():
-    rows = _rows([
-        {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: a joke?\n\nAssistant: Why not.",
-         "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: a joke?\n\nAssistant: No."},
-        {"chosen": "\n\nHuman: one\n\nAssistant: yes", "rejected": "\n\nHuman: two\n\nAssistant: no"}])
+    rows = _rows(
+        [
+            {
+                "chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: a joke?\n\nAssistant: Why not.",
+                "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: a joke?\n\nAssistant: No.",
+            },
+            {"chosen": "\n\nHuman: one\n\nAssistant: yes", "rejected": "\n\nHuman: two\n\nAssistant: no"},
+        ]
+    )
     pairs, stats = rows_to_pairs(rows)
     assert len(pairs) == 1 and stats.skipped_prompt_mismatch == 1 and stats.skipped_lines == [2]
-    assert pairs[0].prompt == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                               {"role": "user", "content": "a joke?"}]
+    assert pairs[0].prompt == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "a joke?"},
+    ]
     assert (pairs[0].chosen, pairs[0].rejected) == ("Why not.", "No.")
 
 
 def test_explicit_and_message_layouts():
     msgs = [{"role": "user", "content": "q"}]
-    explicit = rows_to_pairs(_rows([{"prompt": msgs, "chosen": [{"role": "assistant", "content": "a"}],
-                                     "rejected": "b"}]))[0][0]
+    explicit = rows_to_pairs(
+        _rows([{"prompt": msgs, "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"}])
+    )[0][0]
     assert (explicit.prompt, explicit.chosen, explicit.rejected) == (msgs, "a", "b")
-    implicit = rows_to_pairs(_rows([{"chosen": msgs + [{"role": "assistant", "content": "a"}],
-                                     "rejected": msgs + [{"role": "assistant", "content": "b"}]}]))[0][0]
+    implicit = rows_to_pairs(
+        _rows(
+            [
+                {
+                    "chosen": msgs + [{"role": "assistant", "content": "a"}],
+                    "rejected": msgs + [{"role": "assistant", "content": "b"}],
+                }
+            ]
+        )
+    )[0][0]
     assert (implicit.prompt, implicit.chosen, implicit.rejected) == (msgs, "a", "b")
-    mapped = rows_to_pairs(_rows([{"q": "x", "good": "a", "bad": "b", "gap": 2}]),
-                           fields=FieldMap({"prompt": "q", "chosen": "good", "rejected": "bad", "margin": "gap"}))[0][0]
+    mapped = rows_to_pairs(
+        _rows([{"q": "x", "good": "a", "bad": "b", "gap": 2}]),
+        fields=FieldMap({"prompt": "q", "chosen": "good", "rejected": "bad", "margin": "gap"}),
+    )[0][0]
     assert mapped.chosen == "a" and mapped.margin == 2.0
 
 
@@ -97,8 +125,8 @@ def test_decoder_rewards_need_no_attention_mask(tiny):
     last token) are the same without the mask, which lets attention run its causal kernel in training."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from deltatune.tasks.preference.pairs import pair_collate
     from deltatune.losses.preference import sequence_rewards
+    from deltatune.tasks.preference.pairs import pair_collate
 
     tok = AutoTokenizer.from_pretrained(tiny["llama"])
     model = AutoModelForSequenceClassification.from_pretrained(tiny["llama"], num_labels=1).eval()
@@ -108,7 +136,9 @@ def test_decoder_rewards_need_no_attention_mask(tiny):
     for f, i in zip(feats, range(len(feats))):
         f["index"] = i
     with torch.no_grad():
-        masked = sequence_rewards(model, pair_collate(feats, tok.pad_token_id, attention_mask=True, split_parts=False))
+        masked = sequence_rewards(
+            model, pair_collate(feats, tok.pad_token_id, attention_mask=True, split_parts=False)
+        )
         bare = pair_collate(feats, tok.pad_token_id, attention_mask=False, split_parts=False)
         assert "attention_mask" not in bare["parts"][0]
         torch.testing.assert_close(sequence_rewards(model, bare), masked, atol=1e-5, rtol=1e-5)
@@ -123,9 +153,16 @@ def _share_feats():
         prompt, ca, ra = (torch.randint(5, 90, (n,), generator=g).tolist() for n in (p, a, b))
         if i == 2:
             ra[0] = ca[0]
-        feats.append({"chosen_ids": prompt + ca + [2], "chosen_labels": [IGNORE_INDEX] * p + ca + [2],
-                      "rejected_ids": prompt + ra + [2], "rejected_labels": [IGNORE_INDEX] * p + ra + [2],
-                      "index": i, "margin": None})
+        feats.append(
+            {
+                "chosen_ids": prompt + ca + [2],
+                "chosen_labels": [IGNORE_INDEX] * p + ca + [2],
+                "rejected_ids": prompt + ra + [2],
+                "rejected_labels": [IGNORE_INDEX] * p + ra + [2],
+                "index": i,
+                "margin": None,
+            }
+        )
     return feats
 
 
@@ -136,17 +173,19 @@ def test_pairs_sharing_their_prompt_give_the_same_rewards_logps_and_gradients(tm
     positions restarting after the prompt) computes exactly what two separate sequences do."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from deltatune.tasks.preference.pairs import pair_collate, shared_pair_collate
     from deltatune.losses.preference import answer_logps, sequence_rewards
+    from deltatune.tasks.preference.pairs import pair_collate, shared_pair_collate
 
     feats = _share_feats()
     shared = shared_pair_collate(feats, 0)
     assert shared["num_tokens"] == sum(len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in feats)
     assert sum(int(p["input_ids"].ne(0).sum()) for p in shared["parts"]) < shared["num_tokens"]
-    lm = AutoModelForCausalLM.from_pretrained(make_tiny_model_dir(kind, tmp_path / "lm", task="causal_lm"),
-                                              attn_implementation=attention)
+    lm = AutoModelForCausalLM.from_pretrained(
+        make_tiny_model_dir(kind, tmp_path / "lm", task="causal_lm"), attn_implementation=attention
+    )
     rm = AutoModelForSequenceClassification.from_pretrained(
-        make_tiny_model_dir(kind, tmp_path / "rm", num_labels=1), attn_implementation=attention)
+        make_tiny_model_dir(kind, tmp_path / "rm", num_labels=1), attn_implementation=attention
+    )
     for model, run in ((lm, lambda m, b: answer_logps(m, b)[0]), (rm, sequence_rewards)):
         values = []
         for batch in (pair_collate(feats, 0, attention_mask=False), shared):
@@ -168,16 +207,20 @@ def test_evaluation_log_probs_are_the_same_with_shared_prompts(tiny):
 
     model = AutoModelForCausalLM.from_pretrained(tiny["llama"])
     feats = _share_feats()
-    torch.testing.assert_close(pair_logps(model, feats, 0, batch_size=3, share=True),
-                               pair_logps(model, feats, 0, batch_size=3), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        pair_logps(model, feats, 0, batch_size=3, share=True),
+        pair_logps(model, feats, 0, batch_size=3),
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_training_shares_prompts_only_where_it_can(tiny):
     from transformers import AutoModelForSequenceClassification
 
     from deltatune.config import load_config
-    from deltatune.tasks.preference.pairs import training_collate
     from deltatune.methods.registry import get_method
+    from deltatune.tasks.preference.pairs import training_collate
 
     d = load_config(None, ["task=reward", f"data.train={tiny['train']}"]).data
     decoder = AutoModelForSequenceClassification.from_pretrained(tiny["llama"], num_labels=1)
@@ -188,7 +231,10 @@ def test_training_shares_prompts_only_where_it_can(tiny):
     assert name(training_collate(d, encoder, lora, 0, 1)) == "pair_collate"
     assert name(training_collate(d, decoder, prompt, 0, 1)) == "pair_collate"  # virtual tokens: a 2-D mask
     assert name(training_collate(d, decoder, lora, 0, 2)) == "pair_collate"  # DDP: one forward per backward
-    assert name(training_collate(d.model_copy(update={"share_prompt": False}), decoder, lora, 0, 1)) == "pair_collate"
+    assert (
+        name(training_collate(d.model_copy(update={"share_prompt": False}), decoder, lora, 0, 1))
+        == "pair_collate"
+    )
 
 
 def test_too_long_pairs_cut_the_prompt_from_the_left_first(tiny):
@@ -196,7 +242,9 @@ def test_too_long_pairs_cut_the_prompt_from_the_left_first(tiny):
 
     tok = AutoTokenizer.from_pretrained(tiny["llama"])
     long_prompt = "word " * 200
-    pairs, _ = rows_to_pairs(_rows([{"prompt": long_prompt + "END", "chosen": "yes it is", "rejected": "no"}]))
+    pairs, _ = rows_to_pairs(
+        _rows([{"prompt": long_prompt + "END", "chosen": "yes it is", "rejected": "no"}])
+    )
     stats = PairStats(rows=1)
     feats, _ = encode_pairs(pairs, make_template("raw", tok), tok, 64, "truncate", stats)
     f = feats[0]
@@ -212,10 +260,24 @@ def test_too_long_pairs_cut_the_prompt_from_the_left_first(tiny):
 
 
 def _train(tiny, task, out, *extra):
-    return main(["train", f"task={task}", f"model.name={tiny['llama']}", f"data.train={tiny['train']}",
-                 f"data.validation={tiny['val']}", "train.epochs=4", "train.batch_size=8",
-                 "train.learning_rate=3e-3", "train.progress=false", "train.precision=fp32",
-                 "--output-dir", str(out), "--json", *extra])
+    return main(
+        [
+            "train",
+            f"task={task}",
+            f"model.name={tiny['llama']}",
+            f"data.train={tiny['train']}",
+            f"data.validation={tiny['val']}",
+            "train.epochs=4",
+            "train.batch_size=8",
+            "train.learning_rate=3e-3",
+            "train.progress=false",
+            "train.precision=fp32",
+            "--output-dir",
+            str(out),
+            "--json",
+            *extra,
+        ]
+    )
 
 
 def test_reward_model_learns_scores_and_loads_as_a_classifier(tiny, tmp_path, capsys, one_thread):
@@ -226,8 +288,20 @@ def test_reward_model_learns_scores_and_loads_as_a_classifier(tiny, tmp_path, ca
     report = json.loads((out / "eval_report.json").read_text())
     assert {"accuracy", "accuracy_ci_low", "margin_mean", "reward_std"} <= set(report["tuned"])
     assert "most wrongly" in (out / "eval_report.md").read_text() or report["tuned"]["most_wrong"] == []
-    assert main(["score", str(out), "The apple is great good kind.", "The apple is awful rude bad.",
-                 "--prompt", "Tell me about the apple.", "--json"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(out),
+                "The apple is great good kind.",
+                "The apple is awful rude bad.",
+                "--prompt",
+                "Tell me about the apple.",
+                "--json",
+            ]
+        )
+        == 0
+    )
     good, bad = [json.loads(x)["reward"] for x in capsys.readouterr().out.splitlines()]
     assert good > bad
     assert main(["eval", str(out), "--data", str(tiny["val"]), "--json"]) == 0
@@ -243,14 +317,31 @@ def test_reward_model_learns_scores_and_loads_as_a_classifier(tiny, tmp_path, ca
     run = load_run(out)
     ids = torch.tensor([run.tokenizer("The river is kind and good.")["input_ids"]])
     with torch.no_grad():  # the merged model's own last-token reading equals ours (no pad in the row)
-        torch.testing.assert_close(merged(ids).logits[:, 0], run.model(ids).logits[:, 0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            merged(ids).logits[:, 0], run.model(ids).logits[:, 0], atol=1e-5, rtol=1e-4
+        )
 
 
 def test_reward_model_on_an_encoder(tiny, tmp_path, capsys, one_thread):
     out = tmp_path / "rm-bert"
-    code = main(["train", "task=reward", f"model.name={tiny['bert']}", f"data.train={tiny['train']}",
-                 f"data.validation={tiny['val']}", "train.epochs=4", "train.batch_size=8", "train.learning_rate=3e-3",
-                 "train.progress=false", "train.precision=fp32", "data.max_length=48", "--output-dir", str(out), "--json"])
+    code = main(
+        [
+            "train",
+            "task=reward",
+            f"model.name={tiny['bert']}",
+            f"data.train={tiny['train']}",
+            f"data.validation={tiny['val']}",
+            "train.epochs=4",
+            "train.batch_size=8",
+            "train.learning_rate=3e-3",
+            "train.progress=false",
+            "train.precision=fp32",
+            "data.max_length=48",
+            "--output-dir",
+            str(out),
+            "--json",
+        ]
+    )
     assert code == 0 and json.loads(capsys.readouterr().out)["tuned_accuracy"] >= 0.9
 
 
@@ -271,13 +362,16 @@ def test_dpo_learns_a_synthetic_preference_and_its_reference_is_the_base(tiny, t
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from deltatune.tasks.preference.pairs import encode_pairs
     from deltatune.data.pairs import read_pairs
-    from deltatune.tasks.preference.evaluate import pair_logps
     from deltatune.runs.loaded import load_run
+    from deltatune.tasks.preference.evaluate import pair_logps
+    from deltatune.tasks.preference.pairs import encode_pairs
 
     run = load_run(out)
-    base, tok = AutoModelForCausalLM.from_pretrained(tiny["llama"]), AutoTokenizer.from_pretrained(tiny["llama"])
+    base, tok = (
+        AutoModelForCausalLM.from_pretrained(tiny["llama"]),
+        AutoTokenizer.from_pretrained(tiny["llama"]),
+    )
     pairs, _ = read_pairs(str(tiny["val"]), run.cfg.data)
     feats, _ = encode_pairs(pairs, run.template(), tok, run.cfg.data.max_length)
     cached = load_file(str(out / "reference_logps.safetensors"))["validation"]
@@ -288,15 +382,27 @@ def test_dpo_learns_a_synthetic_preference_and_its_reference_is_the_base(tiny, t
 @pytest.mark.parametrize("loss", ["ipo", "hinge"])
 def test_dpo_variants_and_per_step_reference_train(tiny, tmp_path, capsys, loss, one_thread):
     out = tmp_path / loss
-    assert _train(tiny, "dpo", out, f"dpo.loss={loss}", "dpo.precompute_reference=false", "train.epochs=2") == 0
+    assert (
+        _train(tiny, "dpo", out, f"dpo.loss={loss}", "dpo.precompute_reference=false", "train.epochs=2") == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["tuned_loss"] < summary["base_loss"] and not (out / "reference_logps.safetensors").exists()
 
 
 def test_dpo_with_full_fine_tuning_keeps_a_frozen_reference(tiny, tmp_path, capsys, one_thread):
     out = tmp_path / "full"
-    assert _train(tiny, "dpo", out, "method.name=full", "train.learning_rate=1e-3", "train.epochs=2",
-                  "dpo.precompute_reference=false") == 0
+    assert (
+        _train(
+            tiny,
+            "dpo",
+            out,
+            "method.name=full",
+            "train.learning_rate=1e-3",
+            "train.epochs=2",
+            "dpo.precompute_reference=false",
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["tuned_reward_accuracy"] > summary["base_reward_accuracy"]
 
@@ -309,8 +415,19 @@ def test_preview_and_errors_of_pair_data(tiny, tmp_path, capsys):
     assert "pair 1" in out and "chosen" in out and "«" in out and "64 pairs kept" in out
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "q", "good": "a", "bad": "b"}) + "\n")
-    assert main(["train", "task=reward", f"model.name={tiny['llama']}", f"data.train={bad}",
-                 "--output-dir", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "task=reward",
+                f"model.name={tiny['llama']}",
+                f"data.train={bad}",
+                "--output-dir",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "bad.jsonl, line 1" in err and "data.fields" in err
 

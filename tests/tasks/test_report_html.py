@@ -13,27 +13,41 @@ from pathlib import Path
 import pytest
 
 from deltatune.cli import main
+from deltatune.compare.runner import compare
 from deltatune.config import load_config
 from deltatune.models import make_tiny_model_dir
-from deltatune.compare.runner import compare
 from helpers.paths import ASSETS
 
-BROWSER = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-pytestmark = pytest.mark.skipif(BROWSER is None, reason="headless Chromium not installed (Debian: apt-get install "
-                                                        "chromium); the HTML reports are not checked in a browser")
+BROWSER = next(
+    (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None
+)
+pytestmark = pytest.mark.skipif(
+    BROWSER is None,
+    reason="headless Chromium not installed (Debian: apt-get install "
+    "chromium); the HTML reports are not checked in a browser",
+)
 ALPACA = ASSETS / "alpaca_sample.json"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", "--hide-scrollbars"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--hide-scrollbars",
+]
 
 # Appended to a copy of the page: measures what the browser laid out and writes it into the DOM.
 MEASURE = """<script>
 window.addEventListener('load', () => {
-  const box = el => { const r = el.getBoundingClientRect(); return [Math.round(r.width), Math.round(r.height)]; };
+  const box = el => { const r = el.getBoundingClientRect(); \
+return [Math.round(r.width), Math.round(r.height)]; };
   const out = {figures: {}, tables: {}};
   document.querySelectorAll('figure').forEach(f => {
     const svg = f.querySelector('svg');
     out.figures[f.id] = svg ? {size: box(svg), paths: svg.querySelectorAll('path').length,
-                               texts: Array.from(svg.querySelectorAll('text')).map(t => t.textContent)} : null;
+                               texts: Array.from(svg.querySelectorAll('text')).map(\
+t => t.textContent)} : null;
   });
   document.querySelectorAll('table').forEach(t => {
     out.tables[t.id] = {size: box(t), rows: Array.from(t.querySelectorAll('tbody tr')).map(
@@ -48,8 +62,9 @@ window.addEventListener('load', () => {
 
 def chromium(args: list[str], tmp: Path) -> str:
     profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
-    done = subprocess.run([BROWSER, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [BROWSER, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -58,11 +73,13 @@ def rendered(html: Path, tmp: Path) -> dict:
     """What the browser laid out: per figure the SVG's size, paths and texts; per table its rows."""
     probe = tmp / f"probe-{html.name}"
     probe.write_text(html.read_text().replace("</body>", MEASURE + "</body>"))
-    dom = chromium(["--virtual-time-budget=10000", "--window-size=1400,2000", "--dump-dom", probe.as_uri()], tmp)
+    dom = chromium(
+        ["--virtual-time-budget=10000", "--window-size=1400,2000", "--dump-dom", probe.as_uri()], tmp
+    )
     start = dom.index('<pre id="measured">') + len('<pre id="measured">')
     import html as htmllib
 
-    return json.loads(htmllib.unescape(dom[start:dom.index("</pre>", start)]))
+    return json.loads(htmllib.unescape(dom[start : dom.index("</pre>", start)]))
 
 
 def screenshot(html: Path, png: Path, tmp: Path, height: int = 2600):
@@ -78,15 +95,39 @@ def comparison(tmp_path_factory, one_thread):
     tmp = tmp_path_factory.mktemp("html")
     model = make_tiny_model_dir("bert", tmp / "bert", task="classify")
     words = ["great", "fine", "awful", "dull", "warm", "cold", "bright", "flat"]
-    rows = [{"text": f"{w} film number {i}", "label": "pos" if w in ("great", "fine", "warm", "bright") else "neg"}
-            for i in range(6) for w in words]
+    rows = [
+        {
+            "text": f"{w} film number {i}",
+            "label": "pos" if w in ("great", "fine", "warm", "bright") else "neg",
+        }
+        for i in range(6)
+        for w in words
+    ]
     (tmp / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp / "val.jsonl").write_text("".join(json.dumps(dict(r, text=r["text"] + " again")) + "\n" for r in rows[:16]))
-    cfg = load_config(None, [f"model.name={model}", f"data.train={tmp / 'train.jsonl'}",
-                             f"data.validation={tmp / 'val.jsonl'}", "train.epochs=2", "train.batch_size=8",
-                             "train.precision=fp32", "train.log_every=1", "method.target_modules=[no_such_module]"])
-    result = compare(cfg, ["lora", "ia3", "bitfit"], [0, 1], tmp / "cmp", isolate=False,
-                     bench={"batch_sizes": [1, 4], "warmup": 1, "repeats": 3})
+    (tmp / "val.jsonl").write_text(
+        "".join(json.dumps(dict(r, text=r["text"] + " again")) + "\n" for r in rows[:16])
+    )
+    cfg = load_config(
+        None,
+        [
+            f"model.name={model}",
+            f"data.train={tmp / 'train.jsonl'}",
+            f"data.validation={tmp / 'val.jsonl'}",
+            "train.epochs=2",
+            "train.batch_size=8",
+            "train.precision=fp32",
+            "train.log_every=1",
+            "method.target_modules=[no_such_module]",
+        ],
+    )
+    result = compare(
+        cfg,
+        ["lora", "ia3", "bitfit"],
+        [0, 1],
+        tmp / "cmp",
+        isolate=False,
+        bench={"batch_sizes": [1, 4], "warmup": 1, "repeats": 3},
+    )
     return tmp, result
 
 
@@ -135,10 +176,28 @@ def test_eval_report_html_of_an_sft_run_shows_samples(tmp_path, one_thread):
     model = make_tiny_model_dir("llama", tmp_path / "llama", task="causal_lm")
     (tmp_path / "a.json").write_text(json.dumps(json.load(open(ALPACA))[:12]))
     run = tmp_path / "run"
-    assert main(["train", "task=sft", f"model.name={model}", f"data.train={tmp_path / 'a.json'}",
-                 "data.validation_split=0.25", "data.max_length=64", "train.batch_size=4", "train.max_steps=2",
-                 "train.log_every=1", "train.progress=false", "generate.eval_samples=2", "generate.max_new_tokens=4",
-                 "--no-check", "--output-dir", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "task=sft",
+                f"model.name={model}",
+                f"data.train={tmp_path / 'a.json'}",
+                "data.validation_split=0.25",
+                "data.max_length=64",
+                "train.batch_size=4",
+                "train.max_steps=2",
+                "train.log_every=1",
+                "train.progress=false",
+                "generate.eval_samples=2",
+                "generate.max_new_tokens=4",
+                "--no-check",
+                "--output-dir",
+                str(run),
+            ]
+        )
+        == 0
+    )
     seen = rendered(run / "eval_report.html", tmp_path)
     samples = seen["tables"]["samples-table"]["rows"]
     assert len(samples) == 2 and all(len(r) == 4 for r in samples)  # prompt, reference, base, tuned

@@ -11,8 +11,10 @@ from safetensors.torch import load_file
 from deltatune.models import make_tiny_model_dir
 from deltatune.training.checkpoint import list_checkpoints
 
-ROWS = [{"text": t, "label": i % 3} for i, t in enumerate(
-    "a b c d e f g h i j k l m n o p q r s t u v w x y z".split() * 3)]
+ROWS = [
+    {"text": t, "label": i % 3}
+    for i, t in enumerate("a b c d e f g h i j k l m n o p q r s t u v w x y z".split() * 3)
+]
 
 
 def run_cli(args, fault_at=None):
@@ -20,18 +22,28 @@ def run_cli(args, fault_at=None):
     env.pop("DELTATUNE_FAULT_AT_STEP", None)
     if fault_at is not None:
         env["DELTATUNE_FAULT_AT_STEP"] = str(fault_at)
-    return subprocess.run([sys.executable, "-m", "deltatune", *args], env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "deltatune", *args], env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     model = make_tiny_model_dir("bert", tmp_path / "bert")
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    common = ["train", f"model.name={model}", f"data.train={train}", f"data.validation={train}",
-              "train.max_steps=12", "train.batch_size=4", "train.checkpoint_every=4",
-              "train.eval_every=6", "train.progress=false", "train.precision=fp32",
-              "method.dropout=0.1"]  # dropout: the RNG state must be restored too
+    common = [
+        "train",
+        f"model.name={model}",
+        f"data.train={train}",
+        f"data.validation={train}",
+        "train.max_steps=12",
+        "train.batch_size=4",
+        "train.checkpoint_every=4",
+        "train.eval_every=6",
+        "train.progress=false",
+        "train.precision=fp32",
+        "method.dropout=0.1",
+    ]  # dropout: the RNG state must be restored too
     done = run_cli([*common, "--output-dir", str(tmp_path / "a")])
     assert done.returncode == 0, done.stderr
 
@@ -64,8 +76,9 @@ def test_resume_refuses_a_changed_config(tmp_path):
 
     first = load_config(None, ["data.train=t.jsonl", f"output_dir={tmp_path}"])
     prepare_run_dir(first)
-    changed = load_config(None, ["data.train=t.jsonl", f"output_dir={tmp_path}", "train.resume=true",
-                                 "train.learning_rate=0.1"])
+    changed = load_config(
+        None, ["data.train=t.jsonl", f"output_dir={tmp_path}", "train.resume=true", "train.learning_rate=0.1"]
+    )
     with pytest.raises(UserError, match="train.learning_rate"):
         prepare_run_dir(changed)
     same = load_config(None, ["data.train=t.jsonl", f"output_dir={tmp_path}", "train.resume=true"])
@@ -79,8 +92,13 @@ def _lines(run_dir):
         record = json.loads(line)
         if record.get("event") == "resume":
             continue
-        out.append({k: v for k, v in record.items()
-                    if k not in ("time", "tokens_per_s", "train_seconds", "train_tokens_per_s", "peak_memory_mb")})
+        out.append(
+            {
+                k: v
+                for k, v in record.items()
+                if k not in ("time", "tokens_per_s", "train_seconds", "train_tokens_per_s", "peak_memory_mb")
+            }
+        )
     return out
 
 
@@ -92,9 +110,17 @@ def test_resumed_runs_report_like_uninterrupted_ones(tmp_path):
     model = make_tiny_model_dir("bert", tmp_path / "bert")
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    common = ["train", f"model.name={model}", f"data.train={train}", "train.max_steps=12",
-              "train.batch_size=4", "train.checkpoint_every=4", "train.log_every=5", "train.progress=false",
-              "train.precision=fp32"]
+    common = [
+        "train",
+        f"model.name={model}",
+        f"data.train={train}",
+        "train.max_steps=12",
+        "train.batch_size=4",
+        "train.checkpoint_every=4",
+        "train.log_every=5",
+        "train.progress=false",
+        "train.precision=fp32",
+    ]
     assert run_cli([*common, "--output-dir", str(tmp_path / "a")]).returncode == 0
     for fault in (8, 12):  # mid-run (a log window spans the kill), and after the last step
         out = tmp_path / f"killed-{fault}"
@@ -115,8 +141,16 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(tmp_path):
     model = make_tiny_model_dir("bert", tmp_path / "bert")
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    common = ["train", f"model.name={model}", "train.max_steps=4", "train.batch_size=4", "train.progress=false",
-              "train.precision=fp32", "--output-dir", str(tmp_path / "run")]
+    common = [
+        "train",
+        f"model.name={model}",
+        "train.max_steps=4",
+        "train.batch_size=4",
+        "train.progress=false",
+        "train.precision=fp32",
+        "--output-dir",
+        str(tmp_path / "run"),
+    ]
     assert run_cli([*common, f"data.train={train}"]).returncode == 0
     before = _tree(tmp_path / "run")
     failed = run_cli([*common, f"data.train={tmp_path / 'missing.jsonl'}", "--overwrite"])
@@ -134,9 +168,18 @@ def test_resume_refuses_changed_data_unless_allowed(tmp_path):
     model = make_tiny_model_dir("bert", tmp_path / "bert")
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    common = ["train", f"model.name={model}", f"data.train={train}", "train.max_steps=8", "train.batch_size=4",
-              "train.checkpoint_every=4", "train.progress=false", "train.precision=fp32",
-              "--output-dir", str(tmp_path / "run")]
+    common = [
+        "train",
+        f"model.name={model}",
+        f"data.train={train}",
+        "train.max_steps=8",
+        "train.batch_size=4",
+        "train.checkpoint_every=4",
+        "train.progress=false",
+        "train.precision=fp32",
+        "--output-dir",
+        str(tmp_path / "run"),
+    ]
     assert run_cli(common, fault_at=4).returncode == -signal.SIGKILL
     train.write_text("".join(json.dumps({**r, "label": (r["label"] + 1) % 3}) + "\n" for r in ROWS))
     refused = run_cli([*common, "--resume"])
@@ -149,6 +192,16 @@ def test_resume_on_a_missing_directory_says_so(tmp_path):
     model = make_tiny_model_dir("bert", tmp_path / "bert")
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    done = run_cli(["train", f"model.name={model}", f"data.train={train}", "train.max_steps=2",
-                    "train.progress=false", "--output-dir", str(tmp_path / "new"), "--resume"])
+    done = run_cli(
+        [
+            "train",
+            f"model.name={model}",
+            f"data.train={train}",
+            "train.max_steps=2",
+            "train.progress=false",
+            "--output-dir",
+            str(tmp_path / "new"),
+            "--resume",
+        ]
+    )
     assert done.returncode == 0 and "nothing to resume" in done.stderr

@@ -29,19 +29,38 @@ def broken(prompts, responses):
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("rl")
     (root / "rewards.py").write_text(REWARDS)
-    (root / "prompts.jsonl").write_text("".join(json.dumps({"instruction": f"Say something about item {i}."}) + "\n"
-                                                for i in range(48)))
+    (root / "prompts.jsonl").write_text(
+        "".join(json.dumps({"instruction": f"Say something about item {i}."}) + "\n" for i in range(48))
+    )
     return {"root": root, "llama": make_tiny_model_dir("llama", root / "llama", task="causal_lm")}
 
 
 def args(setup, out, *extra):
-    """A tiny random model samples almost uniformly from its whole vocabulary, which PPO shifts too slowly for a
-    test; the top-k and nucleus cuts a user can set (``generate.top_k``, ``top_p``) keep learning within a few dozen steps."""
+    """A tiny random model samples almost uniformly from its whole vocabulary, which PPO shifts too slowly for
+    a test; the top-k and nucleus cuts a user can set (``generate.top_k``, ``top_p``) keep learning within a
+    few dozen steps."""
     r = setup["root"]
-    return ["train", "task=ppo", f"model.name={setup['llama']}", f"data.train={r / 'prompts.jsonl'}",
-            "data.validation_split=0.25", f"ppo.reward={r / 'rewards.py'}:early_letters", "generate.max_new_tokens=12",
-            "train.epochs=3", "train.batch_size=8", "train.learning_rate=1e-2", "train.progress=false",
-            "train.precision=fp32", "train.log_every=4", "generate.top_k=50", "generate.top_p=0.9", "--output-dir", str(out), "--json", *extra]
+    return [
+        "train",
+        "task=ppo",
+        f"model.name={setup['llama']}",
+        f"data.train={r / 'prompts.jsonl'}",
+        "data.validation_split=0.25",
+        f"ppo.reward={r / 'rewards.py'}:early_letters",
+        "generate.max_new_tokens=12",
+        "train.epochs=3",
+        "train.batch_size=8",
+        "train.learning_rate=1e-2",
+        "train.progress=false",
+        "train.precision=fp32",
+        "train.log_every=4",
+        "generate.top_k=50",
+        "generate.top_p=0.9",
+        "--output-dir",
+        str(out),
+        "--json",
+        *extra,
+    ]
 
 
 def rollout_log(out):
@@ -51,8 +70,8 @@ def rollout_log(out):
 def test_first_rollout_has_ratio_one_and_kl_zero(setup, one_thread):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from deltatune.data.templates import make_template
     from deltatune.data.masks import prompt_ids
+    from deltatune.data.templates import make_template
     from deltatune.losses.rl import FixedKLController
     from deltatune.methods.lora import LORA
     from deltatune.methods.lora.options import LoraOptions
@@ -69,29 +88,49 @@ def test_first_rollout_has_ratio_one_and_kl_zero(setup, one_thread):
     prompts = [prompt_ids(tok, make_template("chat", tok), m) for m in messages]
     settings = RolloutSettings("ppo", 4, 1, 1, 4, 6, 1.0, 1.0, 1.0, 0.95, "k1", True)
     value_head = torch.nn.Linear(model.config.hidden_size, 1)
-    rollouts = Rollouts(model, tok, value_head, lambda: (model, LORA.switch_off(model)),
-                        lambda p, r: [float(len(x)) for x in r], settings, FixedKLController(0.1))
+    rollouts = Rollouts(
+        model,
+        tok,
+        value_head,
+        lambda: (model, LORA.switch_off(model)),
+        lambda p, r: [float(len(x)) for x in r],
+        settings,
+        FixedKLController(0.1),
+    )
     batch = rollouts.make(prompts, messages, seed=0)
     for i, p in enumerate(prompts):  # ids kept as generated: the prompt, then the response
-        assert batch["input_ids"][i, :len(p)].tolist() == p and batch["mask"][i, :len(p)].sum() == 0
+        assert batch["input_ids"][i, : len(p)].tolist() == p and batch["mask"][i, : len(p)].sum() == 0
     with torch.no_grad():
         logps, values, _ = forward(model, value_head, batch["input_ids"], batch["attention_mask"])
     mask = batch["mask"].bool()
     ratio = torch.exp(logps - batch["old_logps"])[mask]
     torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-5, rtol=0)  # first update: ratio 1
     assert batch["stats"]["kl"] != 0  # policy != reference here ...
-    same = Rollouts(model, tok, value_head, lambda: (model, torch.no_grad()), lambda p, r: [0.0] * len(r),
-                    settings, FixedKLController(0.1)).make(prompts, messages, seed=0)
+    same = Rollouts(
+        model,
+        tok,
+        value_head,
+        lambda: (model, torch.no_grad()),
+        lambda p, r: [0.0] * len(r),
+        settings,
+        FixedKLController(0.1),
+    ).make(prompts, messages, seed=0)
     assert same["stats"]["kl"] == 0  # ... and 0 when the reference is the policy itself
-    # the LM head runs on response positions only: the same log-probs and entropies as the whole model's logits
+    # the LM head runs on response positions only:
+    # the same log-probs and entropies as the whole model's logits
     from deltatune.losses.rl import entropy_from_logits, shifted_logprobs
 
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        picked, _, entropy = forward(model, None, batch["input_ids"], batch["attention_mask"], 1.0, batch["mask"],
-                                     entropy=True)
-    torch.testing.assert_close(picked[mask], shifted_logprobs(logits, batch["input_ids"])[mask], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(entropy[mask], entropy_from_logits(logits[:, :-1])[mask[:, 1:]], atol=1e-5, rtol=1e-5)
+        picked, _, entropy = forward(
+            model, None, batch["input_ids"], batch["attention_mask"], 1.0, batch["mask"], entropy=True
+        )
+    torch.testing.assert_close(
+        picked[mask], shifted_logprobs(logits, batch["input_ids"])[mask], atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        entropy[mask], entropy_from_logits(logits[:, :-1])[mask[:, 1:]], atol=1e-5, rtol=1e-5
+    )
     assert not picked[~mask].any() and not entropy[~mask].any()
 
 
@@ -122,11 +161,30 @@ def test_ppo_and_grpo_raise_the_reward_with_bounded_kl(setup, tmp_path, capsys, 
 
 def test_reward_from_a_reward_run_and_guardrails(setup, tmp_path, capsys, one_thread):
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"prompt": f"item {i}", "chosen": "a b c d e", "rejected": "x y z"}) + "\n"
-                             for i in range(32)))
+    pairs.write_text(
+        "".join(
+            json.dumps({"prompt": f"item {i}", "chosen": "a b c d e", "rejected": "x y z"}) + "\n"
+            for i in range(32)
+        )
+    )
     rm = tmp_path / "rm"
-    assert main(["train", "task=reward", f"model.name={setup['llama']}", f"data.train={pairs}", "train.epochs=2",
-                 "train.batch_size=8", "train.progress=false", "train.precision=fp32", "--output-dir", str(rm)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "task=reward",
+                f"model.name={setup['llama']}",
+                f"data.train={pairs}",
+                "train.epochs=2",
+                "train.batch_size=8",
+                "train.progress=false",
+                "train.precision=fp32",
+                "--output-dir",
+                str(rm),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     out = tmp_path / "with-rm"
     assert main(args(setup, out, f"ppo.reward={rm}", "train.epochs=1")) == 0
@@ -143,7 +201,12 @@ def test_reward_from_a_reward_run_and_guardrails(setup, tmp_path, capsys, one_th
 def test_a_killed_rl_run_resumes(setup, tmp_path, value_model):
     out = tmp_path / "run"
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "DELTATUNE_FAULT_AT_STEP": "8"}
-    cmd = [sys.executable, "-m", "deltatune", *args(setup, out, "train.checkpoint_every=4", f"ppo.value_model={value_model}")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deltatune",
+        *args(setup, out, "train.checkpoint_every=4", f"ppo.value_model={value_model}"),
+    ]
     killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL
     env.pop("DELTATUNE_FAULT_AT_STEP")
@@ -172,7 +235,9 @@ def test_rollouts_sample_from_the_whole_distribution(setup):
         return original(*a, **kw)
 
     model.generate = spy
-    settings = RolloutSettings("grpo", 1, 2, 1, 2, 4, 1.0, on_policy_top_p(GenerateConfig()), 1.0, 0.95, "k3", False)
+    settings = RolloutSettings(
+        "grpo", 1, 2, 1, 2, 4, 1.0, on_policy_top_p(GenerateConfig()), 1.0, 0.95, "k3", False
+    )
     responses = generate(model, tokenizer, [[1, 5, 6], [1, 7]], settings, seed=0)
     assert len(responses) == 2 and seen["top_k"] == 0 and seen["top_p"] == 1.0 and seen["do_sample"]
 
@@ -198,10 +263,15 @@ def test_a_separate_value_model_keeps_value_gradients_out_of_the_policy(setup):
     mask[1, 6:] = 0
     for kind in ("shared", "separate"):
         policy = lora_model(0)
-        value = (attach_value_head(policy) if kind == "shared"
-                 else attach_value_model(policy, lora_model(1).base_model))
+        value = (
+            attach_value_head(policy)
+            if kind == "shared"
+            else attach_value_model(policy, lora_model(1).base_model)
+        )
         logps, values, _ = forward(policy, value, ids, mask)
-        assert values.shape == logps.shape == ids.shape and not values[:, 0].any()  # value at t from state t-1
+        assert (
+            values.shape == logps.shape == ids.shape and not values[:, 0].any()
+        )  # value at t from state t-1
         values.sum().backward()
         policy_lora = [p for n, p in policy.named_parameters() if "lora_" in n and "ppo_value" not in n]
         reached = any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy_lora)

@@ -6,22 +6,23 @@ import pytest
 import torch
 
 from deltatune.cli import main
+from deltatune.data.batching import sft_collate
 from deltatune.data.conversations import rows_to_conversations
+from deltatune.data.masks import encode_conversations
 from deltatune.data.readers import read_rows
 from deltatune.data.templates import AlpacaTemplate, ChatTemplate
-from deltatune.data.masks import encode_conversations
-from deltatune.tasks.sft.packing import pack
-from deltatune.data.batching import sft_collate
+from deltatune.losses.lm import causal_lm_batch_loss as loss_fn
 from deltatune.losses.lm import token_cross_entropy_sum
 from deltatune.models import load_for_causal_lm
 from deltatune.models.tiny import make_tiny_model_dir
-from deltatune.losses.lm import causal_lm_batch_loss as loss_fn
+from deltatune.tasks.sft.packing import pack
 from helpers.paths import ASSETS
 
 
 def astuple(out):
     """(loss sum, target tokens, real tokens) of a :class:`deltatune.results.BatchLoss`."""
     return out.loss, out.units, out.tokens
+
 
 ALPACA = ASSETS / "alpaca_sample.json"
 LIMA = ASSETS / "lima_sample.json"
@@ -37,7 +38,7 @@ def tiny_lm(request, tmp_path_factory, one_thread):
 
 def _feats(kind, tok, n=12, max_length=128):
     multi = [c for c in rows_to_conversations(read_rows(LIMA)) if len(c.messages) > 2][:3]
-    convs = multi + rows_to_conversations(read_rows(ALPACA))[:n - 3]  # multi-turn included
+    convs = multi + rows_to_conversations(read_rows(ALPACA))[: n - 3]  # multi-turn included
     template = ChatTemplate(tok) if kind == "llama" else AlpacaTemplate(tok)
     feats, _ = encode_conversations(convs, template, tok, max_length)
     return feats
@@ -53,7 +54,7 @@ def test_fast_loss_equals_full_logits(tiny_lm):
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("chunk_elements", [2 ** 26, 50])  # one chunk; several chunks of tokens
+@pytest.mark.parametrize("chunk_elements", [2**26, 50])  # one chunk; several chunks of tokens
 def test_frozen_head_cross_entropy_matches_autograd(monkeypatch, chunk_elements):
     from deltatune.losses import lm
 
@@ -78,20 +79,25 @@ def test_lora_loss_without_mask_and_fused_head_equals_reference(tiny_lm):
     import copy
 
     from deltatune.losses import lm
-    from deltatune.methods.lora.options import LoraOptions
     from deltatune.methods.lora.model import apply_lora, lora_layers
+    from deltatune.methods.lora.options import LoraOptions
     from deltatune.methods.registry import ModelContext
 
     kind, base, tok = tiny_lm
-    model = apply_lora(copy.deepcopy(base), LoraOptions(r=4, target_modules="all-linear"),
-                       ModelContext(base_model="tiny", task_type="CAUSAL_LM", head_modules=[]))
+    model = apply_lora(
+        copy.deepcopy(base),
+        LoraOptions(r=4, target_modules="all-linear"),
+        ModelContext(base_model="tiny", task_type="CAUSAL_LM", head_modules=[]),
+    )
     for layer in lora_layers(model).values():  # B = 0 at init would make most gradients vanish
         torch.nn.init.normal_(layer.lora_B.weight, std=0.05)
     model.train()
     feats = _feats(kind, tok)[:5]
     masked = sft_collate(feats, tok.pad_token_id)
     unmasked = sft_collate(feats, tok.pad_token_id, attention_mask=False)
-    assert "attention_mask" not in unmasked and int(unmasked["num_tokens"]) == int(masked["attention_mask"].sum())
+    assert "attention_mask" not in unmasked and int(unmasked["num_tokens"]) == int(
+        masked["attention_mask"].sum()
+    )
     assert lm._frozen_plain_head(model.get_output_embeddings(), masked["input_ids"])
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -128,7 +134,7 @@ def test_packed_loss_and_gradients_equal_unpacked(tiny_lm):
     unpacked = loss_and_grads([sft_collate([f], tok.pad_token_id) for f in feats])
     rows = pack(feats, 384, seed=3)
     assert len(rows) < len(feats)  # examples really share rows
-    packed = loss_and_grads([sft_collate(rows[i:i + 2], tok.pad_token_id) for i in range(0, len(rows), 2)])
+    packed = loss_and_grads([sft_collate(rows[i : i + 2], tok.pad_token_id) for i in range(0, len(rows), 2)])
     assert unpacked[1] == packed[1]
     torch.testing.assert_close(packed[0], unpacked[0], rtol=1e-5, atol=1e-3)
     for g_packed, g_plain in zip(packed[2], unpacked[2]):
@@ -147,10 +153,24 @@ def sft_run(tmp_path_factory):
     rows = json.load(open(ALPACA))[:24]
     (tmp / "train.json").write_text(json.dumps(rows))
     run = tmp / "run"
-    code = main(["train", "task=sft", f"model.name={model_dir}", f"data.train={tmp / 'train.json'}",
-                 "data.validation_split=0.25", "data.max_length=96", "train.batch_size=4",
-                 "train.epochs=2", "train.progress=false", "generate.eval_samples=3",
-                 "generate.max_new_tokens=6", "--output-dir", str(run), "--json"])
+    code = main(
+        [
+            "train",
+            "task=sft",
+            f"model.name={model_dir}",
+            f"data.train={tmp / 'train.json'}",
+            "data.validation_split=0.25",
+            "data.max_length=96",
+            "train.batch_size=4",
+            "train.epochs=2",
+            "train.progress=false",
+            "generate.eval_samples=3",
+            "generate.max_new_tokens=6",
+            "--output-dir",
+            str(run),
+            "--json",
+        ]
+    )
     assert code == 0
     return tmp, model_dir, run
 
@@ -185,7 +205,9 @@ def test_adapter_loads_in_peft_with_same_logits(sft_run):
 
 def test_generate_eval_preview_chat_merge(sft_run, tmp_path, capsys, monkeypatch):
     tmp, model_dir, run = sft_run
-    assert main(["generate", str(run), "Name a colour", "Add 2 and 3", "--max-new-tokens", "4", "--json"]) == 0
+    assert (
+        main(["generate", str(run), "Name a colour", "Add 2 and 3", "--max-new-tokens", "4", "--json"]) == 0
+    )
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["prompt"] for x in lines] == ["Name a colour", "Add 2 and 3"]
     assert main(["generate", "--model", str(model_dir), "hi", "--max-new-tokens", "3"]) == 0
@@ -197,8 +219,23 @@ def test_generate_eval_preview_chat_merge(sft_run, tmp_path, capsys, monkeypatch
     assert main(["generate", str(run), "--data", str(prompts_only), "--json", "--max-new-tokens", "2"]) == 0
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [r["prompt"] for r in rows] == ["Name a colour", "Add\n\n2 and 3"] and "reference" not in rows[0]
-    assert main(["generate", str(run), "--data", str(tmp / "train.json"), "--json",
-                 "--max-new-tokens", "2", "--sample", "--seed", "1"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(run),
+                "--data",
+                str(tmp / "train.json"),
+                "--json",
+                "--max-new-tokens",
+                "2",
+                "--sample",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert len(rows) == 24 and all("reference" in r for r in rows)
 
@@ -208,8 +245,21 @@ def test_generate_eval_preview_chat_merge(sft_run, tmp_path, capsys, monkeypatch
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"task: sft\nmodel: {{name: {model_dir}}}\ndata: {{train: {tmp / 'train.json'}}}\n")
-    assert main(["preview", str(cfg), "data.max_length=64", "data.packing=true", "--examples", "1",
-                 "--color", "never"]) == 0
+    assert (
+        main(
+            [
+                "preview",
+                str(cfg),
+                "data.max_length=64",
+                "data.packing=true",
+                "--examples",
+                "1",
+                "--color",
+                "never",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "«" in out and "»" in out and "truncated" in out and "packing:" in out
 
@@ -234,12 +284,31 @@ def test_sft_user_errors(sft_run, tmp_path, capsys):
     assert "not a deltatune run" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "outptu": "d"}\n')
-    code = main(["train", "task=sft", f"model.name={model_dir}", f"data.train={bad}", "train.progress=false",
-                 "--output-dir", str(tmp_path / "r")])
+    code = main(
+        [
+            "train",
+            "task=sft",
+            f"model.name={model_dir}",
+            f"data.train={bad}",
+            "train.progress=false",
+            "--output-dir",
+            str(tmp_path / "r"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "bad.jsonl, line 2" in err and "did you mean 'outptu'" in err
-    code = main(["train", "task=sft", f"model.name={model_dir}", f"data.train={tmp / 'train.json'}",
-                 "method.name=prompt_tuning", "data.packing=true", "--output-dir", str(tmp_path / "r2")])
+    code = main(
+        [
+            "train",
+            "task=sft",
+            f"model.name={model_dir}",
+            f"data.train={tmp / 'train.json'}",
+            "method.name=prompt_tuning",
+            "data.packing=true",
+            "--output-dir",
+            str(tmp_path / "r2"),
+        ]
+    )
     assert code == 2 and "packing" in capsys.readouterr().err
 
 

@@ -33,16 +33,22 @@ class ToyOptions(_Strict):
 def _feats(tokenizer, rows, cfg):
     d = cfg.data
     enc = tokenizer([r[d.text_field] for r in rows], truncation=True, max_length=d.max_length)
-    return [{"input_ids": ids, "y": float(r[d.target_field]) / cfg.toy_regress.scale}
-            for ids, r in zip(enc["input_ids"], rows)]
+    return [
+        {"input_ids": ids, "y": float(r[d.target_field]) / cfg.toy_regress.scale}
+        for ids, r in zip(enc["input_ids"], rows)
+    ]
 
 
 def _collate(feats, pad_id=0):
     n = max(len(f["input_ids"]) for f in feats)
     ids = torch.tensor([f["input_ids"] + [pad_id] * (n - len(f["input_ids"])) for f in feats])
     mask = torch.tensor([[1] * len(f["input_ids"]) + [0] * (n - len(f["input_ids"])) for f in feats])
-    return {"input_ids": ids, "attention_mask": mask, "y": torch.tensor([f["y"] for f in feats]),
-            "num_units": torch.tensor(len(feats))}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "y": torch.tensor([f["y"] for f in feats]),
+        "num_units": torch.tensor(len(feats)),
+    }
 
 
 def _predict(model, feats):
@@ -54,8 +60,9 @@ def _predict(model, feats):
 class ToyJob:
     def __init__(self, cfg):
         self.cfg = cfg
-        self.model, self.tokenizer, self.model_path = load_for_classification(cfg.model.name, 1, {0: "y"},
-                                                                               cfg.train.seed)
+        self.model, self.tokenizer, self.model_path = load_for_classification(
+            cfg.model.name, 1, {0: "y"}, cfg.train.seed
+        )
         self.train = _feats(self.tokenizer, read_rows(cfg.data.train), cfg)
         self.val = _feats(self.tokenizer, read_rows(cfg.data.validation), cfg) if cfg.data.validation else []
         self.has_validation = bool(self.val)
@@ -72,12 +79,17 @@ class ToyJob:
     eval_metrics = evaluate
 
     def loader(self, method, num_processes):
-        return torch.utils.data.DataLoader(self.train, batch_size=self.cfg.train.batch_size, collate_fn=_collate)
+        return torch.utils.data.DataLoader(
+            self.train, batch_size=self.cfg.train.batch_size, collate_fn=_collate
+        )
 
     def loss_fn(self, model, batch):
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
-        return BatchLoss(F.mse_loss(out.float(), batch["y"], reduction="sum"), int(batch["num_units"]),
-                         int(batch["attention_mask"].sum()))
+        return BatchLoss(
+            F.mse_loss(out.float(), batch["y"], reduction="sum"),
+            int(batch["num_units"]),
+            int(batch["attention_mask"].sum()),
+        )
 
     def final(self, model):
         return {"tuned": self.evaluate(model)} if self.val else {}
@@ -102,12 +114,22 @@ def _evaluate_file(run, data_path, samples=None):
     return {"mse": float(F.mse_loss(_predict(run.model, feats), torch.tensor([f["y"] for f in feats])))}
 
 
-TOY = TaskSpec(name="toy_regress", description="toy regression of a number from text (tests only)",
-               data_options=ToyData, options=ToyOptions, prepare=ToyJob, load_model=_load,
-               model_kind="classifier", peft_task_type="SEQ_CLS", default_max_length=32,
-               default_metric="mse", lower_is_better=("mse",), evaluate_file=_evaluate_file,
-               format_report=lambda report, title: f"{title}: mse={report['mse']:.4f}",
-               summary_keys=("base_mse", "tuned_mse"))
+TOY = TaskSpec(
+    name="toy_regress",
+    description="toy regression of a number from text (tests only)",
+    data_options=ToyData,
+    options=ToyOptions,
+    prepare=ToyJob,
+    load_model=_load,
+    model_kind="classifier",
+    peft_task_type="SEQ_CLS",
+    default_max_length=32,
+    default_metric="mse",
+    lower_is_better=("mse",),
+    evaluate_file=_evaluate_file,
+    format_report=lambda report, title: f"{title}: mse={report['mse']:.4f}",
+    summary_keys=("base_mse", "tuned_mse"),
+)
 
 
 @pytest.fixture()
@@ -117,16 +139,32 @@ def toy_task():
     unregister_task(TOY.name)
 
 
-def test_a_task_registered_from_a_test_file_trains_evaluates_and_saves_through_the_cli(toy_task, tmp_path, capsys):
+def test_a_task_registered_from_a_test_file_trains_evaluates_and_saves_through_the_cli(
+    toy_task, tmp_path, capsys
+):
     model = make_tiny_model_dir("bert", tmp_path / "bert", num_labels=1)
     rows = [{"text": " ".join(["word"] * n), "y": n} for n in range(1, 9)] * 4
     data = tmp_path / "toy.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = tmp_path / "run"
-    code = main(["train", "task=toy_regress", f"model.name={model}", f"data.train={data}",
-                 f"data.validation={data}", "toy_regress.scale=8", "train.epochs=8", "train.batch_size=8",
-                 "train.learning_rate=1e-2", "train.progress=false", "train.precision=fp32",
-                 "--output-dir", str(run), "--json"])
+    code = main(
+        [
+            "train",
+            "task=toy_regress",
+            f"model.name={model}",
+            f"data.train={data}",
+            f"data.validation={data}",
+            "toy_regress.scale=8",
+            "train.epochs=8",
+            "train.batch_size=8",
+            "train.learning_rate=1e-2",
+            "train.progress=false",
+            "train.precision=fp32",
+            "--output-dir",
+            str(run),
+            "--json",
+        ]
+    )
     summary = json.loads(capsys.readouterr().out)
     assert code == 0
     assert summary["task"] == "toy_regress" and summary["tuned_mse"] < summary["base_mse"]
@@ -166,8 +204,15 @@ def test_resolved_config_says_what_ran(tmp_path):
 
 # ----------------------------------------------------------------------------- switching methods off
 
-METHOD_OPTIONS = {"lora": {}, "dora": {"use_dora": True}, "ia3": {}, "adapters": {}, "bitfit": {},
-                  "prompt_tuning": {"num_virtual_tokens": 3}, "prefix_tuning": {"num_virtual_tokens": 3}}
+METHOD_OPTIONS = {
+    "lora": {},
+    "dora": {"use_dora": True},
+    "ia3": {},
+    "adapters": {},
+    "bitfit": {},
+    "prompt_tuning": {"num_virtual_tokens": 3},
+    "prefix_tuning": {"num_virtual_tokens": 3},
+}
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +222,12 @@ def tiny_models(tmp_path_factory):
 
 
 # Llama has no biases, so BitFit cannot apply there (checked below); every other pair is tested.
-SWITCH_CASES = [(kind, m) for kind in ("llama", "gpt2") for m in sorted(METHOD_OPTIONS) if (kind, m) != ("llama", "bitfit")]
+SWITCH_CASES = [
+    (kind, m)
+    for kind in ("llama", "gpt2")
+    for m in sorted(METHOD_OPTIONS)
+    if (kind, m) != ("llama", "bitfit")
+]
 
 
 def test_bitfit_on_a_model_without_biases_is_a_clear_error(tiny_models):
@@ -187,8 +237,11 @@ def test_bitfit_on_a_model_without_biases_is_a_clear_error(tiny_models):
 
     spec = get_method("bitfit")
     with pytest.raises(ConfigError, match="bias"):
-        spec.apply(AutoModelForCausalLM.from_pretrained(tiny_models["llama"]), spec.options(name="bitfit"),
-                   ModelContext("x", "CAUSAL_LM", []))
+        spec.apply(
+            AutoModelForCausalLM.from_pretrained(tiny_models["llama"]),
+            spec.options(name="bitfit"),
+            ModelContext("x", "CAUSAL_LM", []),
+        )
 
 
 @pytest.mark.parametrize(("kind", "method"), SWITCH_CASES)

@@ -40,8 +40,9 @@ def run_checks(cfg, slow: bool = True, memory_limit_mb: float | None = None) -> 
     report.findings += config_checks.run(cfg, report)
     view = view_for(cfg)
     if view is None:
-        report.notes.append(f"task {cfg.task} does not describe its examples for data checks; "
-                            "config checks only")
+        report.notes.append(
+            f"task {cfg.task} does not describe its examples for data checks; config checks only"
+        )
     else:
         report.findings += data_checks.run(cfg, view, report)
     if slow:
@@ -60,6 +61,8 @@ def format_report(report: CheckReport, verbose: bool = True) -> str:
         lines += [f"{f.severity.upper():<8}{f.title}", f"        {f.evidence}", f"        fix: {f.fix}", ""]
     if verbose:
         lines += [f"note: {n}" for n in report.notes]
-        lines.append(f"checks run: {', '.join(report.ran)}; "
-                     f"{len(report.findings) or 'no'} finding{'' if len(report.findings) == 1 else 's'}")
+        lines.append(
+            f"checks run: {', '.join(report.ran)}; "
+            f"{len(report.findings) or 'no'} finding{'' if len(report.findings) == 1 else 's'}"
+        )
     return "\n".join(lines).strip()

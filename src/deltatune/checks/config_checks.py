@@ -15,11 +15,15 @@ def no_validation(cfg) -> Finding | None:
     d = cfg.data
     if d.validation or d.validation_split:
         return None
-    return Finding("validation", "warning", "No validation data",
-                   "neither data.validation nor data.validation_split is set, so the run cannot pick its best "
-                   "checkpoint, stop early, warn about overfitting, or report the untuned base against the tuned "
-                   "model; its only numbers will be training loss",
-                   "set data.validation=FILE, or data.validation_split=0.1 to hold out 10% of the training file")
+    return Finding(
+        "validation",
+        "warning",
+        "No validation data",
+        "neither data.validation nor data.validation_split is set, so the run cannot pick its best "
+        "checkpoint, stop early, warn about overfitting, or report the untuned base against the tuned "
+        "model; its only numbers will be training loss",
+        "set data.validation=FILE, or data.validation_split=0.1 to hold out 10% of the training file",
+    )
 
 
 def learning_rate(cfg) -> Finding | None:
@@ -31,13 +35,20 @@ def learning_rate(cfg) -> Finding | None:
     if low <= lr <= high:
         return None
     side = "above" if lr > high else "below"
-    effect = ("training is likely to diverge (loss NaN or stuck at chance) or forget what the model knew"
-              if lr > high else "the adapter will barely move in the given budget")
-    return Finding("learning_rate", "warning", f"Learning rate far {side} the usual range for {spec.name}",
-                   f"train.learning_rate {lr:g} is {lr / default:.3g}x the {spec.name} default "
-                   f"({default:g}); the usual range is {low:g} to {high:g}; {effect}",
-                   f"use a value in {low:g}-{high:g}, e.g. remove train.learning_rate to use the default "
-                   f"{default:g}, or compare a few with `deltatune compare`")
+    effect = (
+        "training is likely to diverge (loss NaN or stuck at chance) or forget what the model knew"
+        if lr > high
+        else "the adapter will barely move in the given budget"
+    )
+    return Finding(
+        "learning_rate",
+        "warning",
+        f"Learning rate far {side} the usual range for {spec.name}",
+        f"train.learning_rate {lr:g} is {lr / default:.3g}x the {spec.name} default "
+        f"({default:g}); the usual range is {low:g} to {high:g}; {effect}",
+        f"use a value in {low:g}-{high:g}, e.g. remove train.learning_rate to use the default "
+        f"{default:g}, or compare a few with `deltatune compare`",
+    )
 
 
 def run(cfg, report: CheckReport) -> list[Finding]:

@@ -16,9 +16,9 @@ from deltatune.losses.classification import auto_weighting
 IMBALANCE_RATIO = 3.0
 """Largest/smallest class count from which labels count as imbalanced (a warning, or an info line when
 ``classify.class_weights: auto`` weighs them, from :data:`AUTO_WEIGHT_RATIO` on)."""
-NEAR_SIMILARITY = 0.9    # TF-IDF cosine (word 1-2-grams) from which two rows are near-duplicates
-NEAR_LIMIT = 20000       # rows compared for near-duplicates (a seeded sample beyond that)
-DUPLICATE_SHARE = 0.01   # duplicates above this share of the rows are a warning, else info
+NEAR_SIMILARITY = 0.9  # TF-IDF cosine (word 1-2-grams) from which two rows are near-duplicates
+NEAR_LIMIT = 20000  # rows compared for near-duplicates (a seeded sample beyond that)
+DUPLICATE_SHARE = 0.01  # duplicates above this share of the rows are a warning, else info
 
 
 def _quote(text: str, limit: int = 70) -> str:
@@ -46,34 +46,56 @@ def imbalance(cfg, view: DataView) -> Finding | None:
     ratio = n_big / max(n_small, 1)
     opts = cfg.task_options()
     weights = getattr(opts, "class_weights", None)
-    auto = weights == "auto" and auto_weighting(list(counts.values()), getattr(cfg.data, "multi_label", False))
+    auto = weights == "auto" and auto_weighting(
+        list(counts.values()), getattr(cfg.data, "multi_label", False)
+    )
     handled = weights not in (None, "none", "auto") or getattr(opts, "loss", "") in ("focal", "binary_focal")
     if ratio < IMBALANCE_RATIO or handled:
         return None
     total = sum(counts.values())
     shown = ", ".join(f"{k} {v} ({v / total:.0%})" for k, v in counts.most_common(6))
-    evidence = (f"training labels: {shown}; '{big}' is {ratio:.1f}x as frequent as '{small}', so a model can "
-                f"score {n_big / total:.0%} accuracy by always answering '{big}'")
+    evidence = (
+        f"training labels: {shown}; '{big}' is {ratio:.1f}x as frequent as '{small}', so a model can "
+        f"score {n_big / total:.0%} accuracy by always answering '{big}'"
+    )
     if auto:
-        return Finding("imbalance", "info", "Imbalanced classes: the loss is weighted by class",
-                       f"{evidence}; classify.class_weights: auto weighs each class n/(C*n_c)",
-                       "nothing to do; classify.class_weights: none trains unweighted, or give your own weights")
-    return Finding("imbalance", "warning", "Imbalanced classes", evidence,
-                   "weight the loss by class (classify.class_weights: balanced, or classify.loss: focal) and judge "
-                   "the run by macro-F1 (train.metric_for_best: f1_macro), which counts every class equally")
+        return Finding(
+            "imbalance",
+            "info",
+            "Imbalanced classes: the loss is weighted by class",
+            f"{evidence}; classify.class_weights: auto weighs each class n/(C*n_c)",
+            "nothing to do; classify.class_weights: none trains unweighted, or give your own weights",
+        )
+    return Finding(
+        "imbalance",
+        "warning",
+        "Imbalanced classes",
+        evidence,
+        "weight the loss by class (classify.class_weights: balanced, or classify.loss: focal) and judge "
+        "the run by macro-F1 (train.metric_for_best: f1_macro), which counts every class equally",
+    )
 
 
 def metric(cfg, view: DataView) -> Finding | None:
     counts = label_counts(view.splits.get("train"))
-    if len(counts) < 2 or cfg.train.metric_for_best not in ("accuracy", "f1_micro", "precision_micro", "recall_micro"):
+    if len(counts) < 2 or cfg.train.metric_for_best not in (
+        "accuracy",
+        "f1_micro",
+        "precision_micro",
+        "recall_micro",
+    ):
         return None
     ratio = counts.most_common()[0][1] / max(counts.most_common()[-1][1], 1)
     if ratio < IMBALANCE_RATIO or getattr(cfg, "_metric_is_default", False):
         return None  # a default metric switches to macro-F1 by itself on imbalanced labels
-    return Finding("metric", "warning", f"{cfg.train.metric_for_best} selects checkpoints on imbalanced labels",
-                   f"train.metric_for_best is {cfg.train.metric_for_best} while the largest class is {ratio:.1f}x the "
-                   "smallest: the 'best' checkpoint can be one that ignores the small classes",
-                   "set train.metric_for_best: f1_macro (or recall_macro when missing a rare class is costly)")
+    return Finding(
+        "metric",
+        "warning",
+        f"{cfg.train.metric_for_best} selects checkpoints on imbalanced labels",
+        f"train.metric_for_best is {cfg.train.metric_for_best} while the largest class is {ratio:.1f}x the "
+        "smallest: the 'best' checkpoint can be one that ignores the small classes",
+        "set train.metric_for_best: f1_macro (or recall_macro when missing a rare class is costly)",
+    )
 
 
 NEAR_BLOCK = 2000  # rows compared at a time
@@ -88,16 +110,20 @@ def _near_pairs(a: list[str], b: list[str] | None = None) -> list[tuple[int, int
     if not a or (b is not None and not b):
         return []
     corpus = a + (b or [])
-    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, token_pattern=r"(?u)\b\w+\b",
-                          max_df=max(50, int(0.05 * len(corpus))))
+    vec = TfidfVectorizer(
+        ngram_range=(1, 2),
+        sublinear_tf=True,
+        token_pattern=r"(?u)\b\w+\b",
+        max_df=max(50, int(0.05 * len(corpus))),
+    )
     try:
         x = vec.fit_transform(corpus)
     except ValueError:  # no words at all (empty texts)
         return []
-    left, right = x[:len(a)], (x[len(a):] if b is not None else x[:len(a)]).T.tocsc()
+    left, right = x[: len(a)], (x[len(a) :] if b is not None else x[: len(a)]).T.tocsc()
     out = []
     for start in range(0, len(a), NEAR_BLOCK):  # in blocks of rows: the product's memory stays small
-        s = (left[start:start + NEAR_BLOCK] @ right).tocoo()
+        s = (left[start : start + NEAR_BLOCK] @ right).tocoo()
         row = s.row + start
         keep = (s.data >= NEAR_SIMILARITY) & ((row < s.col) if b is None else True)
         out += zip(row[keep].tolist(), s.col[keep].tolist(), s.data[keep].tolist())
@@ -134,25 +160,39 @@ def duplicates(cfg, view: DataView) -> Finding | None:
         return None
     share = (len(exact) + len(near)) / len(rows)
     e = int(exact[0]) if len(exact) else None
-    evidence = [f"{len(exact)} of {len(rows)} training rows repeat an earlier row (same text after lower-casing "
-                "and removing punctuation)" + (f", e.g. {rows.where(e)} = {rows.where(first_of[e])}: "
-                                               f"{_quote(rows.text(first_of[e]))}" if e is not None else "")]
+    evidence = [
+        f"{len(exact)} of {len(rows)} training rows repeat an earlier row (same text after lower-casing "
+        "and removing punctuation)"
+        + (
+            f", e.g. {rows.where(e)} = {rows.where(first_of[e])}: {_quote(rows.text(first_of[e]))}"
+            if e is not None
+            else ""
+        )
+    ]
     if near:
         a, b = near[0]
-        evidence.append(f"{len(near)} more pairs are near-duplicates (TF-IDF cosine >= {NEAR_SIMILARITY}"
-                        f"{f', among {NEAR_LIMIT} sampled rows' if len(firsts) > NEAR_LIMIT else ''}), e.g. "
-                        f"{rows.where(a)} {_quote(rows.text(a))} and {rows.where(b)} {_quote(rows.text(b))}")
+        evidence.append(
+            f"{len(near)} more pairs are near-duplicates (TF-IDF cosine >= {NEAR_SIMILARITY}"
+            f"{f', among {NEAR_LIMIT} sampled rows' if len(firsts) > NEAR_LIMIT else ''}), e.g. "
+            f"{rows.where(a)} {_quote(rows.text(a))} and {rows.where(b)} {_quote(rows.text(b))}"
+        )
     if len(conflicts):
         b = int(conflicts[0])
         a = int(first_of[b])
         one = len(conflicts) == 1
-        evidence.append(f"{len(conflicts)} duplicate{' carries' if one else 's carry'} a different label than "
-                        f"{'its' if one else 'their'} first copy ({rows.where(a)} '{'/'.join(rows.label_names(a))}' "
-                        f"vs {rows.where(b)} '{'/'.join(rows.label_names(b))}')")
-    return Finding("duplicates", "warning" if share >= DUPLICATE_SHARE or len(conflicts) else "info",
-                   "Duplicate training rows", "; ".join(evidence),
-                   "remove repeated rows (they weigh those examples several times and, when a copy lands in "
-                   "validation, inflate the score); resolve rows whose copies disagree on the label")
+        evidence.append(
+            f"{len(conflicts)} duplicate{' carries' if one else 's carry'} a different label than "
+            f"{'its' if one else 'their'} first copy ({rows.where(a)} '{'/'.join(rows.label_names(a))}' "
+            f"vs {rows.where(b)} '{'/'.join(rows.label_names(b))}')"
+        )
+    return Finding(
+        "duplicates",
+        "warning" if share >= DUPLICATE_SHARE or len(conflicts) else "info",
+        "Duplicate training rows",
+        "; ".join(evidence),
+        "remove repeated rows (they weigh those examples several times and, when a copy lands in "
+        "validation, inflate the score); resolve rows whose copies disagree on the label",
+    )
 
 
 def leakage(cfg, view: DataView) -> list[Finding]:
@@ -171,7 +211,9 @@ def leakage(cfg, view: DataView) -> list[Finding]:
         exact, rest = np.nonzero(seen)[0], _sample(np.nonzero(~seen)[0])
         if rest and pool_texts is None:
             pool_texts = [normalise(train.text(k)) for k in pool]
-        near = {rest[i]: pool[j] for i, j, _ in _near_pairs([normalise(rows.text(k)) for k in rest], pool_texts)}
+        near = {
+            rest[i]: pool[j] for i, j, _ in _near_pairs([normalise(rows.text(k)) for k in rest], pool_texts)
+        }
         if not len(exact) and not near:
             continue
         n = len(exact) + len(near)
@@ -180,14 +222,23 @@ def leakage(cfg, view: DataView) -> list[Finding]:
         else:
             i, j = next(iter(near.items()))
             example = f"{rows.where(i)} {_quote(rows.text(i))} ~ train {train.where(j)}"
-        sampled = f", near-duplicates among {NEAR_LIMIT} sampled rows" if len(rows) - len(exact) > NEAR_LIMIT else ""
-        out.append(Finding("leakage", "warning" if n / len(rows) >= DUPLICATE_SHARE else "info",
-                           f"{split.title()} rows also in the training data",
-                           f"{n} of {len(rows)} {split} rows ({view.files.get(split, split)}; {n / len(rows):.1%}: "
-                           f"{len(exact)} exact, {len(near)} near-duplicate{sampled}) also appear in train, e.g. "
-                           f"{example}; the {split} score then partly measures memorisation",
-                           f"remove those rows from the training file (or from {split}) so that {split} measures "
-                           "generalisation"))
+        sampled = (
+            f", near-duplicates among {NEAR_LIMIT} sampled rows"
+            if len(rows) - len(exact) > NEAR_LIMIT
+            else ""
+        )
+        out.append(
+            Finding(
+                "leakage",
+                "warning" if n / len(rows) >= DUPLICATE_SHARE else "info",
+                f"{split.title()} rows also in the training data",
+                f"{n} of {len(rows)} {split} rows ({view.files.get(split, split)}; {n / len(rows):.1%}: "
+                f"{len(exact)} exact, {len(near)} near-duplicate{sampled}) also appear in train, e.g. "
+                f"{example}; the {split} score then partly measures memorisation",
+                f"remove those rows from the training file (or from {split}) so that {split} measures "
+                "generalisation",
+            )
+        )
     return out
 
 
@@ -209,16 +260,25 @@ def truncation(cfg, view: DataView) -> list[Finding]:
         limit = min(p99, view.model_positions or p99)
         share = float((tokens <= limit).mean())
         room = ", the most the model takes" if limit == view.model_positions else ""
-        fix = (f"raise data.max_length to {limit}{room} (covers {share:.0%} of {split} examples); longer "
-               "inputs cost more memory and time per example")
+        fix = (
+            f"raise data.max_length to {limit}{room} (covers {share:.0%} of {split} examples); longer "
+            "inputs cost more memory and time per example"
+        )
         if "windows" in type(cfg.data).model_fields:
             fix += ", or read long documents in overlapping windows (data.windows: {stride: 64})"
-        out.append(Finding("truncation", "warning" if n_over / len(rows) >= 0.01 else "info",
-                           f"max_length {verb} {split} examples",
-                           f"{n_over} of {len(rows)} {split} examples ({n_over / len(rows):.1%}) are longer "
-                           f"than data.max_length {view.max_length} (longest {longest} tokens, e.g. "
-                           f"{rows.where(int(np.argmax(over)))}); {lost:,} of {total:,} tokens ({lost / max(total, 1):.1%}) are "
-                           f"{'dropped' if view.policy == 'drop' else 'cut off'}", fix))
+        out.append(
+            Finding(
+                "truncation",
+                "warning" if n_over / len(rows) >= 0.01 else "info",
+                f"max_length {verb} {split} examples",
+                f"{n_over} of {len(rows)} {split} examples ({n_over / len(rows):.1%}) are longer "
+                f"than data.max_length {view.max_length} (longest {longest} tokens, e.g. "
+                f"{rows.where(int(np.argmax(over)))}); {lost:,} of {total:,} tokens "
+                f"({lost / max(total, 1):.1%}) are "
+                f"{'dropped' if view.policy == 'drop' else 'cut off'}",
+                fix,
+            )
+        )
     return out
 
 
@@ -238,14 +298,19 @@ def no_trained_tokens(cfg, view: DataView) -> list[Finding]:
         if cut:
             causes.append(f"{cut} because max_length {view.max_length} cuts their answers off")
         every = len(empty) == len(rows)
-        out.append(Finding("no_trained_tokens", "error" if every and split == "train" else "warning",
-                           "No trained tokens" + (" in any example" if every else f" in some {split} examples"),
-                           f"{len(empty)} of {len(rows)} {split} examples have no token the loss trains on "
-                           f"({'; '.join(causes)}), e.g. {rows.where(empty[0])}: {_quote(rows.text(empty[0]), 100)}; "
-                           "they are dropped" + ("; nothing would train" if every and split == "train" else ""),
-                           "make the template render the answers (check data.layout, data.fields and "
-                           "data.template; `deltatune preview CONFIG` marks the trained tokens)"
-                           + ("; raise data.max_length" if cut else "")))
+        out.append(
+            Finding(
+                "no_trained_tokens",
+                "error" if every and split == "train" else "warning",
+                "No trained tokens" + (" in any example" if every else f" in some {split} examples"),
+                f"{len(empty)} of {len(rows)} {split} examples have no token the loss trains on "
+                f"({'; '.join(causes)}), e.g. {rows.where(empty[0])}: {_quote(rows.text(empty[0]), 100)}; "
+                "they are dropped" + ("; nothing would train" if every and split == "train" else ""),
+                "make the template render the answers (check data.layout, data.fields and "
+                "data.template; `deltatune preview CONFIG` marks the trained tokens)"
+                + ("; raise data.max_length" if cut else ""),
+            )
+        )
     return out
 
 
@@ -265,15 +330,19 @@ def budget(cfg, view: DataView) -> Finding | None:
     steps = t.max_steps or math.ceil(per_epoch * epochs)
     if steps >= spec.min_steps:
         return None
-    return Finding("budget", "warning", f"Too few steps for {spec.name}",
-                   f"{steps} optimizer steps are planned ({len(train)} training examples, batch {t.batch_size}"
-                   f"{f' x {t.grad_accum}' if t.grad_accum > 1 else ''}, "
-                   f"{f'max_steps {t.max_steps}' if t.max_steps else f'{epochs:g} epoch' + 's' * (epochs != 1)}"
-                   f"{', by train.epochs auto' if t.epochs == 'auto' and not t.max_steps else ''}); "
-                   f"{spec.name} was measured to need about "
-                   f"{spec.min_steps} to move well away from the untuned model (README, defaults sweep)",
-                   f"train longer (train.epochs or more data, to {spec.min_steps}+ steps), or pick a method that "
-                   "learns in fewer steps (lora)")
+    return Finding(
+        "budget",
+        "warning",
+        f"Too few steps for {spec.name}",
+        f"{steps} optimizer steps are planned ({len(train)} training examples, batch {t.batch_size}"
+        f"{f' x {t.grad_accum}' if t.grad_accum > 1 else ''}, "
+        f"{f'max_steps {t.max_steps}' if t.max_steps else f'{epochs:g} epoch' + 's' * (epochs != 1)}"
+        f"{', by train.epochs auto' if t.epochs == 'auto' and not t.max_steps else ''}); "
+        f"{spec.name} was measured to need about "
+        f"{spec.min_steps} to move well away from the untuned model (README, defaults sweep)",
+        f"train longer (train.epochs or more data, to {spec.min_steps}+ steps), or pick a method that "
+        "learns in fewer steps (lora)",
+    )
 
 
 def run(cfg, view: DataView, report: CheckReport) -> list[Finding]:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 @dataclass
 class Finding:
     check: str
-    severity: str        # "error" (the run will fail or be meaningless), "warning", "info"
+    severity: str  # "error" (the run will fail or be meaningless), "warning", "info"
     title: str
     evidence: str
     fix: str
@@ -21,7 +21,7 @@ class Finding:
 class CheckReport:
     findings: list[Finding] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)    # measurements that found nothing wrong
+    notes: list[str] = field(default_factory=list)  # measurements that found nothing wrong
 
     def __iter__(self):
         return iter(self.findings)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from deltatune.checks.findings import CheckReport, Finding
 
-HEADROOM = 0.9            # a step may use this share of the usable memory
+HEADROOM = 0.9  # a step may use this share of the usable memory
 BATCHES_SCANNED = 200
 
 
@@ -37,8 +37,11 @@ def usable_memory_mb() -> float:
 def _weight(batch) -> int:
     import torch
 
-    return sum(t.numel() for t in batch.values() if isinstance(t, torch.Tensor) and t.dim() >= 2) \
-        if isinstance(batch, dict) else 0
+    return (
+        sum(t.numel() for t in batch.values() if isinstance(t, torch.Tensor) and t.dim() >= 2)
+        if isinstance(batch, dict)
+        else 0
+    )
 
 
 def heaviest_batch(loader):
@@ -66,8 +69,11 @@ def measure_step(cfg) -> dict:
     task, method = get_task(cfg.task), get_method(cfg.method.name)
     torch.manual_seed(cfg.train.seed)
     job = task.prepare(cfg)
-    method.apply(job.model, cfg.method, ModelContext(str(job.model_path), task.peft_task_type,
-                                                      head_module_names(job.model)))
+    method.apply(
+        job.model,
+        cfg.method,
+        ModelContext(str(job.model_path), task.peft_task_type, head_module_names(job.model)),
+    )
     if cfg.train.gradient_checkpointing:
         job.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     accelerator = make_accelerator(cfg.train.precision)
@@ -76,27 +82,39 @@ def measure_step(cfg) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         job.run_dir = Path(tmp)
         batch = heaviest_batch(job.loader(method, 1))
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate)
+        optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate
+        )
         with PeakMemory() as pm:
             with accelerator.autocast():
                 loss = job.loss_fn(model, send_to_device(batch, accelerator.device)).loss
             loss.backward()
             optimizer.step()
     shapes = [tuple(t.shape) for t in batch.values() if isinstance(t, torch.Tensor) and t.dim() >= 2]
-    return {"peak_mb": pm.peak_mb, "start_mb": pm.start_mb, "shape": shapes[0] if shapes else None,
-            "kind": pm.kind}
+    return {
+        "peak_mb": pm.peak_mb,
+        "start_mb": pm.start_mb,
+        "shape": shapes[0] if shapes else None,
+        "kind": pm.kind,
+    }
 
 
 def _fix(cfg, step: dict, usable: float) -> str:
     t = cfg.train
     grow = step["peak_mb"] - step["start_mb"]
-    fits = math.floor(t.batch_size * (HEADROOM * usable - step["start_mb"]) / grow) if grow > 0 else t.batch_size
+    fits = (
+        math.floor(t.batch_size * (HEADROOM * usable - step["start_mb"]) / grow) if grow > 0 else t.batch_size
+    )
     if fits >= 1:
         accum = math.ceil(t.batch_size * t.grad_accum / fits)
-        return (f"train.batch_size={fits} train.grad_accum={accum} (the same {t.batch_size * t.grad_accum} examples "
-                "per optimizer step, in smaller pieces); or train.gradient_checkpointing=true")
-    return ("even one example does not fit: set train.gradient_checkpointing=true, a smaller data.max_length, "
-            "or a parameter-efficient method (LoRA needs no gradients or optimizer state for the base weights)")
+        return (
+            f"train.batch_size={fits} train.grad_accum={accum} (the same {t.batch_size * t.grad_accum} "
+            "examples per optimizer step, in smaller pieces); or train.gradient_checkpointing=true"
+        )
+    return (
+        "even one example does not fit: set train.gradient_checkpointing=true, a smaller data.max_length, "
+        "or a parameter-efficient method (LoRA needs no gradients or optimizer state for the base weights)"
+    )
 
 
 def probe_memory(cfg, report: CheckReport, limit_mb: float | None = None) -> list[Finding]:
@@ -107,15 +125,30 @@ def probe_memory(cfg, report: CheckReport, limit_mb: float | None = None) -> lis
     try:
         step = measure_step(cfg)
     except torch.OutOfMemoryError:
-        return [Finding("memory", "error", "Batch too large for the memory", f"one training step with "
-                        f"train.batch_size {cfg.train.batch_size} ran out of device memory",
-                        "halve train.batch_size and double train.grad_accum; or train.gradient_checkpointing=true")]
-    what = (f"one optimizer step on the heaviest batch ({' x '.join(map(str, step['shape'] or ()))} token ids) "
-            f"peaked at {step['peak_mb']:,.0f} MB ({'allocated on the GPU' if step['kind'] != 'rss' else 'resident'}; "
-            f"{step['start_mb']:,.0f} MB before the step) of {usable:,.0f} MB usable")
+        return [
+            Finding(
+                "memory",
+                "error",
+                "Batch too large for the memory",
+                f"one training step with train.batch_size {cfg.train.batch_size} ran out of device memory",
+                "halve train.batch_size and double train.grad_accum; or train.gradient_checkpointing=true",
+            )
+        ]
+    what = (
+        f"one optimizer step on the heaviest batch ({' x '.join(map(str, step['shape'] or ()))} token ids) "
+        f"peaked at {step['peak_mb']:,.0f} MB "
+        f"({'allocated on the GPU' if step['kind'] != 'rss' else 'resident'}; "
+        f"{step['start_mb']:,.0f} MB before the step) of {usable:,.0f} MB usable"
+    )
     if step["peak_mb"] <= HEADROOM * usable:
         report.notes.append(f"memory: {what}")
         return []
-    return [Finding("memory", "error", "Batch too large for the memory",
-                    f"{what}{' (--memory-mb)' if limit_mb else ''}; training would be killed or swap",
-                    _fix(cfg, step, usable))]
+    return [
+        Finding(
+            "memory",
+            "error",
+            "Batch too large for the memory",
+            f"{what}{' (--memory-mb)' if limit_mb else ''}; training would be killed or swap",
+            _fix(cfg, step, usable),
+        )
+    ]

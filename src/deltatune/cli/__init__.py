@@ -1,5 +1,5 @@
-"""Command line: ``deltatune train | preview | eval | predict | generate | chat | merge | models | methods | tasks | demo
-| compare | bench | check`` (the last three in :mod:`deltatune.cli.measure`).
+"""Command line: ``deltatune train | preview | eval | predict | generate | chat | merge | models | methods |
+tasks | demo | compare | bench | check`` (the last three in :mod:`deltatune.cli.measure`).
 
 Every command is a thin shell over a plain Python function. Errors a user can cause print one
 line (``error: ...``) and exit with status 2 — no traceback.
@@ -76,9 +76,12 @@ def _internal_error(exc: BaseException) -> int:
             traceback.print_exception(exc, file=fh)
     except OSError:
         path = "(could not be saved)"
-    print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n"
-          f"  this is a deltatune bug: please report it with the traceback in {path} "
-          "(DELTATUNE_DEBUG=1 shows it here)", file=sys.stderr)
+    print(
+        f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n"
+        f"  this is a deltatune bug: please report it with the traceback in {path} "
+        "(DELTATUNE_DEBUG=1 shows it here)",
+        file=sys.stderr,
+    )
     return 1
 
 

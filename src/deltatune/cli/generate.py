@@ -45,8 +45,10 @@ def _cmd_generate(args) -> int:
     if args.model is None and prompts and args.run_dir is None:
         args.run_dir = prompts.pop(0)
         if not os.path.isdir(args.run_dir):
-            raise UserError(f"{args.run_dir!r} is not a deltatune run directory; use `deltatune generate "
-                            "RUN_DIR \"PROMPT\"`, or `deltatune generate --model NAME \"PROMPT\"` for a base model")
+            raise UserError(
+                f"{args.run_dir!r} is not a deltatune run directory; use `deltatune generate "
+                'RUN_DIR "PROMPT"`, or `deltatune generate --model NAME "PROMPT"` for a base model'
+            )
     if not prompts and not args.data:
         raise UserError("generate: give one or more PROMPT arguments or --data FILE")
     from deltatune.config import GenerateConfig
@@ -57,7 +59,9 @@ def _cmd_generate(args) -> int:
     if args.data:
         from deltatune.data.conversations import read_conversations
 
-        convs = [c for c in read_conversations(args.data, cfg.data, require_response=False) if c.prompt_messages]
+        convs = [
+            c for c in read_conversations(args.data, cfg.data, require_response=False) if c.prompt_messages
+        ]
         asks = [c.prompt_messages for c in convs]
         references = [c.reference for c in convs]
     else:
@@ -83,21 +87,35 @@ def _cmd_chat(args) -> int:
 
     model, tokenizer, template, cfg = _generation_target(args)
     print("chat: type a message; /reset clears the conversation, /exit (or Ctrl-D) quits", file=sys.stderr)
-    chat_loop(model, tokenizer, lambda msgs: prompt_ids(tokenizer, template, msgs),
-              _generation_settings(args, cfg.generate), system_prompt=args.system,
-              input_fn=lambda prompt: input(prompt))  # looked up per call (tests patch it)
+    chat_loop(
+        model,
+        tokenizer,
+        lambda msgs: prompt_ids(tokenizer, template, msgs),
+        _generation_settings(args, cfg.generate),
+        system_prompt=args.system,
+        input_fn=lambda prompt: input(prompt),
+    )  # looked up per call (tests patch it)
     return 0
 
 
 def add_generation(sub) -> None:
-    for name, func, helptext in (("generate", _cmd_generate, "generate answers with an sft run or a base model"),
-                                 ("chat", _cmd_chat, "chat with an sft run or a base model (streamed)")):
+    for name, func, helptext in (
+        ("generate", _cmd_generate, "generate answers with an sft run or a base model"),
+        ("chat", _cmd_chat, "chat with an sft run or a base model (streamed)"),
+    ):
         g = sub.add_parser(name, help=helptext)
         if name == "generate":
-            g.add_argument("prompts", nargs="*", metavar="RUN_DIR PROMPT",
-                           help="an sft run directory, then prompts (with --model: prompts only)")
-            g.add_argument("--data", help="file of prompts (the run's data layout); prints JSON lines "
-                                          "with --json, references included")
+            g.add_argument(
+                "prompts",
+                nargs="*",
+                metavar="RUN_DIR PROMPT",
+                help="an sft run directory, then prompts (with --model: prompts only)",
+            )
+            g.add_argument(
+                "--data",
+                help="file of prompts (the run's data layout); prints JSON lines "
+                "with --json, references included",
+            )
             g.add_argument("--json", action="store_true", help="one JSON object per prompt")
             g.add_argument("--batch-size", dest="batch_size", type=int, help="prompts generated together")
             g.set_defaults(run_dir=None)
@@ -105,8 +123,9 @@ def add_generation(sub) -> None:
             g.add_argument("run_dir", nargs="?", help="an sft run directory (or use --model)")
         g.add_argument("--model", help="a base model (bundled name, directory or hub id) instead of a run")
         g.add_argument("--adapter", help="an adapter trained elsewhere (PEFT format), on --model")
-        g.add_argument("--template", help="auto, chat, alpaca, raw or a Jinja template "
-                                          "(default: the run's, or auto)")
+        g.add_argument(
+            "--template", help="auto, chat, alpaca, raw or a Jinja template (default: the run's, or auto)"
+        )
         g.add_argument("--system", help="system message")
         g.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
         g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")

@@ -1,9 +1,9 @@
-"""The listings: ``deltatune models``, ``methods``, ``tasks``, and ``demo`` (methods compared on the bundled data)."""
+"""The listings: ``deltatune models``, ``methods``, ``tasks``, and ``demo`` (methods compared on the bundled
+data)."""
 
 from __future__ import annotations
 
 import json
-
 
 
 def _cmd_models(args) -> int:
@@ -27,15 +27,19 @@ def _cmd_methods(args) -> int:
     print(f"{'method':<14} {'trainable on ' + args.model:>32}  description")
     for row, spec, opts in method_rows():
         share = shares[row]
-        shown = (f"{share['trainable']:>11,} ({share['percent']:7.3f}%)" if isinstance(share, dict)
-                 else "n/a")
-        merge = ("; mergeable" if spec.merge else "" if spec.trains_whole_model else "; not mergeable")
-        what = (f"{spec.name} with {', '.join(f'{k}: {v}' for k, v in opts.items())}" if opts
-                else spec.description)
+        shown = f"{share['trainable']:>11,} ({share['percent']:7.3f}%)" if isinstance(share, dict) else "n/a"
+        merge = "; mergeable" if spec.merge else "" if spec.trains_whole_model else "; not mergeable"
+        what = (
+            f"{spec.name} with {', '.join(f'{k}: {v}' for k, v in opts.items())}"
+            if opts
+            else spec.description
+        )
         task_lr = "".join(f", {task} {lr:g}" for task, lr in spec.task_lr.items())
         print(f"{row:<14} {shown:>32}  {what} [lr {spec.default_lr:g}{task_lr}{merge}]")
-    print("\n(default options, 2-label head included; variants are names `method.name` and `compare --methods` accept; "
-          "`--model NAME` counts on another model)")
+    print(
+        "\n(default options, 2-label head included; variants are names `method.name` and `compare --methods` "
+        "accept; `--model NAME` counts on another model)"
+    )
     return 0
 
 
@@ -44,9 +48,11 @@ def _cmd_tasks(args) -> int:
 
     for name, spec in sorted(available_tasks().items()):
         own = [f for f in spec.data_options.model_fields if f not in _common_data_keys()]
-        print(f"{name:<10} {spec.description}\n{'':<10} data options: {', '.join(own) or '(common only)'}"
-              + (f"; section `{name}:` {', '.join(spec.options.model_fields)}" if spec.options else "")
-              + f"\n{'':<10} after training: {', '.join(spec.commands())}")
+        print(
+            f"{name:<10} {spec.description}\n{'':<10} data options: {', '.join(own) or '(common only)'}"
+            + (f"; section `{name}:` {', '.join(spec.options.model_fields)}" if spec.options else "")
+            + f"\n{'':<10} after training: {', '.join(spec.commands())}"
+        )
     return 0
 
 
@@ -59,8 +65,11 @@ def _common_data_keys() -> tuple[str, ...]:
 def _cmd_demo(args) -> int:
     from deltatune.compare.demo import run_demo
 
-    run_demo(output_dir=args.output_dir, train_samples=args.train_samples,
-             methods=args.methods.split(",") if args.methods else None)
+    run_demo(
+        output_dir=args.output_dir,
+        train_samples=args.train_samples,
+        methods=args.methods.split(",") if args.methods else None,
+    )
     return 0
 
 
@@ -77,7 +86,9 @@ def add_listings(sub) -> None:
     ta.set_defaults(func=_cmd_tasks)
 
     d = sub.add_parser("demo", help="fine-tuning methods compared on the bundled MiniLM with an SST-2 sample")
-    d.add_argument("--output-dir", default=None, help="comparison directory (default runs/demo; reused when run again)")
+    d.add_argument(
+        "--output-dir", default=None, help="comparison directory (default runs/demo; reused when run again)"
+    )
     d.add_argument("--train-samples", type=int, default=None, help="training sentences to use (default 2000)")
     d.add_argument("--methods", help="comma-separated methods (default full,lora,ia3,bitfit,prompt_tuning)")
     d.set_defaults(func=_cmd_demo)

@@ -30,7 +30,9 @@ def parse(argv: list[str] | None):
     if extra and args.command == "generate" and not any(x.startswith("-") for x in extra):
         args.prompts, extra = [*args.prompts, *extra], []  # prompts after options
     if extra:
-        if args.command not in ("train", "preview", "compare", "check") or any(x.startswith("-") or "=" not in x for x in extra):
+        if args.command not in ("train", "preview", "compare", "check") or any(
+            x.startswith("-") or "=" not in x for x in extra
+        ):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     return args

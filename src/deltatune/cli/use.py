@@ -1,11 +1,12 @@
-"""The commands on a trained run (or an adapter trained elsewhere): ``eval``, ``predict``, ``score``, ``merge``."""
+"""The commands on a trained run (or an adapter trained elsewhere): ``eval``, ``predict``, ``score``,
+``merge``."""
 
 from __future__ import annotations
 
 import json
 
-from deltatune.errors import UserError
 from deltatune.cli.parser_args import target_args
+from deltatune.errors import UserError
 
 
 def _target(args, command: str):
@@ -29,8 +30,11 @@ def _cmd_eval(args) -> int:
         return cmd_eval_baseline(args)
     run = _target(args, "eval")
     report = evaluate(run, args.data, samples=args.samples)
-    print(json.dumps(report, indent=2) if args.json
-          else run.task.format_report(report, f"evaluation of {run.name} on {args.data}"))
+    print(
+        json.dumps(report, indent=2)
+        if args.json
+        else run.task.format_report(report, f"evaluation of {run.name} on {args.data}")
+    )
     return 0
 
 
@@ -57,8 +61,10 @@ def _cmd_score(args) -> int:
         if args.json:
             print(json.dumps(row, ensure_ascii=False))
         elif "chosen_reward" in row:
-            print(f"line {row['line']}\tchosen {row['chosen_reward']:.4f}\trejected {row['rejected_reward']:.4f}"
-                  f"\t{'correct' if row['correct'] else 'WRONG'}")
+            print(
+                f"line {row['line']}\tchosen {row['chosen_reward']:.4f}\trejected "
+                f"{row['rejected_reward']:.4f}\t{'correct' if row['correct'] else 'WRONG'}"
+            )
         else:
             print(f"{row['reward']:.4f}\t{row.get('answer') or ''}")
     return 0
@@ -69,7 +75,9 @@ def _cmd_merge(args) -> int:
 
     run = _target(args, "merge")
     out = merge(run, args.out)
-    kind = {"classifier": "AutoModelForSequenceClassification"}.get(run.task.model_kind, "AutoModelForCausalLM")
+    kind = {"classifier": "AutoModelForSequenceClassification"}.get(
+        run.task.model_kind, "AutoModelForCausalLM"
+    )
     print(f"merged model written to {out} (load it with {kind})")
     return 0
 
@@ -77,15 +85,26 @@ def _cmd_merge(args) -> int:
 def add_post_run(sub) -> None:
     from deltatune.cli.code import add_code_eval_args
 
-    e = sub.add_parser("eval", help="evaluate a trained run (or an adapter) on a labelled file, "
-                                    "or on code benchmarks by running the generated code (--code)")
+    e = sub.add_parser(
+        "eval",
+        help="evaluate a trained run (or an adapter) on a labelled file, "
+        "or on code benchmarks by running the generated code (--code)",
+    )
     target_args(e)
-    e.add_argument("--data", help="labelled file with the training config's fields (with --code: the benchmark file)")
+    e.add_argument(
+        "--data", help="labelled file with the training config's fields (with --code: the benchmark file)"
+    )
     e.add_argument("--json", action="store_true", help="print metrics as JSON on stdout")
-    e.add_argument("--samples", type=int, default=None,
-                   help="sft: examples to generate for ROUGE-L/BLEU/exact match (default generate.eval_samples); "
-                        "with --code: answers per task, the n of pass@k (default 1, greedy)")
-    e.add_argument("--baseline", action="store_true", help="also evaluate the untuned base model and show the change")
+    e.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="sft: examples to generate for ROUGE-L/BLEU/exact match (default generate.eval_samples); "
+        "with --code: answers per task, the n of pass@k (default 1, greedy)",
+    )
+    e.add_argument(
+        "--baseline", action="store_true", help="also evaluate the untuned base model and show the change"
+    )
     add_code_eval_args(e)
     e.set_defaults(func=_cmd_eval)
 
@@ -100,7 +119,9 @@ def add_post_run(sub) -> None:
     target_args(sc, "a trained reward run directory")
     sc.add_argument("texts", nargs="*", metavar="ANSWER")
     sc.add_argument("--prompt", help="the prompt the answers reply to")
-    sc.add_argument("--data", help="a file of preference pairs (both answers scored) or of prompt/answer rows")
+    sc.add_argument(
+        "--data", help="a file of preference pairs (both answers scored) or of prompt/answer rows"
+    )
     sc.add_argument("--json", action="store_true", help="one JSON object per answer (or pair)")
     sc.set_defaults(func=_cmd_score)
 

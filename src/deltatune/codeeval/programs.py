@@ -18,8 +18,8 @@ import json
 import re
 from pathlib import Path
 
-from deltatune.errors import DataError
 from deltatune.codeeval.sandbox import SandboxLimits, Verdict, run_many
+from deltatune.errors import DataError
 
 MBPP_SPLITS = {"fewshot": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}
 # Their test_setup_code builds trees from the reference solution's Node class (see the data README).
@@ -48,8 +48,10 @@ def extract_code(answer: str, prompt_format: str = "instruct", prompt: str = "")
     if before is not None:
         return before
     blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(answer)]
-    fenced = next((body for lang, body in blocks if lang in ("python", "py", "python3")),
-                  blocks[0][1] if blocks else None)
+    fenced = next(
+        (body for lang, body in blocks if lang in ("python", "py", "python3")),
+        blocks[0][1] if blocks else None,
+    )
     if prompt_format == "instruct":
         return (fenced if fenced is not None else answer).strip("\n") + "\n"
     if fenced is not None:
@@ -66,9 +68,9 @@ def _before_closing_fence(answer: str) -> str | None:
     ``` line (no language) with Python before it, so that fence closes the block instead of opening
     one. None otherwise. The text is only compiled, never run."""
     fence = _BARE_FENCE.search(answer)
-    if fence is None or "```" in answer[:fence.start()]:
+    if fence is None or "```" in answer[: fence.start()]:
         return None
-    code = answer[:fence.start()].strip("\n")
+    code = answer[: fence.start()].strip("\n")
     if not code.strip():
         return None
     try:
@@ -83,8 +85,13 @@ def mbpp_program(code: str, task: dict, preamble: str = "") -> str:
 
     Pass ``preamble=mbpp_preamble(task)`` for the tasks whose setup needs the reference code first.
     """
-    parts = [preamble, task.get("test_setup_code") or "", code, "\n".join(task["test_list"]),
-             f"print({TESTS_DONE!r})"]
+    parts = [
+        preamble,
+        task.get("test_setup_code") or "",
+        code,
+        "\n".join(task["test_list"]),
+        f"print({TESTS_DONE!r})",
+    ]
     return "\n\n".join(part.strip("\n") for part in parts if part.strip()) + "\n"
 
 
@@ -99,16 +106,20 @@ def humaneval_program(prompt: str, completion: str, task: dict) -> str:
     Pass ``prompt=""`` when ``completion`` already holds the whole program (as :func:`extract_code`
     returns it).
     """
-    return (f"{prompt}{completion}\n\n{task['test']}\n\ncheck({task['entry_point']})\n"
-            f"print({TESTS_DONE!r})\n")
+    return f"{prompt}{completion}\n\n{task['test']}\n\ncheck({task['entry_point']})\nprint({TESTS_DONE!r})\n"
 
 
 def run_tests(programs, limits: SandboxLimits | None = None, workers: int | None = None) -> list[Verdict]:
     """Run programs built by the builders above in the sandbox; "passed" only if the tests ran to the end."""
     verdicts = run_many(programs, limits, workers)
-    return [v if not v.passed or _tests_done(v.stdout) else dataclasses.replace(
-        v, status="failed", reason="exited before its tests finished (sys.exit or os._exit in the code?)")
-        for v in verdicts]
+    return [
+        v
+        if not v.passed or _tests_done(v.stdout)
+        else dataclasses.replace(
+            v, status="failed", reason="exited before its tests finished (sys.exit or os._exit in the code?)"
+        )
+        for v in verdicts
+    ]
 
 
 def _tests_done(stdout: str) -> bool:
@@ -133,8 +144,10 @@ def load_humaneval(path: str | Path) -> list[dict]:
 def _read_jsonl(path: str | Path, required: tuple[str, ...]) -> list[dict]:
     path = Path(path)
     if not path.is_file():
-        raise DataError("no such file: pass the path of a .jsonl file (e.g. ../shared/data/mbpp/mbpp.jsonl)",
-                        path=str(path))
+        raise DataError(
+            "no such file: pass the path of a .jsonl file (e.g. ../shared/data/mbpp/mbpp.jsonl)",
+            path=str(path),
+        )
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -142,11 +155,15 @@ def _read_jsonl(path: str | Path, required: tuple[str, ...]) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"not valid JSON ({e.msg}): write one JSON object per line",
-                            path=str(path), line=number) from None
+            raise DataError(
+                f"not valid JSON ({e.msg}): write one JSON object per line", path=str(path), line=number
+            ) from None
         missing = [name for name in required if name not in row]
         if missing:
-            raise DataError(f"missing {', '.join(missing)}: each row needs {', '.join(required)}",
-                            path=str(path), line=number)
+            raise DataError(
+                f"missing {', '.join(missing)}: each row needs {', '.join(required)}",
+                path=str(path),
+                line=number,
+            )
         rows.append(row)
     return rows

@@ -20,12 +20,14 @@ def headline(report: dict) -> str:
 def code_text(report: dict) -> str:
     """What ``deltatune eval --code`` prints: settings, metrics, the first failing tasks."""
     h, m = report["header"], report["metrics"]
-    lines = [f"{h['benchmark']} ({h['split']}; {h['tasks']} tasks: {h['selection']}) - {h['model']}",
-             f"  prompt format: {h['prompt_format']}; {h['decoding']}; {h['samples_per_task']} sample(s) "
-             f"per task, at most {h['max_new_tokens']} new tokens",
-             "  " + headline(report),
-             f"  verdicts: {', '.join(f'{k} {v}' for k, v in sorted(m['verdicts'].items()))}; "
-             f"generation {report['timing']['generation_s']:.0f} s, sandbox {report['timing']['sandbox_s']:.0f} s"]
+    lines = [
+        f"{h['benchmark']} ({h['split']}; {h['tasks']} tasks: {h['selection']}) - {h['model']}",
+        f"  prompt format: {h['prompt_format']}; {h['decoding']}; {h['samples_per_task']} sample(s) "
+        f"per task, at most {h['max_new_tokens']} new tokens",
+        "  " + headline(report),
+        f"  verdicts: {', '.join(f'{k} {v}' for k, v in sorted(m['verdicts'].items()))}; "
+        f"generation {report['timing']['generation_s']:.0f} s, sandbox {report['timing']['sandbox_s']:.0f} s",
+    ]
     if report["failing"]:
         lines.append(f"  failing tasks ({len(report['failing'])}), first error each:")
         lines += [f"    {f['task_id']}: {_one_line(f['error'])}" for f in report["failing"][:10]]
@@ -37,19 +39,37 @@ def code_text(report: dict) -> str:
 def code_markdown(report: dict) -> str:
     """The whole report as markdown: settings, metrics, failing tasks, solutions side by side."""
     h, m = report["header"], report["metrics"]
-    lines = [f"# Code evaluation: {h['benchmark']}", "",
-             f"- **model**: {h['model']}", f"- **data**: {h['data']} ({h['split']})",
-             f"- **tasks**: {h['tasks']} ({h['selection']})",
-             f"- **prompt format**: {h['prompt_format']}", f"- **decoding**: {h['decoding']}; "
-             f"{h['samples_per_task']} sample(s) per task; at most {h['max_new_tokens']} new tokens",
-             f"- **sandbox**: {h['sandbox']['timeout_s']:g} s per sample; {', '.join(h['sandbox']['protections'])}",
-             "", "Prompt:", "", "````", h["prompt"], "````", "",
-             "| " + " | ".join(k for k in m if k.startswith("pass@")) + " | execution rate | BLEU | tasks solved |",
-             "|---" * (len([k for k in m if k.startswith("pass@")]) + 3) + "|",
-             "| " + " | ".join(f"{m[k]:.4f}" for k in m if k.startswith("pass@"))
-             + f" | {m['execution_rate']:.4f} | {m['bleu']:.2f} | {m['tasks_solved']}/{m['tasks']} |", "",
-             f"Verdicts of all {m['samples']} samples: "
-             + ", ".join(f"{k} {v}" for k, v in sorted(m["verdicts"].items())) + ".", ""]
+    lines = [
+        f"# Code evaluation: {h['benchmark']}",
+        "",
+        f"- **model**: {h['model']}",
+        f"- **data**: {h['data']} ({h['split']})",
+        f"- **tasks**: {h['tasks']} ({h['selection']})",
+        f"- **prompt format**: {h['prompt_format']}",
+        f"- **decoding**: {h['decoding']}; "
+        f"{h['samples_per_task']} sample(s) per task; at most {h['max_new_tokens']} new tokens",
+        f"- **sandbox**: {h['sandbox']['timeout_s']:g} s per sample; "
+        f"{', '.join(h['sandbox']['protections'])}",
+        "",
+        "Prompt:",
+        "",
+        "````",
+        h["prompt"],
+        "````",
+        "",
+        "| "
+        + " | ".join(k for k in m if k.startswith("pass@"))
+        + " | execution rate | BLEU | tasks solved |",
+        "|---" * (len([k for k in m if k.startswith("pass@")]) + 3) + "|",
+        "| "
+        + " | ".join(f"{m[k]:.4f}" for k in m if k.startswith("pass@"))
+        + f" | {m['execution_rate']:.4f} | {m['bleu']:.2f} | {m['tasks_solved']}/{m['tasks']} |",
+        "",
+        f"Verdicts of all {m['samples']} samples: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(m["verdicts"].items()))
+        + ".",
+        "",
+    ]
     lines += _failing_table(report["failing"])
     lines += _side_by_side(report["examples"])
     return "\n".join(lines) + "\n"
@@ -58,8 +78,12 @@ def code_markdown(report: dict) -> str:
 def _failing_table(failing: list[dict]) -> list[str]:
     if not failing:
         return ["No failing task.", ""]
-    lines = [f"## Failing tasks ({len(failing)})", "", "| task | first sample | error | all samples |",
-             "|---|---|---|---|"]
+    lines = [
+        f"## Failing tasks ({len(failing)})",
+        "",
+        "| task | first sample | error | all samples |",
+        "|---|---|---|---|",
+    ]
     for f in failing[:FAILING_SHOWN]:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(f["statuses"].items()))
         lines.append(f"| {f['task_id']} | {f['status']} | {_cell(f['error'])} | {counts} |")
@@ -72,10 +96,26 @@ def _side_by_side(examples: list[dict]) -> list[str]:
     lines = ["## Generated solutions next to the reference", ""]
     for e in examples:
         verdict = e["status"] + (f": {_one_line(e['error'])}" if e["error"] else "")
-        lines += [f"### {e['task_id']} ({verdict})", "", _quote(e["task"]), "",
-                  "<table><tr><th>generated (first sample)</th><th>reference</th></tr><tr><td>", "",
-                  "```python", _code(e["generated"]), "```", "", "</td><td>", "",
-                  "```python", _code(e["reference"]), "```", "", "</td></tr></table>", ""]
+        lines += [
+            f"### {e['task_id']} ({verdict})",
+            "",
+            _quote(e["task"]),
+            "",
+            "<table><tr><th>generated (first sample)</th><th>reference</th></tr><tr><td>",
+            "",
+            "```python",
+            _code(e["generated"]),
+            "```",
+            "",
+            "</td><td>",
+            "",
+            "```python",
+            _code(e["reference"]),
+            "```",
+            "",
+            "</td></tr></table>",
+            "",
+        ]
     return lines
 
 
@@ -95,7 +135,7 @@ def _code(text: str) -> str:
 
 def _one_line(text: str, width: int = 160) -> str:
     text = " ".join(str(text).split())
-    return text if len(text) <= width else text[:width - 3] + "..."
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _cell(text: str) -> str:

@@ -35,16 +35,35 @@ import resource
 import signal
 import sys
 
-_NAMESPACES = {"user": 0x10000000, "mount": 0x00020000, "pid": 0x20000000, "net": 0x40000000,
-               "ipc": 0x08000000, "uts": 0x04000000}
-_MS = {"rdonly": 1, "nosuid": 2, "nodev": 4, "noexec": 8, "remount": 32, "noatime": 1024, "nodiratime": 2048,
-       "bind": 4096, "rec": 16384, "private": 1 << 18, "relatime": 1 << 21, "strictatime": 1 << 24}
+_NAMESPACES = {
+    "user": 0x10000000,
+    "mount": 0x00020000,
+    "pid": 0x20000000,
+    "net": 0x40000000,
+    "ipc": 0x08000000,
+    "uts": 0x04000000,
+}
+_MS = {
+    "rdonly": 1,
+    "nosuid": 2,
+    "nodev": 4,
+    "noexec": 8,
+    "remount": 32,
+    "noatime": 1024,
+    "nodiratime": 2048,
+    "bind": 4096,
+    "rec": 16384,
+    "private": 1 << 18,
+    "relatime": 1 << 21,
+    "strictatime": 1 << 24,
+}
 _PR_SET_PDEATHSIG, _PR_CAPBSET_DROP, _PR_SET_CHILD_SUBREAPER, _PR_SET_NO_NEW_PRIVS = 1, 24, 36, 38
 _ATIME_OPTIONS = ("noatime", "nodiratime", "relatime")
 _MOUNTINFO_ESCAPES = ((b"\\040", b" "), (b"\\011", b"\t"), (b"\\012", b"\n"), (b"\\134", b"\\"))
 
 
 # --- launcher: runs in the sandbox's processes ------------------------------------------------------
+
 
 def _sys(name: str, *args) -> None:
     """Call libc ``name`` (unshare, mount, prctl); OSError naming the call when it returns non-zero."""
@@ -59,8 +78,11 @@ def _unshare(flags: int) -> None:
     uid, gid = os.getuid(), os.getgid()
     _sys("unshare", flags)
     if flags & _NAMESPACES["user"]:
-        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
-                           ("gid_map", f"{gid} {gid} 1")):
+        for name, text in (
+            ("setgroups", "deny"),
+            ("uid_map", f"{uid} {uid} 1"),
+            ("gid_map", f"{gid} {gid} 1"),
+        ):
             with open(f"/proc/self/{name}", "w") as f:
                 f.write(text)
 
@@ -92,8 +114,11 @@ def _expose(paths: list[str]) -> None:
     parents = {os.sep.join(p.split(os.sep)[:i]) for p in paths for i in range(2, p.count(os.sep) + 1)}
     while blocked := sorted((d for d in parents if not os.stat(d).st_mode & 0o001), key=len):
         top = blocked[0]
-        entries = {os.path.join(top, os.path.relpath(p, top).split(os.sep)[0])
-                   for p in paths if p.startswith(top + os.sep)}
+        entries = {
+            os.path.join(top, os.path.relpath(p, top).split(os.sep)[0])
+            for p in paths
+            if p.startswith(top + os.sep)
+        }
         fds = {entry: os.open(entry, os.O_PATH) for entry in entries}  # open before the tmpfs hides them
         _sys("mount", "tmpfs", top, "tmpfs", _MS["nosuid"] | _MS["nodev"], "mode=0755,size=64k")
         for entry, fd in fds.items():
@@ -108,8 +133,14 @@ def _setup_filesystem(cfg: dict) -> None:
     if cfg["uid"] >= 0:
         _expose(cfg["expose"])
     owner = f",uid={cfg['uid']},gid={cfg['uid']}" if cfg["uid"] >= 0 else ""
-    _sys("mount", "tmpfs", cfg["workdir"], "tmpfs", _MS["nosuid"] | _MS["nodev"],
-         f"size={cfg['work_mb']}m,mode=0700{owner}")
+    _sys(
+        "mount",
+        "tmpfs",
+        cfg["workdir"],
+        "tmpfs",
+        _MS["nosuid"] | _MS["nodev"],
+        f"size={cfg['work_mb']}m,mode=0700{owner}",
+    )
     _read_only_everything(cfg["workdir"])
     if cfg["pidns"]:
         try:
@@ -209,8 +240,16 @@ if __name__ == "__main__":
 
 # --- host side: imported only by the parent (kept below so the launcher starts fast) -----------------
 
-import contextlib, dataclasses, json, math, selectors  # noqa: E401, E402
-import shutil, subprocess, tempfile, threading, time  # noqa: E401, E402
+import contextlib  # noqa: E401, E402
+import dataclasses
+import json
+import math
+import selectors
+import shutil  # noqa: E401, E402
+import subprocess
+import tempfile
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 from deltatune.errors import ConfigError, UserError  # noqa: E402
@@ -231,17 +270,19 @@ class SandboxLimits:
 
     timeout_s: float = 10.0
     cpu_s: float | None = None
-    memory_mb: int = 1024      # address space (RLIMIT_AS) of each process
-    max_processes: int = 32    # processes + threads of the sample (RLIMIT_NPROC)
-    max_file_mb: int = 64      # largest file (RLIMIT_FSIZE); a mount namespace's work dir holds twice that
+    memory_mb: int = 1024  # address space (RLIMIT_AS) of each process
+    max_processes: int = 32  # processes + threads of the sample (RLIMIT_NPROC)
+    max_file_mb: int = 64  # largest file (RLIMIT_FSIZE); a mount namespace's work dir holds twice that
     max_open_files: int = 128
-    max_output_kb: int = 256   # per stream; more and the sample is killed
+    max_output_kb: int = 256  # per stream; more and the sample is killed
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
             if (value := getattr(self, field.name)) is not None and not value > 0:
-                raise ConfigError(f"SandboxLimits.{field.name} must be > 0, got {value!r}: pass a "
-                                  f"positive number (default {field.default})")
+                raise ConfigError(
+                    f"SandboxLimits.{field.name} must be > 0, got {value!r}: pass a "
+                    f"positive number (default {field.default})"
+                )
 
     @property
     def cpu_limit(self) -> int:
@@ -272,21 +313,30 @@ class Verdict:
 class SandboxCapabilities:
     """Which protections samples get on this machine; the last four are measured inside a probe sample."""
 
-    namespaces: tuple[str, ...]      # the namespaces each sample gets
-    separate_uid: bool               # each concurrent sample runs as its own unprivileged uid
-    network_isolated: bool = False   # only a loopback interface is visible
+    namespaces: tuple[str, ...]  # the namespaces each sample gets
+    separate_uid: bool  # each concurrent sample runs as its own unprivileged uid
+    network_isolated: bool = False  # only a loopback interface is visible
     filesystem_read_only: bool = False  # /tmp (outside the work dir) cannot be written
-    pid_isolated: bool = False       # no host process is visible in /proc
+    pid_isolated: bool = False  # no host process is visible in /proc
     process_limit_enforced: bool = False  # RLIMIT_NPROC counts only the sample's own processes
-    notes: tuple[str, ...] = ()      # why a protection is missing
+    notes: tuple[str, ...] = ()  # why a protection is missing
 
     def active(self) -> tuple[str, ...]:
         """Short names of the active protections (also in every :class:`Verdict`)."""
-        named = {"network namespace": self.network_isolated, "pid namespace": self.pid_isolated,
-                 "read-only filesystem": self.filesystem_read_only, "separate uid": self.separate_uid,
-                 "process limit": self.process_limit_enforced}
+        named = {
+            "network namespace": self.network_isolated,
+            "pid namespace": self.pid_isolated,
+            "read-only filesystem": self.filesystem_read_only,
+            "separate uid": self.separate_uid,
+            "process limit": self.process_limit_enforced,
+        }
         return tuple(name for name, on in named.items() if on) + (
-            "rlimits", "no new privileges", "scrubbed environment", "python -I", "process group kill")
+            "rlimits",
+            "no new privileges",
+            "scrubbed environment",
+            "python -I",
+            "process group kill",
+        )
 
 
 _FACTS_PROGRAM = """import json, os, socket  # access() is also False on a read-only mount
@@ -305,8 +355,13 @@ def sandbox_capabilities() -> SandboxCapabilities:
 def _detect_capabilities() -> SandboxCapabilities:
     """Try the strongest setup first and keep the first that runs the probe program; measure it."""
     root = os.geteuid() == 0
-    out = subprocess.run([_PYTHON, "-I", "-S", _LAUNCHER, "--probe"], capture_output=True,
-                         text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [_PYTHON, "-I", "-S", _LAUNCHER, "--probe"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     allowed = set(out.stdout.split())
     names = tuple(n for n in ("mount", "pid", "net", "ipc", "uts") if n in allowed)
     notes = [f"namespaces refused: {' '.join(sorted(set(_NAMESPACES) - allowed))}"] if len(names) < 5 else []
@@ -323,11 +378,18 @@ def _detect_capabilities() -> SandboxCapabilities:
             if not trial.process_limit_enforced:
                 notes.append("no separate uid or user namespace: RLIMIT_NPROC left as inherited")
             return dataclasses.replace(
-                trial, network_isolated=facts["interfaces"] in ([], ["lo"]), notes=tuple(notes),
-                filesystem_read_only=not facts["tmp_writable"], pid_isolated=facts["visible_pids"] <= 3)
+                trial,
+                network_isolated=facts["interfaces"] in ([], ["lo"]),
+                notes=tuple(notes),
+                filesystem_read_only=not facts["tmp_writable"],
+                pid_isolated=facts["visible_pids"] <= 3,
+            )
         notes.append(f"namespaces={plan[0]} separate_uid={plan[1]} failed: {verdict.reason}")
-    raise SandboxError("the sandbox cannot start Python here: " + "; ".join(notes)
-                       + ". Check that this Python can start as a child process.")
+    raise SandboxError(
+        "the sandbox cannot start Python here: "
+        + "; ".join(notes)
+        + ". Check that this Python can start as a child process."
+    )
 
 
 def run_program(source: str, limits: SandboxLimits | None = None) -> Verdict:
@@ -347,17 +409,27 @@ def run_many(sources, limits: SandboxLimits | None = None, workers: int | None =
 def _config(limits: SandboxLimits, caps: SandboxCapabilities, workdir: str, uid: int) -> dict:
     """What the launcher needs (marshalled onto its command line)."""
     mb, cpu = 1024 * 1024, limits.cpu_limit
-    rlimits = [("RLIMIT_CORE", 0, 0), ("RLIMIT_CPU", cpu, cpu + 1),  # SIGXCPU first, SIGKILL a second later
-               ("RLIMIT_AS", limits.memory_mb * mb, limits.memory_mb * mb),
-               ("RLIMIT_FSIZE", limits.max_file_mb * mb, limits.max_file_mb * mb),
-               ("RLIMIT_NOFILE", limits.max_open_files, limits.max_open_files)]
+    rlimits = [
+        ("RLIMIT_CORE", 0, 0),
+        ("RLIMIT_CPU", cpu, cpu + 1),  # SIGXCPU first, SIGKILL a second later
+        ("RLIMIT_AS", limits.memory_mb * mb, limits.memory_mb * mb),
+        ("RLIMIT_FSIZE", limits.max_file_mb * mb, limits.max_file_mb * mb),
+        ("RLIMIT_NOFILE", limits.max_open_files, limits.max_open_files),
+    ]
     if caps.process_limit_enforced:
         rlimits.append(("RLIMIT_NPROC", limits.max_processes, limits.max_processes))
     interpreter = {os.path.realpath(d) for d in (sys.prefix, sys.base_prefix, os.path.dirname(_PYTHON))}
-    return {"flags": sum(_NAMESPACES[n] for n in caps.namespaces), "pidns": "pid" in caps.namespaces,
-            "uid": uid, "workdir": workdir, "program": os.path.join(os.path.dirname(workdir), "main.py"),
-            "python": _PYTHON, "rlimits": rlimits, "work_mb": 2 * limits.max_file_mb,
-            "expose": sorted(interpreter) + [workdir]}
+    return {
+        "flags": sum(_NAMESPACES[n] for n in caps.namespaces),
+        "pidns": "pid" in caps.namespaces,
+        "uid": uid,
+        "workdir": workdir,
+        "program": os.path.join(os.path.dirname(workdir), "main.py"),
+        "python": _PYTHON,
+        "rlimits": rlimits,
+        "work_mb": 2 * limits.max_file_mb,
+        "expose": sorted(interpreter) + [workdir],
+    }
 
 
 def _run(source: str, limits: SandboxLimits, caps: SandboxCapabilities) -> Verdict:
@@ -381,8 +453,14 @@ def _run(source: str, limits: SandboxLimits, caps: SandboxCapabilities) -> Verdi
         try:
             proc = subprocess.Popen(
                 [_PYTHON, "-I", "-S", _LAUNCHER, "--launch", marshal.dumps(cfg).hex()],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                pass_fds=(cfg["report_fd"],), cwd=workdir, env=env, start_new_session=True)
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(cfg["report_fd"],),
+                cwd=workdir,
+                env=env,
+                start_new_session=True,
+            )
         except BaseException:
             os.close(report_r)
             raise
@@ -396,6 +474,22 @@ def _run(source: str, limits: SandboxLimits, caps: SandboxCapabilities) -> Verdi
             _STATE["slots"].discard(slot)
 
 
+def _read_ready(sel, bufs: dict[str, bytearray], cap: int, timeout: float) -> str | None:
+    """Read what the pipes ready within ``timeout`` hold into ``bufs``; "output" when a pipe would pass
+    ``cap`` bytes (that chunk is not kept; the other ready pipes are still read), else None. A closed
+    pipe is unregistered."""
+    ended = None
+    for key, _ in sel.select(timeout):
+        chunk = os.read(key.fd, 65536)
+        if not chunk:
+            sel.unregister(key.fd)
+        elif len(bufs[key.data]) + len(chunk) > cap:
+            ended = "output"
+        else:
+            bufs[key.data] += chunk
+    return ended
+
+
 def _collect(proc: subprocess.Popen, report_fd: int, limits: SandboxLimits, start: float):
     """(stdout, stderr, report, "done" | "timeout" | "output"): read the pipes till they close, the
     deadline or too much output. The group is SIGKILLed before the launcher is reaped (till then its
@@ -403,8 +497,11 @@ def _collect(proc: subprocess.Popen, report_fd: int, limits: SandboxLimits, star
     cap, deadline = limits.max_output_kb * 1024, start + limits.timeout_s
     bufs = {"stdout": bytearray(), "stderr": bytearray(), "report": bytearray()}
     sel = selectors.DefaultSelector()
-    for fd, name in ((proc.stdout.fileno(), "stdout"), (proc.stderr.fileno(), "stderr"),
-                     (report_fd, "report")):
+    for fd, name in (
+        (proc.stdout.fileno(), "stdout"),
+        (proc.stderr.fileno(), "stderr"),
+        (report_fd, "report"),
+    ):
         sel.register(fd, selectors.EVENT_READ, name)
     ended, launcher_gone = "done", None
     try:
@@ -414,14 +511,7 @@ def _collect(proc: subprocess.Popen, report_fd: int, limits: SandboxLimits, star
                 ended = "timeout"
             elif launcher_gone is not None and now - launcher_gone > 0.5:
                 break  # a grace period is over: only processes that left the group hold the pipes
-            for key, _ in sel.select(min(deadline - now, 0.1)):
-                chunk = os.read(key.fd, 65536)
-                if not chunk:
-                    sel.unregister(key.fd)
-                elif len(bufs[key.data]) + len(chunk) > cap:
-                    ended = "output"
-                else:
-                    bufs[key.data] += chunk
+            ended = _read_ready(sel, bufs, cap, min(deadline - now, 0.1)) or ended
             # WNOWAIT: notice the launcher's end without reaping it, so its group id stays reserved
             gone = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             if launcher_gone is None and gone:
@@ -442,19 +532,34 @@ def _collect(proc: subprocess.Popen, report_fd: int, limits: SandboxLimits, star
 
 
 # Last stderr line of a program that hit a limit -> the limit (Python turns most into exceptions).
-_LIMIT_ERRORS = {"MemoryError": "memory", "[Errno 27]": "file size", "[Errno 28]": "disk space",
-                 "[Errno 24]": "open files", "BlockingIOError: [Errno 11]": "processes",
-                 "can't start new thread": "processes"}
+_LIMIT_ERRORS = {
+    "MemoryError": "memory",
+    "[Errno 27]": "file size",
+    "[Errno 28]": "disk space",
+    "[Errno 24]": "open files",
+    "BlockingIOError: [Errno 11]": "processes",
+    "can't start new thread": "processes",
+}
 
 
-def _judge(out: bytes, err: bytes, report: str, ended: str, launcher_rc: int, limits: SandboxLimits,
-           seconds: float, caps: SandboxCapabilities) -> Verdict:
+def _judge(
+    out: bytes,
+    err: bytes,
+    report: str,
+    ended: str,
+    launcher_rc: int,
+    limits: SandboxLimits,
+    seconds: float,
+    caps: SandboxCapabilities,
+) -> Verdict:
     """The verdict from how collection ended, the launcher's report and the program's stderr."""
     lines = [line.split(" ", 1) for line in report.splitlines() if line.strip()]
     errors = [rest for kind, *rest in lines if kind == "error"]
     if errors and ended == "done":
-        raise SandboxError(f"sandbox setup failed: {errors[0][0]}. sandbox_capabilities().notes says "
-                           "what this machine allows.")
+        raise SandboxError(
+            f"sandbox setup failed: {errors[0][0]}. sandbox_capabilities().notes says "
+            "what this machine allows."
+        )
     fate = next(([kind] + rest[0].split() for kind, *rest in lines if kind in ("exit", "signal")), None)
     returncode = None if fate is None else int(fate[1]) * (1 if fate[0] == "exit" else -1)
     stderr = err.decode(errors="replace")

@@ -28,17 +28,23 @@ def demo_config(output_dir: str | None = None, train_samples: int | None = None)
     return {
         "task": "classify",
         "model": {"name": "minilm-l6"},
-        "data": {"train": str(data / "sst2_train_sample.tsv"), "validation": str(data / "sst2_dev.tsv"),
-                 "text_field": "sentence", "label_field": "label",
-                 "label_names": ["negative", "positive"], "max_train_samples": train_samples},
+        "data": {
+            "train": str(data / "sst2_train_sample.tsv"),
+            "validation": str(data / "sst2_dev.tsv"),
+            "text_field": "sentence",
+            "label_field": "label",
+            "label_names": ["negative", "positive"],
+            "max_train_samples": train_samples,
+        },
         "method": {"name": "lora"},
         "train": {"epochs": 1, "seed": DEMO_SEED},
         "output_dir": output_dir,
     }
 
 
-def run_demo(output_dir: str | None = None, train_samples: int | None = None,
-             methods: list[str] | None = None) -> dict:
+def run_demo(
+    output_dir: str | None = None, train_samples: int | None = None, methods: list[str] | None = None
+) -> dict:
     """Compare ``methods`` on the demo data; a second call with the same arguments reuses the runs."""
     from deltatune.compare.report import summary_text
     from deltatune.compare.runner import compare
@@ -47,15 +53,18 @@ def run_demo(output_dir: str | None = None, train_samples: int | None = None,
     methods = list(methods or DEMO_METHODS)
     cfg = validate_config(demo_config(None, samples), source="demo config")
     out = Path(output_dir or "runs/demo")
-    print(f"deltatune demo: {', '.join(methods)} compared on the bundled MiniLM (all-MiniLM-L6-v2), SST-2\n"
-          f"  training: {samples} sentences of the shipped sample, 1 epoch, each method its own learning rate\n"
-          f"  quality: SST-2 dev (872 sentences); untuned base model as the baseline row\n"
-          f"  output: {out} (run it again to reuse finished runs)\n", flush=True)
+    print(
+        f"deltatune demo: {', '.join(methods)} compared on the bundled MiniLM (all-MiniLM-L6-v2), SST-2\n"
+        f"  training: {samples} sentences of the shipped sample, 1 epoch, each method its own learning rate\n"
+        f"  quality: SST-2 dev (872 sentences); untuned base model as the baseline row\n"
+        f"  output: {out} (run it again to reuse finished runs)\n",
+        flush=True,
+    )
     result = compare(cfg, methods, [DEMO_SEED], out, bench={"batch_sizes": [1, 16]}, config_path=None)
     print(f"\n{summary_text(result)}")
     best = next((r for r in result["rows"] if (r.get("labels") or {}).get("quality") == "best"), None)
     print(f"\n  report (open in a browser): {out / 'compare.html'}\n  table: {out / 'compare.md'}")
     if best:
         run = best["runs"][0]["run_dir"]
-        print(f"  try the best run:  deltatune predict {run} \"a gorgeous, witty, seductive movie.\"")
+        print(f'  try the best run:  deltatune predict {run} "a gorgeous, witty, seductive movie."')
     return result

@@ -60,7 +60,11 @@ def _child(conn, target: str, args: tuple, log_path: str, threads: int | None) -
 def exit_reason(code: int | None) -> str:
     if code is not None and code < 0:
         sig = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
-        hint = ": out of memory, most likely (the kernel's OOM killer sends it)" if -code == signal.SIGKILL else ""
+        hint = (
+            ": out of memory, most likely (the kernel's OOM killer sends it)"
+            if -code == signal.SIGKILL
+            else ""
+        )
         return f"killed by {sig}{hint}"
     return f"exit status {code}"
 
@@ -73,8 +77,9 @@ def run_isolated(target: str, args: tuple, log_path: str | Path) -> tuple[bool, 
     ctx = _get_context()
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(sender, target, args, str(log_path), torch.get_num_threads()),
-                       daemon=True)
+    proc = ctx.Process(
+        target=_child, args=(sender, target, args, str(log_path), torch.get_num_threads()), daemon=True
+    )
     proc.start()
     sender.close()
     try:
@@ -88,5 +93,8 @@ def run_isolated(target: str, args: tuple, log_path: str | Path) -> tuple[bool, 
         proc.join()
         raise
     if message is None:
-        return False, f"the process running it died ({exit_reason(proc.exitcode)}); its output is in {log_path}"
+        return (
+            False,
+            f"the process running it died ({exit_reason(proc.exitcode)}); its output is in {log_path}",
+        )
     return (True, message["result"]) if message["ok"] else (False, message["error"])

@@ -21,8 +21,8 @@ LABEL_RULES = [
     "params: trainable share < 0.1% tiny, < 1% small, < 10% medium, else large",
     "memory / speed: position between the lowest and highest compared method (thirds: low/medium/high, "
     "slow/medium/fast); 'similar' when all are within 10% of each other",
-    "inference: latency (fastest repeat) at the largest batch vs the untuned base benched right after it in the "
-    "same process (merged weights where the method merges): "
+    "inference: latency (fastest repeat) at the largest batch vs the untuned base benched right after it in "
+    "the same process (merged weights where the method merges): "
     "<= +10% none, <= +50% small, else large",
     "quality: vs the best method on the selection metric; within one std over seeds (at least 1% of the "
     "value) 'on par'; 'no gain' when not better than the untuned base by that margin",
@@ -73,7 +73,11 @@ def inference_ratio(row: dict, base: dict) -> tuple[float | None, str | None]:
 
 def _quality(result: dict, rows: list[dict], base: dict) -> dict[str, str]:
     metric, up = result["metric"], result["greater_is_better"]
-    scored = {r["name"]: r["quality"].get(metric) for r in rows if (r.get("quality") or {}).get(metric, {}).get("mean") is not None}
+    scored = {
+        r["name"]: r["quality"].get(metric)
+        for r in rows
+        if (r.get("quality") or {}).get(metric, {}).get("mean") is not None
+    }
     if not scored:
         return {}
     sign = 1 if up else -1
@@ -101,13 +105,27 @@ def add_labels(result: dict) -> None:
     quality = _quality(result, rows, base)
     for row in rows:
         ratio, variant = inference_ratio(row, base)
-        overhead = (None if ratio is None or busy else "none" if ratio <= 1.10 else "small" if ratio <= 1.5 else "large")
+        overhead = (
+            None
+            if ratio is None or busy
+            else "none"
+            if ratio <= 1.10
+            else "small"
+            if ratio <= 1.5
+            else "large"
+        )
         row["inference_ratio"], row["inference_variant"] = ratio, variant
-        row["labels"] = {k: v for k, v in {
-            "params": _size(row.get("trainable_percent")), "memory": memory.get(row["name"]),
-            "speed": speed.get(row["name"]),
-            "inference": overhead and (overhead + (" once merged" if variant == "merged" else "")),
-            "quality": quality.get(row["name"])}.items() if v}
+        row["labels"] = {
+            k: v
+            for k, v in {
+                "params": _size(row.get("trainable_percent")),
+                "memory": memory.get(row["name"]),
+                "speed": speed.get(row["name"]),
+                "inference": overhead and (overhead + (" once merged" if variant == "merged" else "")),
+                "quality": quality.get(row["name"]),
+            }.items()
+            if v
+        }
     result["label_rules"] = LABEL_RULES
 
 
@@ -118,9 +136,11 @@ def busy_machine(result: dict) -> str | None:
     share = result.get("bench_other_cpu_share")
     if share is None or share <= BUSY_SHARE:
         return None
-    return (f"Other processes used up to {share:.0%} of the CPUs while inference was benched, so the latencies "
-            "(and training speeds) are not reliable and no inference label is given; run the comparison again "
-            "on an idle machine (delete its bench/ folder to measure again; trained runs are reused).")
+    return (
+        f"Other processes used up to {share:.0%} of the CPUs while inference was benched, so the latencies "
+        "(and training speeds) are not reliable and no inference label is given; run the comparison again "
+        "on an idle machine (delete its bench/ folder to measure again; trained runs are reused)."
+    )
 
 
 def fmt_quality(q: dict | None, digits: int = 3) -> str:
@@ -137,20 +157,31 @@ def verdict(result: dict) -> list[str]:
     if best:
         b = best[0]
         change = b["change"][metric]["abs"]
-        lines.append(f"Best {metric}: {b['name']} with {fmt_quality(b['quality'][metric])}"
-                     + (f" ({change:+.4f} vs the untuned base, {fmt_quality(base['quality'][metric])})"
-                        if change is not None else "") + ".")
+        lines.append(
+            f"Best {metric}: {b['name']} with {fmt_quality(b['quality'][metric])}"
+            + (
+                f" ({change:+.4f} vs the untuned base, {fmt_quality(base['quality'][metric])})"
+                if change is not None
+                else ""
+            )
+            + "."
+        )
         par = [r for r in rows if r.get("labels", {}).get("quality") in ("best", "on par")]
         small = min(par, key=lambda r: r.get("trainable") or 0)
         if small is not b:
-            lines.append(f"{small['name']} is on par with {small['trainable']:,} trainable parameters "
-                         f"({small['trainable_percent']:.3g}% of the model) against {b['trainable']:,}.")
+            lines.append(
+                f"{small['name']} is on par with {small['trainable']:,} trainable parameters "
+                f"({small['trainable_percent']:.3g}% of the model) against {b['trainable']:,}."
+            )
     nogain = [r["name"] for r in rows if r.get("labels", {}).get("quality") == "no gain"]
     if nogain:
         lines.append(f"No clear gain over the untuned base with this budget: {', '.join(nogain)}.")
     lines += _resource_lines(rows, busy_machine(result))
-    lines += [f"{r['name']} failed: {r['errors'][0] if r['errors'] else 'see its log'}"
-              for r in result["rows"] if r["status"] == "failed" and not r.get("baseline")]
+    lines += [
+        f"{r['name']} failed: {r['errors'][0] if r['errors'] else 'see its log'}"
+        for r in result["rows"]
+        if r["status"] == "failed" and not r.get("baseline")
+    ]
     return lines
 
 
@@ -158,19 +189,32 @@ def _resource_lines(rows: list[dict], busy: str | None) -> list[str]:
     lines = []
     mem = [r for r in rows if r.get("peak_train_memory_mb")]
     if len(mem) > 1:
-        lo, hi = min(mem, key=lambda r: r["peak_train_memory_mb"]), max(mem, key=lambda r: r["peak_train_memory_mb"])
-        lines.append(f"Training memory: least {lo['name']} ({lo['peak_train_memory_mb']:.0f} MB peak), "
-                     f"most {hi['name']} ({hi['peak_train_memory_mb']:.0f} MB).")
+        lo, hi = (
+            min(mem, key=lambda r: r["peak_train_memory_mb"]),
+            max(mem, key=lambda r: r["peak_train_memory_mb"]),
+        )
+        lines.append(
+            f"Training memory: least {lo['name']} ({lo['peak_train_memory_mb']:.0f} MB peak), "
+            f"most {hi['name']} ({hi['peak_train_memory_mb']:.0f} MB)."
+        )
     fast = [r for r in rows if r.get("train_tokens_per_s")]
     if len(fast) > 1:
         f = max(fast, key=lambda r: r["train_tokens_per_s"])
         s = min(fast, key=lambda r: r["train_tokens_per_s"])
-        lines.append(f"Training speed: fastest {f['name']} ({f['train_tokens_per_s']:.0f} tokens/s), "
-                     f"slowest {s['name']} ({s['train_tokens_per_s']:.0f} tokens/s).")
-    slow = [f"{r['name']} +{100 * (r['inference_ratio'] - 1):.0f}%" for r in rows
-            if r.get("inference_ratio") and r["inference_ratio"] > 1.10]
-    none = [r["name"] + (" (merged)" if r["inference_variant"] == "merged" else "") for r in rows
-            if r.get("inference_ratio") and r["inference_ratio"] <= 1.10]
+        lines.append(
+            f"Training speed: fastest {f['name']} ({f['train_tokens_per_s']:.0f} tokens/s), "
+            f"slowest {s['name']} ({s['train_tokens_per_s']:.0f} tokens/s)."
+        )
+    slow = [
+        f"{r['name']} +{100 * (r['inference_ratio'] - 1):.0f}%"
+        for r in rows
+        if r.get("inference_ratio") and r["inference_ratio"] > 1.10
+    ]
+    none = [
+        r["name"] + (" (merged)" if r["inference_variant"] == "merged" else "")
+        for r in rows
+        if r.get("inference_ratio") and r["inference_ratio"] <= 1.10
+    ]
     if busy:
         return lines + [busy]
     if none:

@@ -3,8 +3,8 @@ needs (torch, transformers, every task and method) so that each child process st
 
 from __future__ import annotations
 
-import deltatune.runs.bench  # noqa: F401
 import deltatune.compare.work  # noqa: F401
+import deltatune.runs.bench  # noqa: F401
 import deltatune.runs.skeleton  # noqa: F401
 from deltatune.methods.registry import available
 from deltatune.tasks import available_tasks

@@ -11,8 +11,8 @@ from pathlib import Path
 from deltatune.config import Config, validate_config
 from deltatune.errors import UserError
 from deltatune.io import read_json, write_json_atomic
-from deltatune.runs.directory import FINISHED_MARKER, RUN_MARKER, run_state
 from deltatune.log import log
+from deltatune.runs.directory import FINISHED_MARKER, RUN_MARKER, run_state
 
 
 def config_differences(cfg: Config, run_dir: Path) -> list[str]:
@@ -25,11 +25,20 @@ def config_differences(cfg: Config, run_dir: Path) -> list[str]:
     saved = yaml.safe_load((run_dir / RUN_MARKER).read_text(encoding="utf-8")) or {}
     now = cfg.model_dump(mode="json")
     resolve = get_task(cfg.task).resolved
-    settled = resolve(cfg, run_dir) if resolve else {}  # "auto" options as this run's model and data settle them
+    settled = (
+        resolve(cfg, run_dir) if resolve else {}
+    )  # "auto" options as this run's model and data settle them
     skip = {"train.resume", "train.progress"} | ({"data.max_length"} if cfg._max_length_is_default else set())
-    diffs = [f"{s}.{k}" for s in now if isinstance(now[s], dict) for k in now[s]
-             if f"{s}.{k}" not in skip and (saved.get(s) or {}).get(k) != settled.get(f"{s}.{k}", now[s][k])]
-    return diffs + [k for k in now if not isinstance(now[k], dict) and k != "output_dir" and saved.get(k) != now[k]]
+    diffs = [
+        f"{s}.{k}"
+        for s in now
+        if isinstance(now[s], dict)
+        for k in now[s]
+        if f"{s}.{k}" not in skip and (saved.get(s) or {}).get(k) != settled.get(f"{s}.{k}", now[s][k])
+    ]
+    return diffs + [
+        k for k in now if not isinstance(now[k], dict) and k != "output_dir" and saved.get(k) != now[k]
+    ]
 
 
 def why_not_reusable(cfg: Config, run_dir: Path) -> str | None:
@@ -106,8 +115,10 @@ def bench_entry(run_dir: str, cache: str, base_cache: str, settings: dict) -> di
     cfg = finished_run_config(Path(run_dir))
     base_key = {"task": cfg.task, "model": cfg.model.name, **settings}
     if _cached(Path(base_cache), base_key) is None:
-        write_json_atomic({"key": base_key, "result": {**result, "variants": {"base": result["variants"]["base"]}}},
-                          Path(base_cache))
+        write_json_atomic(
+            {"key": base_key, "result": {**result, "variants": {"base": result["variants"]["base"]}}},
+            Path(base_cache),
+        )
     return result
 
 

@@ -21,13 +21,19 @@ def fit_max_length(cfg, model) -> None:
     fitted = limit - inserted_tokens
     if not getattr(cfg, "_max_length_is_default", False):
         extra = f" minus the {inserted_tokens} virtual tokens of the method" if inserted_tokens else ""
-        raise ConfigError(f"data.max_length: {cfg.data.max_length} is more than model '{cfg.model.name}' "
-                          f"can read ({limit} positions{extra}); set data.max_length to {fitted} or less")
+        raise ConfigError(
+            f"data.max_length: {cfg.data.max_length} is more than model '{cfg.model.name}' "
+            f"can read ({limit} positions{extra}); set data.max_length to {fitted} or less"
+        )
     if fitted < 2:
-        raise UserError(f"model '{cfg.model.name}' reads at most {limit} positions, too few for the "
-                        f"{inserted_tokens} virtual tokens of method.num_virtual_tokens; lower it")
-    log(f"data.max_length: the task's default {cfg.data.max_length} is more than model '{cfg.model.name}' "
-        f"can read ({limit} positions{f' minus {inserted_tokens} virtual tokens' if inserted_tokens else ''}); "
-        f"using {fitted}, longer inputs are cut")
+        raise UserError(
+            f"model '{cfg.model.name}' reads at most {limit} positions, too few for the "
+            f"{inserted_tokens} virtual tokens of method.num_virtual_tokens; lower it"
+        )
+    log(
+        f"data.max_length: the task's default {cfg.data.max_length} is more than model '{cfg.model.name}' "
+        f"can read ({limit} "
+        f"positions{f' minus {inserted_tokens} virtual tokens' if inserted_tokens else ''}); "
+        f"using {fitted}, longer inputs are cut"
+    )
     cfg.data.max_length = fitted
-

@@ -43,17 +43,22 @@ class TaskConfig(Config):
         added = registered(spec.metric_kind) if spec.metric_kind else {}  # metrics a user registered
         best = (*spec.best_metrics, *added) if spec.best_metrics else None
         if best and t.metric_for_best not in best:
-            raise ValueError(f"train.metric_for_best: {spec.name} runs evaluate "
-                             f"{', '.join(best[:-1])} and {best[-1]} during "
-                             f"training, not '{t.metric_for_best}'; use "
-                             f"{', '.join(best[:-1])} or {best[-1]}")
+            raise ValueError(
+                f"train.metric_for_best: {spec.name} runs evaluate "
+                f"{', '.join(best[:-1])} and {best[-1]} during "
+                f"training, not '{t.metric_for_best}'; use "
+                f"{', '.join(best[:-1])} or {best[-1]}"
+            )
         if t.greater_is_better is None:
             metric = added.get(t.metric_for_best)
-            t.greater_is_better = (metric.greater_is_better if metric
-                                   else t.metric_for_best not in spec.lower_is_better)
+            t.greater_is_better = (
+                metric.greater_is_better if metric else t.metric_for_best not in spec.lower_is_better
+            )
         if t.compile and t.int8_base in ("backward", "on"):
-            raise ValueError(f"train.int8_base: {t.int8_base} and train.compile: true do not combine (torch.compile "
-                             "does not trace the int8 layers); set train.int8_base: off or train.compile: false")
+            raise ValueError(
+                f"train.int8_base: {t.int8_base} and train.compile: true do not combine (torch.compile "
+                "does not trace the int8 layers); set train.int8_base: off or train.compile: false"
+            )
         if t.learning_rate is None:
             t.learning_rate = get_method(self.method.name).lr_for(self.task)
         if spec.check is not None:
@@ -71,11 +76,17 @@ def config_class(task: str) -> type[Config]:
     built, cls = _CONFIG_CLASSES.get(task, (None, None))
     if built is not spec:
         fields: dict[str, Any] = {
-            "task": (Literal[spec.name], Field(spec.name, description=Config.model_fields["task"].description)),
-            "data": (spec.data_options, Field(default_factory=spec.data_options))}
+            "task": (
+                Literal[spec.name],
+                Field(spec.name, description=Config.model_fields["task"].description),
+            ),
+            "data": (spec.data_options, Field(default_factory=spec.data_options)),
+        }
         if spec.options is not None:
-            fields[spec.name] = (spec.options, Field(default_factory=spec.options,
-                                                     description=f"options of task {spec.name}"))
+            fields[spec.name] = (
+                spec.options,
+                Field(default_factory=spec.options, description=f"options of task {spec.name}"),
+            )
         cls = create_model(f"{spec.name.title().replace('_', '')}Config", __base__=TaskConfig, **fields)
         _CONFIG_CLASSES[task] = (spec, cls)
     return cls
@@ -121,9 +132,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             except TypeError:
                 continue  # an unhashable key: PyYAML reports it itself
             if repeated:
-                raise ConfigError(f"line {key_node.start_mark.line + 1}: key '{key}' is given twice "
-                                  f"(first on line {first}); the second would silently replace the "
-                                  "first. Merge the two into one")
+                raise ConfigError(
+                    f"line {key_node.start_mark.line + 1}: key '{key}' is given twice "
+                    f"(first on line {first}); the second would silently replace the "
+                    "first. Merge the two into one"
+                )
         return super().construct_mapping(node, deep=deep)
 
 
@@ -136,8 +149,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file (not UTF-8); a config is a YAML text file "
-                          "like configs/sst2_lora.yaml") from None
+        raise ConfigError(
+            f"{path}: not a text file (not UTF-8); a config is a YAML text file like configs/sst2_lora.yaml"
+        ) from None
     except ConfigError as exc:
         raise ConfigError(f"{path}, {exc}") from None
     except yaml.YAMLError as exc:
@@ -163,8 +177,10 @@ def _apply_override(raw: dict[str, Any], item: str, source: str | None = None) -
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             where = f" in {source}" if source else ""
-            raise ConfigError(f"override '{item}': '{part}'{where} is {child!r}, not a section; write it as "
-                              f"a mapping, e.g. `{part}: {{name: ...}}`")
+            raise ConfigError(
+                f"override '{item}': '{part}'{where} is {child!r}, not a section; write it as "
+                f"a mapping, e.g. `{part}: {{name: ...}}`"
+            )
         node = child
     try:
         node[parts[-1]] = yaml.safe_load(value) if value != "" else None
@@ -206,14 +222,22 @@ def _lookup(raw: Any, loc: list[str]) -> Any:
 def _other_task_owner(loc: list[str], cls: type[Config]) -> str | None:
     """'belongs to task sft' for a key that another task has (``data.packing`` on a classify run)."""
     task = cls.model_fields["task"].default
-    owners = [name for name, spec in sorted(available_tasks().items()) if name != task and (
-        (len(loc) == 2 and loc[0] == "data" and loc[1] in spec.data_options.model_fields)
-        or (len(loc) == 1 and loc[0] == name and spec.options is not None))]
+    owners = [
+        name
+        for name, spec in sorted(available_tasks().items())
+        if name != task
+        and (
+            (len(loc) == 2 and loc[0] == "data" and loc[1] in spec.data_options.model_fields)
+            or (len(loc) == 1 and loc[0] == name and spec.options is not None)
+        )
+    ]
     if not owners:
         return None
     named = " and ".join(", ".join(f"'{o}'" for o in owners).rsplit(", ", 1))
-    return (f"an option of task{'s' if len(owners) > 1 else ''} {named}, but this config has task: {task}; "
-            f"set task: {owners[-1] if len(owners) > 1 else owners[0]}, or remove the key")
+    return (
+        f"an option of task{'s' if len(owners) > 1 else ''} {named}, but this config has task: {task}; "
+        f"set task: {owners[-1] if len(owners) > 1 else owners[0]}, or remove the key"
+    )
 
 
 def _section_class(cls: type[BaseModel], part: str) -> type[BaseModel] | None:
@@ -232,12 +256,13 @@ def _suggest(loc: list[str], cls: type[BaseModel]) -> str:
         return ""
     key = loc[-1]
     if len(loc) == 1:
-        homes = [f"{section}.{key}" for section in cls.model_fields
-                 if (sub := _section_class(cls, section)) is not None and key in sub.model_fields]
+        homes = [
+            f"{section}.{key}"
+            for section in cls.model_fields
+            if (sub := _section_class(cls, section)) is not None and key in sub.model_fields
+        ]
         if homes:
             return f"; it belongs in a section: did you mean `{homes[0]}`?"
     if f"{key}_field" in model.model_fields:
         return f"; did you mean `{key}_field`? (it names the field of your rows that holds the {key})"
     return suggest_key(key, list(model.model_fields))
-
-

@@ -9,8 +9,9 @@ from deltatune.config.schema import Config, DataConfig, GenerateConfig, ModelCon
 from deltatune.tasks import available_tasks
 
 
-def _reference_lines(prefix: str, model: type[BaseModel], note: str = "",
-                     skip: tuple[str, ...] = ()) -> list[str]:
+def _reference_lines(
+    prefix: str, model: type[BaseModel], note: str = "", skip: tuple[str, ...] = ()
+) -> list[str]:
     out = []
     for name, field in model.model_fields.items():
         ann = field.annotation
@@ -28,11 +29,10 @@ def config_reference() -> str:
     out = _reference_lines("", Config, skip=("method",))
     out += _reference_lines("model.", ModelConfig) + _reference_lines("data.", DataConfig)
     for name, spec in sorted(available_tasks().items()):
-        out += _reference_lines("data.", spec.data_options, f"   [task {name}]",
-                                skip=tuple(DataConfig.model_fields))
+        out += _reference_lines(
+            "data.", spec.data_options, f"   [task {name}]", skip=tuple(DataConfig.model_fields)
+        )
         if spec.options is not None:
             out += _reference_lines(f"{name}.", spec.options, f"   [task {name}]")
     out += _reference_lines("train.", TrainConfig) + _reference_lines("generate.", GenerateConfig)
     return "\n".join(out)
-
-

@@ -20,9 +20,17 @@ from deltatune.losses.lm import IGNORE_INDEX
 
 
 class LengthGroupedBatchSampler:
-    def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool = True,
-                 group_by_length: bool = True, seed: int = 0, group_size: int = 50,
-                 drop_last: bool = False):
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        group_by_length: bool = True,
+        seed: int = 0,
+        group_size: int = 50,
+        drop_last: bool = False,
+    ):
         self.lengths = list(lengths)
         self.batch_size, self.shuffle, self.group = batch_size, shuffle, group_by_length
         self.seed, self.group_size, self.drop_last = seed, group_size, drop_last
@@ -39,11 +47,11 @@ class LengthGroupedBatchSampler:
         if self.group:
             if self.shuffle:
                 mega = self.batch_size * self.group_size
-                chunks = [order[i:i + mega] for i in range(0, len(order), mega)]
+                chunks = [order[i : i + mega] for i in range(0, len(order), mega)]
             else:
                 chunks = [order]
             order = [i for c in chunks for i in sorted(c, key=lambda j: -self.lengths[j])]
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         if self.shuffle and self.group:
@@ -62,7 +70,8 @@ def pad_collate(features: list[dict], pad_token_id: int) -> dict[str, torch.Tens
     """Right-pad ``input_ids`` (and ``token_type_ids``) to the batch's longest example.
 
     Returns ``input_ids`` (B, T), ``attention_mask`` (B, T), optional ``token_type_ids`` (B, T) and
-    ``labels`` (B,) (multi-label: (B, C) float), plus ``num_units`` = B (the loss normaliser for exact accumulation).
+    ``labels`` (B,) (multi-label: (B, C) float), plus ``num_units`` = B (the loss normaliser for exact
+    accumulation).
     """
     longest = max(len(f["input_ids"]) for f in features)
     batch_size = len(features)
@@ -106,21 +115,27 @@ def padding_free_parts(lengths: Sequence[int], overhead: int = PART_OVERHEAD_TOK
                 best[j], cut[j] = cost, i
     parts, j = [], n
     while j > 0:
-        parts.append(order[cut[j]:j])
+        parts.append(order[cut[j] : j])
         j = cut[j]
     return parts[::-1]
 
 
 def sft_collate_parts(features: list[dict], pad_token_id: int, attention_mask: bool = True) -> dict:
     """One batch as padding-free parts: ``{"parts": [batch, ...], "num_units", "num_tokens"}``."""
-    parts = [sft_collate([features[i] for i in idx], pad_token_id, attention_mask)
-             for idx in padding_free_parts([len(f["input_ids"]) for f in features])]
-    return {"parts": parts, "num_units": sum(p["num_units"] for p in parts),
-            "num_tokens": sum(p["num_tokens"] for p in parts)}
+    parts = [
+        sft_collate([features[i] for i in idx], pad_token_id, attention_mask)
+        for idx in padding_free_parts([len(f["input_ids"]) for f in features])
+    ]
+    return {
+        "parts": parts,
+        "num_units": sum(p["num_units"] for p in parts),
+        "num_tokens": sum(p["num_tokens"] for p in parts),
+    }
 
 
-def sft_collate(features: list[dict], pad_token_id: int,
-                attention_mask: bool = True) -> dict[str, torch.Tensor]:
+def sft_collate(
+    features: list[dict], pad_token_id: int, attention_mask: bool = True
+) -> dict[str, torch.Tensor]:
     """Right-pad a batch. Packed rows (with ``lengths``) get ``position_ids`` restarting at 0 for
     every example and no attention mask: transformers then masks attention block-diagonally (or uses
     varlen flash attention), so examples never see each other. Unpacked rows get an attention mask
@@ -142,12 +157,18 @@ def sft_collate(features: list[dict], pad_token_id: int,
         ids[i, :n] = torch.as_tensor(f["input_ids"])
         labels[i, :n] = torch.as_tensor(f["labels"])
         if packed:
-            pos = [torch.arange(k) for k in f["lengths"]] + ([torch.arange(longest - n)] if longest > n else [])
+            pos = [torch.arange(k) for k in f["lengths"]] + (
+                [torch.arange(longest - n)] if longest > n else []
+            )
             extra[i] = torch.cat(pos)
         else:
             extra[i, :n] = 1
-    out = {"input_ids": ids, "labels": labels, "num_units": (labels != IGNORE_INDEX).sum(),
-           "num_tokens": torch.tensor(sum(len(f["input_ids"]) for f in features))}
+    out = {
+        "input_ids": ids,
+        "labels": labels,
+        "num_units": (labels != IGNORE_INDEX).sum(),
+        "num_tokens": torch.tensor(sum(len(f["input_ids"]) for f in features)),
+    }
     if packed:
         out["position_ids"] = extra
     elif attention_mask:

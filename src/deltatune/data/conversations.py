@@ -21,11 +21,32 @@ from typing import Sequence
 from deltatune.data.readers import Row
 from deltatune.errors import ConfigError, DataError
 
-FIELD_NAMES = ("instruction", "input", "output", "history", "system", "messages", "prompt",
-               "completion", "text", "role", "content", "chosen", "rejected", "margin")
+FIELD_NAMES = (
+    "instruction",
+    "input",
+    "output",
+    "history",
+    "system",
+    "messages",
+    "prompt",
+    "completion",
+    "text",
+    "role",
+    "content",
+    "chosen",
+    "rejected",
+    "margin",
+)
 LAYOUTS = ("alpaca", "messages", "prompt_completion", "text")
-_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant",
-          "gpt": "assistant", "bot": "assistant", "model": "assistant"}
+_ROLES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+}
 
 
 @dataclass
@@ -50,7 +71,7 @@ class Conversation:
         if self.messages and self.messages[-1]["role"] == "user":
             return self.messages
         answers = [i for i, m in enumerate(self.messages) if m["role"] == "assistant"]
-        return self.messages[:answers[-1]] if answers else []
+        return self.messages[: answers[-1]] if answers else []
 
     @property
     def reference(self) -> str | None:
@@ -90,18 +111,30 @@ def detect_layout(row: Row, fields: FieldMap, require_response: bool = True) -> 
         return "text"
     absent = [f"{ours}: {theirs}" for ours, theirs in fields.mapping.items() if theirs not in row]
     if absent:
-        raise DataError(f"data.fields maps {', '.join(absent)}, but this row has no such field (its fields: "
-                        f"{', '.join(map(str, row))}); fix the names in data.fields",
-                        path=row.path, line=row.line)
-    raise DataError(f"cannot tell the layout of this row from its fields ({', '.join(map(str, row))}); "
-                    "expected instruction+output (alpaca), messages, prompt+completion, or text. "
-                    "Set data.layout and map your names with data.fields, e.g. "
-                    "fields: {instruction: question, output: answer}", path=row.path, line=row.line)
+        raise DataError(
+            f"data.fields maps {', '.join(absent)}, but this row has no such field (its fields: "
+            f"{', '.join(map(str, row))}); fix the names in data.fields",
+            path=row.path,
+            line=row.line,
+        )
+    raise DataError(
+        f"cannot tell the layout of this row from its fields ({', '.join(map(str, row))}); "
+        "expected instruction+output (alpaca), messages, prompt+completion, or text. "
+        "Set data.layout and map your names with data.fields, e.g. "
+        "fields: {instruction: question, output: answer}",
+        path=row.path,
+        line=row.line,
+    )
 
 
-def rows_to_conversations(rows: Sequence[Row], layout: str = "auto", fields: FieldMap | None = None,
-                          system_prompt: str | None = None, require_response: bool = True,
-                          allow_empty_answer: bool = False) -> list[Conversation]:
+def rows_to_conversations(
+    rows: Sequence[Row],
+    layout: str = "auto",
+    fields: FieldMap | None = None,
+    system_prompt: str | None = None,
+    require_response: bool = True,
+    allow_empty_answer: bool = False,
+) -> list[Conversation]:
     """Convert rows (all of one layout) to conversations. ``require_response=False`` accepts
     prompt-only rows (alpaca without ``output``, chats ending with a user message): for generation.
     ``allow_empty_answer``: an empty answer is kept (the encoder drops it, counted) instead of an error."""
@@ -110,8 +143,12 @@ def rows_to_conversations(rows: Sequence[Row], layout: str = "auto", fields: Fie
         return []
     if layout == "auto":
         layout = detect_layout(rows[0], fields, require_response)
-    convert = {"alpaca": _alpaca, "messages": _messages, "prompt_completion": _prompt_completion,
-               "text": _text_row}[layout]
+    convert = {
+        "alpaca": _alpaca,
+        "messages": _messages,
+        "prompt_completion": _prompt_completion,
+        "text": _text_row,
+    }[layout]
     out = []
     for row in rows:
         conv = convert(row, fields, require_response, allow_empty_answer)
@@ -131,10 +168,17 @@ def _get(row: Row, fields: FieldMap, name: str, required: bool = True):
     import difflib
 
     guess = difflib.get_close_matches(key, [str(k) for k in row], n=1, cutoff=0.5)
-    hint = (f"did you mean '{guess[0]}'? Map it with `data.fields: {{{name}: {guess[0]}}}`" if guess
-            else f"map the field that holds it with `data.fields: {{{name}: <your field>}}`")
-    raise DataError(f"missing field '{key}'; this row has {', '.join(map(str, row)) or 'no fields'}; {hint}",
-                    path=row.path, line=row.line, field=key)
+    hint = (
+        f"did you mean '{guess[0]}'? Map it with `data.fields: {{{name}: {guess[0]}}}`"
+        if guess
+        else f"map the field that holds it with `data.fields: {{{name}: <your field>}}`"
+    )
+    raise DataError(
+        f"missing field '{key}'; this row has {', '.join(map(str, row)) or 'no fields'}; {hint}",
+        path=row.path,
+        line=row.line,
+        field=key,
+    )
 
 
 def _string(value, row: Row, name: str, allow_empty: bool = False) -> str:
@@ -142,8 +186,7 @@ def _string(value, row: Row, name: str, allow_empty: bool = False) -> str:
         value = str(value)
     if not isinstance(value, str):
         shown = "null" if value is None else type(value).__name__
-        raise DataError(f"expected text (a string), got {shown}", path=row.path, line=row.line,
-                        field=name)
+        raise DataError(f"expected text (a string), got {shown}", path=row.path, line=row.line, field=name)
     if not allow_empty and not value.strip():
         raise DataError("the text is empty", path=row.path, line=row.line, field=name)
     return value
@@ -160,10 +203,13 @@ def _alpaca(row: Row, fields: FieldMap, need_answer: bool = True, allow_empty: b
     if system:
         msgs.append({"role": "system", "content": _string(system, row, fields["system"])})
     history = _get(row, fields, "history", required=False) or []
-    if not isinstance(history, list) or any(not isinstance(t, (list, tuple)) or len(t) != 2
-                                            for t in history):
-        raise DataError("history must be a list of [user, assistant] pairs", path=row.path,
-                        line=row.line, field=fields["history"])
+    if not isinstance(history, list) or any(not isinstance(t, (list, tuple)) or len(t) != 2 for t in history):
+        raise DataError(
+            "history must be a list of [user, assistant] pairs",
+            path=row.path,
+            line=row.line,
+            field=fields["history"],
+        )
     for user, assistant in history:
         msgs.append(_user(_string(user, row, fields["history"]), ""))
         msgs.append({"role": "assistant", "content": _string(assistant, row, fields["history"])})
@@ -184,44 +230,66 @@ def _message_list(value, row: Row, name: str, fields: FieldMap) -> list[dict]:
     for i, m in enumerate(value):
         where = f"{name}[{i}]"
         if not isinstance(m, dict):
-            raise DataError("each message must be an object with role and content", path=row.path,
-                            line=row.line, field=where)
+            raise DataError(
+                "each message must be an object with role and content",
+                path=row.path,
+                line=row.line,
+                field=where,
+            )
         role = m.get(fields["role"], m.get("from"))
         content = m.get(fields["content"], m.get("value"))
         if role not in _ROLES:
-            raise DataError(f"unknown role {role!r}; use system, user or assistant (or map the key "
-                            "with data.fields: {role: ...})", path=row.path, line=row.line, field=where)
+            raise DataError(
+                f"unknown role {role!r}; use system, user or assistant (or map the key "
+                "with data.fields: {role: ...})",
+                path=row.path,
+                line=row.line,
+                field=where,
+            )
         out.append({"role": _ROLES[role], "content": _string(content, row, where, allow_empty=True)})
     return out
 
 
-def _messages(row: Row, fields: FieldMap, need_answer: bool = True, allow_empty: bool = False) -> Conversation:
+def _messages(
+    row: Row, fields: FieldMap, need_answer: bool = True, allow_empty: bool = False
+) -> Conversation:
     key = fields["messages"] if fields["messages"] in row else "conversations"
-    msgs = _message_list(_get(row, fields, "messages") if key != "conversations" else row[key],
-                         row, key, fields)
+    msgs = _message_list(
+        _get(row, fields, "messages") if key != "conversations" else row[key], row, key, fields
+    )
     answered = any(m["role"] == "assistant" and m["content"].strip() for m in msgs)
     if need_answer and not allow_empty and not answered:
-        raise DataError("no assistant message with content: nothing to train on", path=row.path,
-                        line=row.line, field=key)
+        raise DataError(
+            "no assistant message with content: nothing to train on", path=row.path, line=row.line, field=key
+        )
     return Conversation(msgs, line=row.line)
 
 
-def _prompt_completion(row: Row, fields: FieldMap, need_answer: bool = True,
-                       allow_empty: bool = False) -> Conversation:
+def _prompt_completion(
+    row: Row, fields: FieldMap, need_answer: bool = True, allow_empty: bool = False
+) -> Conversation:
     prompt, completion = _get(row, fields, "prompt"), _get(row, fields, "completion")
     if isinstance(prompt, list):  # conversational pair (TRL's layout)
         msgs = _message_list(prompt, row, fields["prompt"], fields)
         answer = _message_list(completion, row, fields["completion"], fields)
         if not allow_empty and not any(m["role"] == "assistant" and m["content"].strip() for m in answer):
-            raise DataError("the completion has no assistant message with content: nothing to train on",
-                            path=row.path, line=row.line, field=fields["completion"])
+            raise DataError(
+                "the completion has no assistant message with content: nothing to train on",
+                path=row.path,
+                line=row.line,
+                field=fields["completion"],
+            )
         return Conversation(msgs + answer, line=row.line)
-    msgs = [{"role": "user", "content": _string(prompt, row, fields["prompt"])},
-            {"role": "assistant", "content": _string(completion, row, fields["completion"], allow_empty)}]
+    msgs = [
+        {"role": "user", "content": _string(prompt, row, fields["prompt"])},
+        {"role": "assistant", "content": _string(completion, row, fields["completion"], allow_empty)},
+    ]
     return Conversation(msgs, raw=True, line=row.line)
 
 
-def _text_row(row: Row, fields: FieldMap, need_answer: bool = True, allow_empty: bool = False) -> Conversation:
+def _text_row(
+    row: Row, fields: FieldMap, need_answer: bool = True, allow_empty: bool = False
+) -> Conversation:
     text = _string(_get(row, fields, "text"), row, fields["text"])
     return Conversation([{"role": "assistant", "content": text}], raw=True, line=row.line)
 
@@ -230,14 +298,23 @@ def read_conversations(path: str, data, require_response: bool = True) -> list[C
     """Conversations of one file read with a run's ``data`` options (layout, fields, system prompt)."""
     from deltatune.data.readers import read_rows
 
-    return rows_to_conversations(read_rows(path, data.format), data.layout, FieldMap(data.fields),
-                                 data.system_prompt, require_response=require_response,
-                                 allow_empty_answer=getattr(data, "empty_answers", "error") == "drop")
+    return rows_to_conversations(
+        read_rows(path, data.format),
+        data.layout,
+        FieldMap(data.fields),
+        data.system_prompt,
+        require_response=require_response,
+        allow_empty_answer=getattr(data, "empty_answers", "error") == "drop",
+    )
 
 
 def load_splits(data, seed: int) -> dict[str, list[Conversation]]:
     """train / validation / test conversations (validation from a seeded split when asked)."""
     from deltatune.data.readers import read_splits
 
-    return read_splits(lambda path: read_conversations(path, data), data, seed,
-                       "instruction data (.jsonl, .json, .csv, .tsv or .parquet)")
+    return read_splits(
+        lambda path: read_conversations(path, data),
+        data,
+        seed,
+        "instruction data (.jsonl, .json, .csv, .tsv or .parquet)",
+    )

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from deltatune.data.templates import Segments, Template, bos_to_add, continuation_prefixes, encode_piece
 from deltatune.data.conversations import Conversation
+from deltatune.data.templates import Segments, Template, bos_to_add, continuation_prefixes, encode_piece
 from deltatune.losses.lm import IGNORE_INDEX
 
 
@@ -33,10 +33,15 @@ def encode_segments(tokenizer, segments: Segments) -> tuple[list[int], list[int]
 def encode_segments_many(tokenizer, many: Sequence[Segments]) -> list[tuple[list[int], list[int]]]:
     """:func:`encode_segments` of each segment list, with every piece encoded in one batch call of the
     fast tokenizer (pieces whose continuation sentinel merges with the text fall back to
-    :func:`encode_piece`); the same ids and labels (``tests/unit/data/test_templates_and_masks.py`` compares them)."""
+    :func:`encode_piece`); the same ids and labels (``tests/unit/data/test_templates_and_masks.py`` compares
+    them)."""
     prefixes = continuation_prefixes(tokenizer)
     sentinel, head = prefixes[0] if prefixes else ("", ())
-    texts = [(sentinel + text if n and prefixes else text) for segments in many for n, (text, _) in enumerate(segments)]
+    texts = [
+        (sentinel + text if n and prefixes else text)
+        for segments in many
+        for n, (text, _) in enumerate(segments)
+    ]
     pieces = iter(encode_untruncated(tokenizer, texts, special=False)[0] if texts else [])
     out = []
     for segments in many:
@@ -45,7 +50,11 @@ def encode_segments_many(tokenizer, many: Sequence[Segments]) -> list[tuple[list
         for n, (text, trained) in enumerate(segments):
             piece = next(pieces)
             if n and prefixes:
-                piece = piece[len(head):] if tuple(piece[:len(head)]) == head else encode_piece(tokenizer, text, True)
+                piece = (
+                    piece[len(head) :]
+                    if tuple(piece[: len(head)]) == head
+                    else encode_piece(tokenizer, text, True)
+                )
             ids += piece
             labels += piece if trained else [IGNORE_INDEX] * len(piece)
         if labels:
@@ -66,19 +75,27 @@ class EncodeStats:
         return self.examples - self.dropped_too_long - self.dropped_no_target
 
 
-def encode_conversations(convs: Sequence[Conversation], template: Template, tokenizer,
-                         max_length: int | None = None, truncation: str = "truncate"
-                         ) -> tuple[list[dict], EncodeStats]:
+def encode_conversations(
+    convs: Sequence[Conversation],
+    template: Template,
+    tokenizer,
+    max_length: int | None = None,
+    truncation: str = "truncate",
+) -> tuple[list[dict], EncodeStats]:
     """Features ``{input_ids, labels, line}`` for each kept example, and the counts. An example whose
     answers are all empty (``data.empty_answers: drop``) counts as one without target tokens."""
-    feats = [dict(zip(("input_ids", "labels"), encode_segments(tokenizer, template.segments(c))), line=c.line)
-             if any(m["role"] == "assistant" and m["content"].strip() for m in c.messages)
-             else {"input_ids": [], "labels": [], "line": c.line} for c in convs]
+    feats = [
+        dict(zip(("input_ids", "labels"), encode_segments(tokenizer, template.segments(c))), line=c.line)
+        if any(m["role"] == "assistant" and m["content"].strip() for m in c.messages)
+        else {"input_ids": [], "labels": [], "line": c.line}
+        for c in convs
+    ]
     return apply_max_length(feats, max_length, truncation)
 
 
-def apply_max_length(feats: Sequence[dict], max_length: int | None,
-                     truncation: str = "truncate") -> tuple[list[dict], EncodeStats]:
+def apply_max_length(
+    feats: Sequence[dict], max_length: int | None, truncation: str = "truncate"
+) -> tuple[list[dict], EncodeStats]:
     """Cut (``truncate``) or drop over-long examples; drop those left without target tokens."""
     kept, stats = [], EncodeStats(examples=len(feats))
     for f in feats:
@@ -103,15 +120,23 @@ def prompt_ids(tokenizer, template: Template, messages: list[dict]) -> list[int]
 def encode_untruncated(tokenizer, texts: list[str], pairs: list[str] | None = None, special: bool = True):
     """``(input_ids, token_type_ids)`` lists of ``tokenizer(texts, pairs, add_special_tokens=special)``
     (no truncation, no padding), read straight from the fast tokenizer's Rust encodings: the same ids
-    (``tests/unit/data/test_token_cache.py`` compares them) without building a ``BatchEncoding`` row by row."""
+    (``tests/unit/data/test_token_cache.py`` compares them) without building a ``BatchEncoding`` row by
+    row."""
     from transformers.tokenization_utils_base import PaddingStrategy, TruncationStrategy
 
-    tokenizer.set_truncation_and_padding(padding_strategy=PaddingStrategy.DO_NOT_PAD,
-                                         truncation_strategy=TruncationStrategy.DO_NOT_TRUNCATE,
-                                         max_length=None, stride=0, pad_to_multiple_of=None, padding_side=None)
+    tokenizer.set_truncation_and_padding(
+        padding_strategy=PaddingStrategy.DO_NOT_PAD,
+        truncation_strategy=TruncationStrategy.DO_NOT_TRUNCATE,
+        max_length=None,
+        stride=0,
+        pad_to_multiple_of=None,
+        padding_side=None,
+    )
     backend = tokenizer.backend_tokenizer
     split = bool(getattr(tokenizer, "split_special_tokens", False))
     if backend.encode_special_tokens != split:
         backend.encode_special_tokens = split
-    encodings = backend.encode_batch(texts if pairs is None else list(zip(texts, pairs)), add_special_tokens=special)
+    encodings = backend.encode_batch(
+        texts if pairs is None else list(zip(texts, pairs)), add_special_tokens=special
+    )
     return [e.ids for e in encodings], [e.type_ids for e in encodings]

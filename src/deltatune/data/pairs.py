@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
 from deltatune.data.conversations import FieldMap, _get, _message_list, _string
 from deltatune.data.readers import Row, read_rows, split_then_sample
 from deltatune.errors import ConfigError, DataError
-
 
 PAIR_LAYOUTS = ("prompt_chosen_rejected", "hh", "messages")
 
@@ -47,8 +47,7 @@ class PairStats:
 
     @property
     def kept(self) -> int:
-        return (self.rows - self.skipped_prompt_mismatch - self.dropped_too_long
-                - self.dropped_no_answer)
+        return self.rows - self.skipped_prompt_mismatch - self.dropped_too_long - self.dropped_no_answer
 
 
 def hh_messages(text: str) -> list[dict] | None:
@@ -56,7 +55,9 @@ def hh_messages(text: str) -> list[dict] | None:
     parts = _HH_TURN.split(text)
     if len(parts) < 3 or parts[0].strip():
         return None
-    return [{"role": _HH_ROLES[role], "content": body.strip()} for role, body in zip(parts[1::2], parts[2::2])]
+    return [
+        {"role": _HH_ROLES[role], "content": body.strip()} for role, body in zip(parts[1::2], parts[2::2])
+    ]
 
 
 def _hh_pair(row: Row, fields: FieldMap) -> PreferencePair | None:
@@ -64,9 +65,13 @@ def _hh_pair(row: Row, fields: FieldMap) -> PreferencePair | None:
     rejected = hh_messages(_string(_get(row, fields, "rejected"), row, fields["rejected"]))
     for name, msgs in (("chosen", chosen), ("rejected", rejected)):
         if not msgs or msgs[-1]["role"] != "assistant":
-            raise DataError("not an HH-RLHF transcript (\\n\\nHuman: … \\n\\nAssistant: … ending with an "
-                            "Assistant turn); set data.layout for other layouts", path=row.path, line=row.line,
-                            field=fields[name])
+            raise DataError(
+                "not an HH-RLHF transcript (\\n\\nHuman: … \\n\\nAssistant: … ending with an "
+                "Assistant turn); set data.layout for other layouts",
+                path=row.path,
+                line=row.line,
+                field=fields[name],
+            )
     if chosen[:-1] != rejected[:-1]:
         return None  # the two transcripts differ before the last answer: no shared prompt
     return PreferencePair(chosen[:-1], chosen[-1]["content"], rejected[-1]["content"], row.line)
@@ -77,21 +82,29 @@ def _answer(value, row: Row, name: str, fields: FieldMap) -> tuple[list[dict], s
     if isinstance(value, list):
         msgs = _message_list(value, row, name, fields)
         if msgs[-1]["role"] != "assistant":
-            raise DataError("the last message must be the assistant's answer", path=row.path, line=row.line,
-                            field=name)
+            raise DataError(
+                "the last message must be the assistant's answer", path=row.path, line=row.line, field=name
+            )
         return msgs[:-1], msgs[-1]["content"]
     return [], _string(value, row, name)
 
 
 def _explicit_pair(row: Row, fields: FieldMap) -> PreferencePair:
     prompt = _get(row, fields, "prompt")
-    messages = (_message_list(prompt, row, fields["prompt"], fields) if isinstance(prompt, list)
-                else [{"role": "user", "content": _string(prompt, row, fields["prompt"])}])
+    messages = (
+        _message_list(prompt, row, fields["prompt"], fields)
+        if isinstance(prompt, list)
+        else [{"role": "user", "content": _string(prompt, row, fields["prompt"])}]
+    )
     before_c, chosen = _answer(_get(row, fields, "chosen"), row, fields["chosen"], fields)
     before_r, rejected = _answer(_get(row, fields, "rejected"), row, fields["rejected"], fields)
     if before_c != before_r:
-        raise DataError("chosen and rejected hold different earlier messages; put the shared turns in "
-                        "the prompt", path=row.path, line=row.line, field=fields["chosen"])
+        raise DataError(
+            "chosen and rejected hold different earlier messages; put the shared turns in the prompt",
+            path=row.path,
+            line=row.line,
+            field=fields["chosen"],
+        )
     return PreferencePair(messages + before_c, chosen, rejected, row.line)
 
 
@@ -105,9 +118,13 @@ def _messages_pair(row: Row, fields: FieldMap) -> PreferencePair | None:
 
 def detect_pair_layout(row: Row, fields: FieldMap) -> str:
     if fields["chosen"] not in row or fields["rejected"] not in row:
-        raise DataError(f"a preference row needs '{fields['chosen']}' and '{fields['rejected']}' fields; this "
-                        f"row has {', '.join(map(str, row))}. Map yours with data.fields, e.g. "
-                        "fields: {chosen: good, rejected: bad}", path=row.path, line=row.line)
+        raise DataError(
+            f"a preference row needs '{fields['chosen']}' and '{fields['rejected']}' fields; this "
+            f"row has {', '.join(map(str, row))}. Map yours with data.fields, e.g. "
+            "fields: {chosen: good, rejected: bad}",
+            path=row.path,
+            line=row.line,
+        )
     if fields["prompt"] in row:
         return "prompt_chosen_rejected"
     if isinstance(row[fields["chosen"]], list):
@@ -115,15 +132,18 @@ def detect_pair_layout(row: Row, fields: FieldMap) -> str:
     return "hh"
 
 
-def rows_to_pairs(rows: list[Row], layout: str = "auto", fields: FieldMap | None = None,
-                  system_prompt: str | None = None) -> tuple[list[PreferencePair], PairStats]:
+def rows_to_pairs(
+    rows: list[Row], layout: str = "auto", fields: FieldMap | None = None, system_prompt: str | None = None
+) -> tuple[list[PreferencePair], PairStats]:
     """Pairs of one file, and what was skipped (pairs without a shared prompt)."""
     fields = fields or FieldMap()
     if layout == "auto":
         layout = detect_pair_layout(rows[0], fields) if rows else "prompt_chosen_rejected"
     if layout not in PAIR_LAYOUTS:
-        raise ConfigError(f"data.layout: '{layout}' is not a preference layout; use auto or one of "
-                          f"{', '.join(PAIR_LAYOUTS)}")
+        raise ConfigError(
+            f"data.layout: '{layout}' is not a preference layout; use auto or one of "
+            f"{', '.join(PAIR_LAYOUTS)}"
+        )
     convert = {"hh": _hh_pair, "prompt_chosen_rejected": _explicit_pair, "messages": _messages_pair}[layout]
     pairs, stats = [], PairStats(rows=len(rows))
     for row in rows:
@@ -154,8 +174,9 @@ def load_pair_splits(data, seed: int) -> tuple[dict[str, list[PreferencePair]], 
     validation = None
     if data.validation:
         validation, stats["validation"] = read_pairs(data.validation, data)
-    splits["train"], validation = split_then_sample(splits["train"], validation, data.validation_split,
-                                                    data.max_train_samples, seed)
+    splits["train"], validation = split_then_sample(
+        splits["train"], validation, data.validation_split, data.max_train_samples, seed
+    )
     if validation is not None:
         splits["validation"] = validation
         stats.setdefault("validation", PairStats(rows=len(validation)))

@@ -29,8 +29,7 @@ from typing import Callable, Iterator
 from deltatune.errors import DataError
 
 FORMATS = ("jsonl", "json", "csv", "tsv")
-_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
-               ".tsv": "tsv"}
+_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
 _EXAMPLE_OBJECT = '{"text": "a great film", "label": 1}'
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
@@ -72,12 +71,14 @@ def read_rows(path: str | Path, fmt: str | None = None) -> list[Row]:
     fmt = _resolve_format(path, fmt)
     text = _decode(_read_bytes(path), path)
     if not text.strip():
-        raise DataError(f"the file is empty; a {fmt} file needs at least one row "
-                        f"({_FORMAT_HINTS[fmt]}).", path=path)
+        raise DataError(
+            f"the file is empty; a {fmt} file needs at least one row ({_FORMAT_HINTS[fmt]}).", path=path
+        )
     rows = _READERS[fmt](text, path)
     if not rows:
-        raise DataError(f"no rows found; a {fmt} file needs at least one row "
-                        f"({_FORMAT_HINTS[fmt]}).", path=path)
+        raise DataError(
+            f"no rows found; a {fmt} file needs at least one row ({_FORMAT_HINTS[fmt]}).", path=path
+        )
     return rows
 
 
@@ -94,7 +95,9 @@ def iter_rows(path: str | Path, fmt: str | None = None) -> Iterator[Row]:
     path = str(path)
     columnar = table_format(path, fmt)
     if columnar is not None:
-        yield from (Row.make(record, path, i + 1) for i, record in enumerate(iter_table_records(path, columnar)))
+        yield from (
+            Row.make(record, path, i + 1) for i, record in enumerate(iter_table_records(path, columnar))
+        )
         return
     _check_is_file(path)
     fmt = _resolve_format(path, fmt)
@@ -106,8 +109,9 @@ def iter_rows(path: str | Path, fmt: str | None = None) -> Iterator[Row]:
             if fmt == "jsonl":
                 yield from _iter_jsonl(_utf8_lines(fh), path)
             else:
-                yield from _iter_delimited(io.TextIOWrapper(fh, encoding="utf-8-sig", newline=""), path,
-                                           *_DIALECTS[fmt])
+                yield from _iter_delimited(
+                    io.TextIOWrapper(fh, encoding="utf-8-sig", newline=""), path, *_DIALECTS[fmt]
+                )
     except (UnicodeDecodeError, OSError) as e:
         raise DataError(f"cannot read the file as UTF-8 ({e})", path=path) from None
 
@@ -117,7 +121,7 @@ def _utf8_lines(fh) -> Iterator[str]:
     first = True
     for raw in fh:
         if first and raw.startswith(codecs.BOM_UTF8):
-            raw = raw[len(codecs.BOM_UTF8):]
+            raw = raw[len(codecs.BOM_UTF8) :]
         first = False
         yield raw[:-1].decode("utf-8") if raw.endswith(b"\n") else raw.decode("utf-8")
 
@@ -128,29 +132,40 @@ def _resolve_format(path: str, fmt: str | None) -> str:
     if fmt is not None:
         name = fmt.lower().lstrip(".")
         if name not in FORMATS:
-            raise DataError(f"unknown format '{fmt}'; supported formats are {supported}. "
-                            f"Set `data.format:` to one of them.", path=path)
+            raise DataError(
+                f"unknown format '{fmt}'; supported formats are {supported}. "
+                f"Set `data.format:` to one of them.",
+                path=path,
+            )
         return name
     suffix = Path(path).suffix.lower()
     if suffix in _EXTENSIONS:
         return _EXTENSIONS[suffix]
     shown = f"extension '{suffix}'" if suffix else "no file extension"
-    raise DataError(f"cannot tell the format from {shown}; supported formats are {supported} "
-                    f"(.jsonl, .json, .csv, .tsv), and parquet (a file, glob or folder), Arrow folders "
-                    f"from save_to_disk and hf://org/name hub datasets. Rename the file, or set `data.format:` "
-                    f"(e.g. `data.format: jsonl`) in the config.", path=path)
+    raise DataError(
+        f"cannot tell the format from {shown}; supported formats are {supported} "
+        f"(.jsonl, .json, .csv, .tsv), and parquet (a file, glob or folder), Arrow folders "
+        f"from save_to_disk and hf://org/name hub datasets. Rename the file, or set `data.format:` "
+        f"(e.g. `data.format: jsonl`) in the config.",
+        path=path,
+    )
 
 
 def _check_is_file(path: str) -> None:
     """A DataError for a missing path or a directory (before the format is guessed from a name)."""
     p = Path(path)
     if not p.exists():
-        raise DataError(f"file not found (looked for {p.resolve()}). Check the path in the "
-                        f"config; relative paths are resolved from the current directory.",
-                        path=path)
+        raise DataError(
+            f"file not found (looked for {p.resolve()}). Check the path in the "
+            f"config; relative paths are resolved from the current directory.",
+            path=path,
+        )
     if p.is_dir():
-        raise DataError("this is a directory, not a data file. Point the config at a "
-                        ".jsonl, .json, .csv or .tsv file inside it.", path=path)
+        raise DataError(
+            "this is a directory, not a data file. Point the config at a "
+            ".jsonl, .json, .csv or .tsv file inside it.",
+            path=path,
+        )
 
 
 class _DuplicateKey(ValueError):
@@ -166,8 +181,13 @@ def _unique_object(pairs: list[tuple[str, object]]) -> dict:
 
 
 def _duplicate_error(exc: _DuplicateKey, path: str, line: int) -> DataError:
-    return DataError(f"the key '{exc}' appears twice in one object; JSON readers would silently keep "
-                     f"only the last value. Remove one of them.", path=path, line=line, field=str(exc))
+    return DataError(
+        f"the key '{exc}' appears twice in one object; JSON readers would silently keep "
+        f"only the last value. Remove one of them.",
+        path=path,
+        line=line,
+        field=str(exc),
+    )
 
 
 def _read_bytes(path: str) -> bytes:
@@ -183,16 +203,19 @@ def _read_bytes(path: str) -> bytes:
 def _decode(data: bytes, path: str) -> str:
     """Strict UTF-8 decode; a bad byte is reported with its line and column."""
     if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]  # Excel writes a BOM; it is not part of the data
+        data = data[len(codecs.BOM_UTF8) :]  # Excel writes a BOM; it is not part of the data
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise DataError(f"byte 0x{data[e.start]:02x} at column {column} is not valid UTF-8. "
-                        f"Re-encode the file as UTF-8 (for example `iconv -f latin1 -t utf-8 "
-                        f"in.csv > out.csv`, or 'Save as UTF-8' in your editor).",
-                        path=path, line=line) from None
+        raise DataError(
+            f"byte 0x{data[e.start]:02x} at column {column} is not valid UTF-8. "
+            f"Re-encode the file as UTF-8 (for example `iconv -f latin1 -t utf-8 "
+            f"in.csv > out.csv`, or 'Save as UTF-8' in your editor).",
+            path=path,
+            line=line,
+        ) from None
 
 
 def _read_jsonl(text: str, path: str) -> list[Row]:
@@ -214,18 +237,24 @@ def _iter_jsonl(lines, path: str):
             hint = " Each line must be one complete JSON object, e.g. " + _EXAMPLE_OBJECT + "."
             if not count and line.lstrip().startswith("["):
                 hint = _LIST_HINT
-            raise DataError(f"not valid JSON: {e.msg} (column {e.colno}).{hint}",
-                            path=path, line=number) from None
+            raise DataError(
+                f"not valid JSON: {e.msg} (column {e.colno}).{hint}", path=path, line=number
+            ) from None
         if not isinstance(value, dict):
             hint = _LIST_HINT if isinstance(value, list) and not count else ""
-            raise DataError(f"expected a JSON object like {_EXAMPLE_OBJECT}, got "
-                            f"{_json_type(value)}.{hint}", path=path, line=number)
+            raise DataError(
+                f"expected a JSON object like {_EXAMPLE_OBJECT}, got {_json_type(value)}.{hint}",
+                path=path,
+                line=number,
+            )
         count += 1
         yield Row.make(value, path, number)
 
 
-_LIST_HINT = (" This looks like a JSON list (a .json file), not JSON Lines: rename the file to .json "
-              "or set `data.format: json`.")
+_LIST_HINT = (
+    " This looks like a JSON list (a .json file), not JSON Lines: rename the file to .json "
+    "or set `data.format: json`."
+)
 
 
 def _read_json(text: str, path: str) -> list[Row]:
@@ -245,11 +274,18 @@ def _read_json(text: str, path: str) -> list[Row]:
         except _DuplicateKey as e:
             raise _duplicate_error(e, path, line) from None
         except json.JSONDecodeError as e:
-            raise DataError(f"not valid JSON: {e.msg} (column {e.colno}) in item "
-                            f"{len(rows) + 1} of the list.", path=path, line=e.lineno) from None
+            raise DataError(
+                f"not valid JSON: {e.msg} (column {e.colno}) in item {len(rows) + 1} of the list.",
+                path=path,
+                line=e.lineno,
+            ) from None
         if not isinstance(value, dict):
-            raise DataError(f"item {len(rows) + 1} of the list should be a JSON object like "
-                            f"{_EXAMPLE_OBJECT}, got {_json_type(value)}.", path=path, line=line)
+            raise DataError(
+                f"item {len(rows) + 1} of the list should be a JSON object like "
+                f"{_EXAMPLE_OBJECT}, got {_json_type(value)}.",
+                path=path,
+                line=line,
+            )
         rows.append(Row.make(value, path, line))
         pos = _WHITESPACE.match(text, end).end()
         if pos < len(text) and text[pos] == ",":
@@ -260,8 +296,13 @@ def _read_json(text: str, path: str) -> list[Row]:
         _json_error(text, pos, "the list is never closed: add the final ']'", path)
     pos = _WHITESPACE.match(text, pos + 1).end()
     if pos < len(text):
-        _json_error(text, pos, "extra data after the closing ']' (one list of objects per "
-                    "file; for one object per line use .jsonl or `data.format: jsonl`)", path)
+        _json_error(
+            text,
+            pos,
+            "extra data after the closing ']' (one list of objects per "
+            "file; for one object per line use .jsonl or `data.format: jsonl`)",
+            path,
+        )
     return rows
 
 
@@ -273,11 +314,16 @@ def _reject_non_list(text: str, path: str) -> None:
         hint = ""
         if e.msg == "Extra data":
             hint = " This looks like JSON Lines: name the file .jsonl or set `data.format: jsonl`."
-        raise DataError(f"not valid JSON: {e.msg} (column {e.colno}).{hint}",
-                        path=path, line=e.lineno) from None
-    raise DataError(f"expected a JSON list of objects like [{_EXAMPLE_OBJECT}, ...], got "
-                    f"{_json_type(value)} at the top level. Wrap the records in [ ], or write "
-                    f"one object per line as .jsonl.", path=path, line=1)
+        raise DataError(
+            f"not valid JSON: {e.msg} (column {e.colno}).{hint}", path=path, line=e.lineno
+        ) from None
+    raise DataError(
+        f"expected a JSON list of objects like [{_EXAMPLE_OBJECT}, ...], got "
+        f"{_json_type(value)} at the top level. Wrap the records in [ ], or write "
+        f"one object per line as .jsonl.",
+        path=path,
+        line=1,
+    )
 
 
 def _json_error(text: str, pos: int, what: str, path: str) -> None:
@@ -289,14 +335,28 @@ def _json_error(text: str, pos: int, what: str, path: str) -> None:
 
 def _json_type(value) -> str:
     """How a JSON value reads in a message: 'a list', 'a string', ..."""
-    names = {list: "a list", str: "a string", bool: "a boolean", int: "a number",
-             float: "a number", type(None): "null"}
+    names = {
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 
 _DIALECTS = {  # delimiter, quoting, how to fix a malformed row
-    "csv": (",", csv.QUOTE_MINIMAL, 'put fields that contain commas in double quotes, e.g. "good, not great",1'),
-    "tsv": ("\t", csv.QUOTE_NONE, "a tab inside a value splits it in two: replace tabs inside values with spaces"),
+    "csv": (
+        ",",
+        csv.QUOTE_MINIMAL,
+        'put fields that contain commas in double quotes, e.g. "good, not great",1',
+    ),
+    "tsv": (
+        "\t",
+        csv.QUOTE_NONE,
+        "a tab inside a value splits it in two: replace tabs inside values with spaces",
+    ),
 }
 
 
@@ -342,11 +402,11 @@ def _iter_delimited(stream, path: str, delimiter: str, quoting: int, fix: str):
             elif values and (len(values) > 1 or values[0].strip()):
                 _wrong_width(values, header, header_line, path, line, fix)
     except csv.Error as e:
-        raise DataError(f"malformed row: {e}. Check the quoting on this line; {fix}.",
-                        path=path, line=start) from None
+        raise DataError(
+            f"malformed row: {e}. Check the quoting on this line; {fix}.", path=path, line=start
+        ) from None
     if not count:
-        raise DataError(f"has a header row ({', '.join(header)}) but no data rows below it.",
-                        path=path)
+        raise DataError(f"has a header row ({', '.join(header)}) but no data rows below it.", path=path)
 
 
 def _check_header(values: list[str], path: str, line: int) -> list[str]:
@@ -354,33 +414,55 @@ def _check_header(values: list[str], path: str, line: int) -> list[str]:
     names = [v.strip() for v in values]
     for i, name in enumerate(names):
         if not name:
-            raise DataError(f"column {i + 1} of the header row has no name. Give every column "
-                            f"a name (the first row of the file is the header).",
-                            path=path, line=line)
+            raise DataError(
+                f"column {i + 1} of the header row has no name. Give every column "
+                f"a name (the first row of the file is the header).",
+                path=path,
+                line=line,
+            )
         if name in names[:i]:
-            raise DataError(f"the header row names column '{name}' twice; column names must be "
-                            f"unique.", path=path, line=line, field=name)
+            raise DataError(
+                f"the header row names column '{name}' twice; column names must be unique.",
+                path=path,
+                line=line,
+                field=name,
+            )
     return names
 
 
-def _wrong_width(values: list[str], header: list[str], header_line: int, path: str,
-                 line: int, fix: str) -> None:
+def _wrong_width(
+    values: list[str], header: list[str], header_line: int, path: str, line: int, fix: str
+) -> None:
     """Raise a DataError for a row with too few or too many columns, naming the column."""
     plural = "" if len(values) == 1 else "s"
-    counts = (f"this row has {len(values)} column{plural} but the header (line {header_line}) "
-              f"has {len(header)} ({', '.join(header)})")
+    counts = (
+        f"this row has {len(values)} column{plural} but the header (line {header_line}) "
+        f"has {len(header)} ({', '.join(header)})"
+    )
     if len(values) < len(header):
         field = header[len(values)]
-        raise DataError(f"{counts}: no value for column '{field}'. Add the missing values; "
-                        f"{fix}.", path=path, line=line, field=field)
+        raise DataError(
+            f"{counts}: no value for column '{field}'. Add the missing values; {fix}.",
+            path=path,
+            line=line,
+            field=field,
+        )
     extra = values[len(header)]
     shown = extra if len(extra) <= 40 else extra[:37] + "..."
-    raise DataError(f"{counts}: unexpected extra value {shown!r} after the last column "
-                    f"'{header[-1]}'. Remove it; {fix}.", path=path, line=line, field=header[-1])
+    raise DataError(
+        f"{counts}: unexpected extra value {shown!r} after the last column '{header[-1]}'. Remove it; {fix}.",
+        path=path,
+        line=line,
+        field=header[-1],
+    )
 
 
 _READERS: dict[str, Callable[[str, str], list[Row]]] = {
-    "jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "tsv": _read_tsv}
+    "jsonl": _read_jsonl,
+    "json": _read_json,
+    "csv": _read_csv,
+    "tsv": _read_tsv,
+}
 _FORMAT_HINTS = {
     "jsonl": f"one JSON object per line, e.g. {_EXAMPLE_OBJECT}",
     "json": f"a list of objects, e.g. [{_EXAMPLE_OBJECT}]",
@@ -398,8 +480,9 @@ def read_splits(read, data, seed: int, what: str, test: bool = True) -> dict[str
         raise ConfigError(f"data.train: required; set it to a file of {what}")
     splits = {"train": read(data.train)}
     validation = read(data.validation) if data.validation else None
-    splits["train"], validation = split_then_sample(splits["train"], validation, data.validation_split,
-                                                    data.max_train_samples, seed)
+    splits["train"], validation = split_then_sample(
+        splits["train"], validation, data.validation_split, data.max_train_samples, seed
+    )
     if validation is not None:
         splits["validation"] = validation
     if test and data.test:
@@ -407,8 +490,13 @@ def read_splits(read, data, seed: int, what: str, test: bool = True) -> dict[str
     return splits
 
 
-def split_then_sample(train: list, validation: list | None, validation_split: float | None,
-                      max_train_samples: int | None, seed: int) -> tuple[list, list | None]:
+def split_then_sample(
+    train: list,
+    validation: list | None,
+    validation_split: float | None,
+    max_train_samples: int | None,
+    seed: int,
+) -> tuple[list, list | None]:
     """(train, validation) of unlabelled examples: the validation split is cut first (seeded by
     ``seed + 1``), then the training rows are sampled (seeded by ``seed``), so the held-out set does
     not change with ``max_train_samples``. Both keep file order. ``validation`` (from a file) wins."""

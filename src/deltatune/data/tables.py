@@ -49,8 +49,11 @@ def open_table(path: str, fmt: str):
         except (FileNotFoundError, ValueError) as exc:
             raise DataError(f"not a dataset saved with Dataset.save_to_disk ({exc})", path=path) from None
         if isinstance(loaded, datasets.DatasetDict):
-            raise DataError(f"this is a DatasetDict with splits {', '.join(loaded)}; point the config at one "
-                            f"split's folder, e.g. {path}/{next(iter(loaded))}", path=path)
+            raise DataError(
+                f"this is a DatasetDict with splits {', '.join(loaded)}; point the config at one "
+                f"split's folder, e.g. {path}/{next(iter(loaded))}",
+                path=path,
+            )
         return loaded
     return _hub(path)
 
@@ -80,17 +83,21 @@ def _check_parquet(files: list[str]) -> None:
         try:
             pq.read_metadata(file)
         except (pyarrow.ArrowException, OSError) as exc:
-            raise DataError(f"not a readable Parquet file ({str(exc).splitlines()[0]}); write it again, "
-                            "e.g. with pandas.DataFrame.to_parquet or datasets.Dataset.to_parquet",
-                            path=file) from None
+            raise DataError(
+                f"not a readable Parquet file ({str(exc).splitlines()[0]}); write it again, "
+                "e.g. with pandas.DataFrame.to_parquet or datasets.Dataset.to_parquet",
+                path=file,
+            ) from None
 
 
 def _parquet_files(path: str) -> list[str]:
     p = Path(path)
     files = sorted(str(f) for f in p.glob("*.parquet")) if p.is_dir() else sorted(glob.glob(path))
     if not files:
-        raise DataError("no .parquet file found (a file, a glob like data/train-*.parquet, or a folder of "
-                        "shards)", path=path)
+        raise DataError(
+            "no .parquet file found (a file, a glob like data/train-*.parquet, or a folder of shards)",
+            path=path,
+        )
     return files
 
 
@@ -105,15 +112,22 @@ def _hub(spec: str):
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
     unknown = set(query) - {"split", "config"}
     if not name or unknown:
-        raise DataError(f"a hub dataset is hf://org/name with optional ?split=...&config=...; "
-                        f"{'unknown ' + ', '.join(sorted(unknown)) if unknown else 'no name given'}", path=spec)
+        raise DataError(
+            f"a hub dataset is hf://org/name with optional ?split=...&config=...; "
+            f"{'unknown ' + ', '.join(sorted(unknown)) if unknown else 'no name given'}",
+            path=spec,
+        )
     offline = _hub_offline_reason(name)
     if offline:
-        raise DataError(f"the Hugging Face Hub cannot be reached ({offline}), so hub datasets cannot be read. "
-                        "Use a local file instead: .jsonl, .json, .csv, .tsv, .parquet, or a folder written by "
-                        "Dataset.save_to_disk (the team's datasets are in ../shared/data)", path=spec)
+        raise DataError(
+            f"the Hugging Face Hub cannot be reached ({offline}), so hub datasets cannot be read. "
+            "Use a local file instead: .jsonl, .json, .csv, .tsv, .parquet, or a folder written by "
+            "Dataset.save_to_disk (the team's datasets are in ../shared/data)",
+            path=spec,
+        )
     try:
         return datasets.load_dataset(name, query.get("config"), split=query.get("split", "train"))
     except Exception as exc:  # noqa: BLE001 - the hub's errors come in many types
-        raise DataError(f"could not load the hub dataset '{name}': {str(exc).splitlines()[0][:200]}",
-                        path=spec) from None
+        raise DataError(
+            f"could not load the hub dataset '{name}': {str(exc).splitlines()[0][:200]}", path=spec
+        ) from None

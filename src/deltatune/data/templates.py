@@ -21,16 +21,19 @@ import functools
 from pathlib import Path
 from typing import Sequence
 
-
 from deltatune.data.conversations import Conversation
 from deltatune.errors import ConfigError, DataError, UserError
 
 Segments = list[tuple[str, bool]]
 
-ALPACA_HEADER = ("Below is an instruction that describes a task. Write a response that appropriately "
-                 "completes the request.\n\n")
-ALPACA_HEADER_INPUT = ("Below is an instruction that describes a task, paired with an input that provides "
-                       "further context. Write a response that appropriately completes the request.\n\n")
+ALPACA_HEADER = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n"
+)
+ALPACA_HEADER_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides "
+    "further context. Write a response that appropriately completes the request.\n\n"
+)
 
 
 class Template:
@@ -75,8 +78,16 @@ class AlpacaTemplate(Template):
     def _render(self, messages: list[dict], generation_prompt: bool) -> Segments:
         system = [m["content"] for m in messages if m["role"] == "system"]
         has_input = any(m.get("input", "").strip() for m in messages if m["role"] == "user")
-        out: Segments = [("\n\n".join(system) + "\n\n" if system else
-                          ALPACA_HEADER_INPUT if has_input else ALPACA_HEADER, False)]
+        out: Segments = [
+            (
+                "\n\n".join(system) + "\n\n"
+                if system
+                else ALPACA_HEADER_INPUT
+                if has_input
+                else ALPACA_HEADER,
+                False,
+            )
+        ]
         for m in messages:
             if m["role"] == "user":
                 out.append((self._ask(m), False))
@@ -102,14 +113,17 @@ class ChatTemplate(Template):
 
     name = "chat"
 
-    def __init__(self, tokenizer, source: str | None = None, key: str = "data.template",
-                 origin: str | None = None):
+    def __init__(
+        self, tokenizer, source: str | None = None, key: str = "data.template", origin: str | None = None
+    ):
         super().__init__(tokenizer)
         self.tokenizer, self.source = tokenizer, source
         self.key, self.origin = key, origin  # where the template came from, for messages
         if source is None and not getattr(tokenizer, "chat_template", None):
-            raise ConfigError(f"{key}: chat: this tokenizer has no chat template; use "
-                              "alpaca, raw, or give a Jinja chat template")
+            raise ConfigError(
+                f"{key}: chat: this tokenizer has no chat template; use "
+                "alpaca, raw, or give a Jinja chat template"
+            )
         if source is not None:
             from jinja2 import TemplateSyntaxError
             from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -121,11 +135,14 @@ class ChatTemplate(Template):
 
     def _template_error(self, exc: Exception) -> ConfigError:
         """The template itself is wrong (syntax, an unknown filter, an undefined name)."""
-        which = (f"the Jinja template {self.origin or 'given'}" if self.source
-                 else "the tokenizer's chat template")
+        which = (
+            f"the Jinja template {self.origin or 'given'}" if self.source else "the tokenizer's chat template"
+        )
         line = f" (template line {exc.lineno})" if getattr(exc, "lineno", None) else ""
-        return ConfigError(f"{self.key}: {which} is broken: {type(exc).__name__}: "
-                           f"{getattr(exc, 'message', None) or exc}{line}; fix the template")
+        return ConfigError(
+            f"{self.key}: {which} is broken: {type(exc).__name__}: "
+            f"{getattr(exc, 'message', None) or exc}{line}; fix the template"
+        )
 
     def render(self, messages: list[dict], generation_prompt: bool = False) -> str:
         from jinja2 import TemplateError, TemplateSyntaxError
@@ -135,7 +152,10 @@ class ChatTemplate(Template):
         try:
             return self.tokenizer.apply_chat_template(
                 [{"role": m["role"], "content": m["content"]} for m in messages],
-                chat_template=self.source, tokenize=False, add_generation_prompt=generation_prompt)
+                chat_template=self.source,
+                tokenize=False,
+                add_generation_prompt=generation_prompt,
+            )
         except TemplateSyntaxError as exc:
             raise self._template_error(exc) from None
         except TemplateError as exc:
@@ -165,7 +185,7 @@ class ChatTemplate(Template):
                 ask = self.render(conv.messages[:k], generation_prompt=True)
                 out.append((self._after(done, ask, conv), False))
                 done = ask
-            full = self.render(conv.messages[:k + 1])
+            full = self.render(conv.messages[: k + 1])
             out.append((self._after(done, full, conv), m["role"] == "assistant"))
             done = full
         return _merge(out)
@@ -176,11 +196,14 @@ class ChatTemplate(Template):
     @staticmethod
     def _after(done: str, text: str, conv: Conversation) -> str:
         if not text.startswith(done):
-            raise DataError("the chat template renders earlier turns differently once later turns "
-                            "are added, so response tokens cannot be found exactly; use "
-                            "template: alpaca or a Jinja template whose output only grows",
-                            path=conv.path, line=conv.line or None)
-        return text[len(done):]
+            raise DataError(
+                "the chat template renders earlier turns differently once later turns "
+                "are added, so response tokens cannot be found exactly; use "
+                "template: alpaca or a Jinja template whose output only grows",
+                path=conv.path,
+                line=conv.line or None,
+            )
+        return text[len(done) :]
 
 
 def _merge(segments: Segments) -> Segments:
@@ -202,7 +225,11 @@ def make_template(name: str, tokenizer, raw_data: bool = False, key: str = "data
     if name == "auto":
         if raw_data:
             return RawTemplate(tokenizer)
-        return ChatTemplate(tokenizer) if getattr(tokenizer, "chat_template", None) else AlpacaTemplate(tokenizer)
+        return (
+            ChatTemplate(tokenizer)
+            if getattr(tokenizer, "chat_template", None)
+            else AlpacaTemplate(tokenizer)
+        )
     if name == "chat":
         return ChatTemplate(tokenizer, key=key)
     if name == "alpaca":
@@ -216,8 +243,9 @@ def make_template(name: str, tokenizer, raw_data: bool = False, key: str = "data
             raise ConfigError(f"{key}: file not found: {name}")
         source, origin = path.read_text(encoding="utf-8"), f"in {name}"
     if "{%" not in source and "{{" not in source:
-        raise ConfigError(f"{key}: '{name}' is not auto, chat, alpaca, raw, a .jinja file or "
-                          "a Jinja template")
+        raise ConfigError(
+            f"{key}: '{name}' is not auto, chat, alpaca, raw, a .jinja file or a Jinja template"
+        )
     return ChatTemplate(tokenizer, source, key=key, origin=origin)
 
 
@@ -256,6 +284,7 @@ def continuation_prefixes(tokenizer) -> tuple[tuple[str, tuple[int, ...]], ...]:
     encoded as sentinel + text and the sentinel's ids dropped, so it gets no word-start mark the
     whole text would not have. Empty for tokenizers that encode pieces as they come (byte-level BPE:
     GPT-2, Llama 3, SmolLM2). Asked once per tokenizer."""
+
     def enc(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -264,7 +293,7 @@ def continuation_prefixes(tokenizer) -> tuple[tuple[str, tuple[int, ...]], ...]:
     usable = []
     for sentinel in CONTINUATION_SENTINELS:
         head, probe = enc(sentinel), enc(sentinel + "b")
-        if head and probe[:len(head)] == head and tokenizer.decode(enc("a") + probe[len(head):]) == "ab":
+        if head and probe[: len(head)] == head and tokenizer.decode(enc("a") + probe[len(head) :]) == "ab":
             usable.append((sentinel, tuple(head)))
     return tuple(usable)
 
@@ -274,11 +303,9 @@ def encode_piece(tokenizer, text: str, continuation: bool) -> list[int]:
     :func:`continuation_prefixes`; the first sentinel that does not merge with the text is used)."""
     for sentinel, head in continuation_prefixes(tokenizer) if continuation else ():
         ids = tokenizer(sentinel + text, add_special_tokens=False)["input_ids"]
-        if tuple(ids[:len(head)]) == head:
-            return ids[len(head):]
+        if tuple(ids[: len(head)]) == head:
+            return ids[len(head) :]
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 # ----------------------------------------------------------------------------- batches
-
-

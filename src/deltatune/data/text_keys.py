@@ -20,4 +20,6 @@ def normalise(text: str) -> str:
 
 def text_key(text: str) -> int:
     """A signed 64-bit hash of the normalised text (two rows with the same key are duplicates)."""
-    return int.from_bytes(hashlib.blake2b(normalise(text).encode(), digest_size=8).digest(), "little", signed=True)
+    return int.from_bytes(
+        hashlib.blake2b(normalise(text).encode(), digest_size=8).digest(), "little", signed=True
+    )

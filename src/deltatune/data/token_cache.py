@@ -59,8 +59,11 @@ def tokenizer_fingerprint(tokenizer) -> str | None:
     spec = json.loads(backend.to_str())
     spec.pop("truncation", None)  # set per call by transformers, not part of the tokenizer
     spec.pop("padding", None)
-    extra = [type(tokenizer).__name__, list(tokenizer.model_input_names),
-             bool(getattr(tokenizer, "split_special_tokens", False))]
+    extra = [
+        type(tokenizer).__name__,
+        list(tokenizer.model_input_names),
+        bool(getattr(tokenizer, "split_special_tokens", False)),
+    ]
     return cache_key(spec, extra)
 
 
@@ -75,7 +78,8 @@ class TokenCache:
         return self.root / f"{kind}-{key}"
 
     def load(self, kind: str, key: str):
-        """``(pyarrow.Table memory-mapped, meta)`` of a sound entry, or None (missing, or damaged: removed)."""
+        """``(pyarrow.Table memory-mapped, meta)`` of a sound entry, or None (missing, or damaged:
+        removed)."""
         folder = self.entry_dir(kind, key)
         if not folder.is_dir():
             return None
@@ -86,8 +90,7 @@ class TokenCache:
             shutil.rmtree(folder, ignore_errors=True)
             return None
 
-    def get_or_build(self, kind: str, key: str, batches: Callable[[], Iterable[dict]], features,
-                     meta: dict):
+    def get_or_build(self, kind: str, key: str, batches: Callable[[], Iterable[dict]], features, meta: dict):
         """The entry ``kind-key``: loaded, or built from ``batches()`` (dicts of columns, ``datasets``
         ``features``) with ``meta``; in memory when the cache folder cannot be written."""
         found = self.load(kind, key)
@@ -99,8 +102,10 @@ class TokenCache:
         except OSError as exc:
             if str(self.root) not in _WARNED:
                 _WARNED.add(str(self.root))
-                log(f"token cache: cannot write to {self.root} ({exc.strerror or exc}); tokenizing in memory "
-                    "(set DELTATUNE_HOME to a writable folder to tokenize once)")
+                log(
+                    f"token cache: cannot write to {self.root} ({exc.strerror or exc}); tokenizing in memory "
+                    "(set DELTATUNE_HOME to a writable folder to tokenize once)"
+                )
             return _write_in_memory(batches, features), dict(meta)
 
     def _build_on_disk(self, kind: str, key: str, batches, features, meta: dict):
@@ -108,8 +113,13 @@ class TokenCache:
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{kind}-{key}-", dir=self.root))
         try:
             rows = _write_arrow(tmp / "data.arrow", batches, features)
-            meta = {**meta, "rows": rows, "bytes": (tmp / "data.arrow").stat().st_size,
-                    "crc32": _crc32(tmp / "data.arrow"), "version": FORMAT_VERSION}
+            meta = {
+                **meta,
+                "rows": rows,
+                "bytes": (tmp / "data.arrow").stat().st_size,
+                "crc32": _crc32(tmp / "data.arrow"),
+                "version": FORMAT_VERSION,
+            }
             (tmp / "meta.json").write_text(json.dumps(meta))
             final = self.entry_dir(kind, key)
             try:
@@ -219,7 +229,7 @@ class ListColumn:
         c = bisect_right(self.starts, i) - 1
         offsets, values = self.parts[c]
         j = i - self.starts[c]
-        return values[offsets[j]:offsets[j + 1]].tolist()
+        return values[offsets[j] : offsets[j + 1]].tolist()
 
 
 class TableRows:
@@ -272,8 +282,7 @@ class TokenRows(TableRows):
         self._labels = None if labels.null_count == len(labels) else labels.to_numpy()
 
     def _row(self, row: int) -> dict:
-        out = {"input_ids": self._ids[row],
-               "label": None if self._labels is None else int(self._labels[row])}
+        out = {"input_ids": self._ids[row], "label": None if self._labels is None else int(self._labels[row])}
         if self._types is not None:
             out["token_type_ids"] = self._types[row]
         return out
@@ -292,7 +301,11 @@ AUTO_CACHE_BYTES = 256 * 1024
 
 def data_size(path: Path) -> int:
     """Bytes of a data file, or of every file under a folder of shards."""
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    return (
+        sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        if path.is_dir()
+        else path.stat().st_size
+    )
 
 
 def row_chunks(path: str, fmt, size: int = CHUNK_ROWS):

@@ -7,8 +7,8 @@ tokenizer).
 The checks read columns (:class:`Rows`): a hash of each normalised text, its line, length, label and
 trained tokens, a few dozen bytes a row, and texts one at a time. Small data is read into
 :class:`Item` objects and turned into columns; a classification file large enough for the token cache
-is streamed once, chunk by chunk, into the cached Arrow table training reads (texts included, memory-mapped), so the
-checks of a million-row file hold tens of megabytes, and a second run reads the table back."""
+is streamed once, chunk by chunk, into the cached Arrow table training reads (texts included, memory-mapped),
+so the checks of a million-row file hold tens of megabytes, and a second run reads the table back."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from deltatune.data.text_keys import normalise, text_key  # noqa: F401 - the che
 class Item:
     text: str
     line: int | None = None
-    labels: tuple[str, ...] | None = None    # class names (classification); None elsewhere
-    tokens: int = 0                           # length before max_length
-    trained: int | None = None                # tokens trained after the length policy (None: n/a)
+    labels: tuple[str, ...] | None = None  # class names (classification); None elsewhere
+    tokens: int = 0  # length before max_length
+    trained: int | None = None  # tokens trained after the length policy (None: n/a)
 
 
 class Rows:
@@ -35,8 +35,16 @@ class Rows:
     the task has no labels), ``trained`` (tokens the loss trains on; None when not applicable), and
     the text of row ``i`` from :meth:`text`."""
 
-    def __init__(self, keys, lines, tokens, text: Callable[[int], str], labels=None,
-                 label_sets: list[tuple[str, ...]] | None = None, trained=None):
+    def __init__(
+        self,
+        keys,
+        lines,
+        tokens,
+        text: Callable[[int], str],
+        labels=None,
+        label_sets: list[tuple[str, ...]] | None = None,
+        trained=None,
+    ):
         self.keys = np.asarray(keys, dtype=np.int64)
         self.lines = np.asarray(lines, dtype=np.int64)
         self.tokens = np.asarray(tokens, dtype=np.int64)
@@ -66,18 +74,24 @@ class Rows:
         codes = [-1 if x.labels is None else sets.setdefault(x.labels, len(sets)) for x in items]
         labelled = any(x.labels is not None for x in items)
         trained = [-1 if x.trained is None else x.trained for x in items]
-        return cls([text_key(x.text) for x in items], [-1 if x.line is None else x.line for x in items],
-                   [x.tokens for x in items], lambda i: items[i].text, codes if labelled else None, list(sets),
-                   trained if any(x.trained is not None for x in items) else None)
+        return cls(
+            [text_key(x.text) for x in items],
+            [-1 if x.line is None else x.line for x in items],
+            [x.tokens for x in items],
+            lambda i: items[i].text,
+            codes if labelled else None,
+            list(sets),
+            trained if any(x.trained is not None for x in items) else None,
+        )
 
 
 @dataclass
 class DataView:
-    splits: dict[str, Rows]                   # lists of Items are turned into Rows
+    splits: dict[str, Rows]  # lists of Items are turned into Rows
     max_length: int
-    files: dict[str, str] = field(default_factory=dict)   # split -> where it comes from
-    policy: str = "truncate"                  # what happens to longer examples: truncate | drop | windows
-    model_positions: int | None = None        # longest input the model takes, when known
+    files: dict[str, str] = field(default_factory=dict)  # split -> where it comes from
+    policy: str = "truncate"  # what happens to longer examples: truncate | drop | windows
+    model_positions: int | None = None  # longest input the model takes, when known
 
     def __post_init__(self):
         self.splits = {s: r if isinstance(r, Rows) else Rows.from_items(r) for s, r in self.splits.items()}
@@ -122,5 +136,3 @@ def model_positions(cfg) -> int | None:
 def message_text(messages: list[dict]) -> str:
     """The words of a conversation without its template (what makes two examples the same)."""
     return "\n".join(str(m.get("content", "")) for m in messages)
-
-

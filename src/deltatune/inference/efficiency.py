@@ -150,8 +150,9 @@ def time_forward(model, inputs: dict, warmup: int = 2, repeats: int = 10) -> lis
     return times
 
 
-def bench_model(model, tokenizer, seq_len: int, batch_sizes: tuple[int, ...] = (1, 16),
-                warmup: int = 2, repeats: int = 10) -> list[dict]:
+def bench_model(
+    model, tokenizer, seq_len: int, batch_sizes: tuple[int, ...] = (1, 16), warmup: int = 2, repeats: int = 10
+) -> list[dict]:
     """One row per batch size: median latency (ms), spread, examples/s, tokens/s, peak memory (MB)."""
     was_training = model.training
     model.eval()
@@ -164,12 +165,22 @@ def bench_model(model, tokenizer, seq_len: int, batch_sizes: tuple[int, ...] = (
         with PeakMemory() as pm:
             times = time_forward(model, inputs, warmup, repeats)
         median = statistics.median(times)
-        rows.append({"batch_size": bs, "seq_len": seq_len, "latency_ms": round(1000 * median, 3),
-                     "latency_ms_min": round(1000 * min(times), 3),
-                     "latency_ms_max": round(1000 * max(times), 3),
-                     "examples_per_s": round(bs / median, 2), "tokens_per_s": round(bs * seq_len / median, 1),
-                     "peak_memory_mb": pm.peak_mb, "memory_exact": pm.exact, "memory_kind": pm.kind,
-                     "warmup": warmup, "repeats": repeats})
+        rows.append(
+            {
+                "batch_size": bs,
+                "seq_len": seq_len,
+                "latency_ms": round(1000 * median, 3),
+                "latency_ms_min": round(1000 * min(times), 3),
+                "latency_ms_max": round(1000 * max(times), 3),
+                "examples_per_s": round(bs / median, 2),
+                "tokens_per_s": round(bs * seq_len / median, 1),
+                "peak_memory_mb": pm.peak_mb,
+                "memory_exact": pm.exact,
+                "memory_kind": pm.kind,
+                "warmup": warmup,
+                "repeats": repeats,
+            }
+        )
     model.train(was_training)
     return rows
 
@@ -177,15 +188,25 @@ def bench_model(model, tokenizer, seq_len: int, batch_sizes: tuple[int, ...] = (
 def format_bench(result: dict) -> str:
     """The text ``deltatune bench`` prints: one line per (variant, batch size)."""
     busy = result.get("other_cpu_share")
-    lines = [f"{result['name']}: forward passes on {result['seq_len']}-token inputs "
-             f"({result['warmup']} warm-up, median of {result['repeats']}); memory: {result['memory_note']}",
-             *([f"warning: other processes used {busy:.0%} of the CPUs meanwhile; these timings are not reliable"]
-               if busy and busy > BUSY_SHARE else []),
-             f"{'variant':<12}{'batch':>6}{'latency ms':>12}{'min-max ms':>18}{'examples/s':>12}"
-             f"{'tokens/s':>11}{'peak MB':>9}"]
+    lines = [
+        f"{result['name']}: forward passes on {result['seq_len']}-token inputs "
+        f"({result['warmup']} warm-up, median of {result['repeats']}); memory: {result['memory_note']}",
+        *(
+            [
+                f"warning: other processes used {busy:.0%} of the CPUs meanwhile; "
+                "these timings are not reliable"
+            ]
+            if busy and busy > BUSY_SHARE
+            else []
+        ),
+        f"{'variant':<12}{'batch':>6}{'latency ms':>12}{'min-max ms':>18}{'examples/s':>12}"
+        f"{'tokens/s':>11}{'peak MB':>9}",
+    ]
     for variant, rows in result["variants"].items():
         for r in rows:
             spread = f"{r['latency_ms_min']:.1f}-{r['latency_ms_max']:.1f}"
-            lines.append(f"{variant:<12}{r['batch_size']:>6}{r['latency_ms']:>12.2f}{spread:>18}"
-                         f"{r['examples_per_s']:>12.1f}{r['tokens_per_s']:>11.0f}{r['peak_memory_mb']:>9.0f}")
+            lines.append(
+                f"{variant:<12}{r['batch_size']:>6}{r['latency_ms']:>12.2f}{spread:>18}"
+                f"{r['examples_per_s']:>12.1f}{r['tokens_per_s']:>11.0f}{r['peak_memory_mb']:>9.0f}"
+            )
     return "\n".join(lines)

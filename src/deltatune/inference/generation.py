@@ -46,8 +46,14 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
     return text if cut is None else text[:cut]
 
 
-def generate_texts(model, tokenizer, prompt_ids: list[list[int]], settings: GenerateConfig,
-                   seed: int | None = None, stop_when: Callable[[str], bool] | None = None) -> list[str]:
+def generate_texts(
+    model,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    settings: GenerateConfig,
+    seed: int | None = None,
+    stop_when: Callable[[str], bool] | None = None,
+) -> list[str]:
     """Generate one answer per prompt; returns the answers in input order.
 
     Prompts are sorted by length (longest first) and generated ``settings.batch_size`` at a time, left
@@ -71,13 +77,21 @@ def generate_texts(model, tokenizer, prompt_ids: list[list[int]], settings: Gene
     device = _device_of(model)
     with _eval_mode(model), _seeded(seed, device):
         for start in range(0, len(order), settings.batch_size):
-            chunk = order[start:start + settings.batch_size]
+            chunk = order[start : start + settings.batch_size]
             input_ids, attention_mask = left_pad([prompt_ids[i] for i in chunk], kwargs["pad_token_id"])
-            extra = {} if stop_when is None else {"stopping_criteria": StoppingCriteriaList(
-                [_TextStop(tokenizer, input_ids.shape[1], stop_when)])}
-            out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                 **kwargs, **extra)
-            for i, row in zip(chunk, out[:, input_ids.shape[1]:].tolist()):
+            extra = (
+                {}
+                if stop_when is None
+                else {
+                    "stopping_criteria": StoppingCriteriaList(
+                        [_TextStop(tokenizer, input_ids.shape[1], stop_when)]
+                    )
+                }
+            )
+            out = model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs, **extra
+            )
+            for i, row in zip(chunk, out[:, input_ids.shape[1] :].tolist()):
                 texts[i] = cut_at_stop(_decode_answer(tokenizer, row, end_ids), settings.stop)
     return texts
 
@@ -89,8 +103,8 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, ids in enumerate(prompts):
         if ids:
-            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, width - len(ids):] = 1
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids) :] = 1
     return input_ids, attention_mask
 
 
@@ -119,9 +133,13 @@ def _stream(model, tokenizer, prompt_ids: list[int], settings: GenerateConfig) -
     def run() -> None:
         try:
             with torch.no_grad():  # grad mode is per thread
-                model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                               streamer=streamer, stopping_criteria=StoppingCriteriaList([_Cancel(cancel)]),
-                               **kwargs)
+                model.generate(
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([_Cancel(cancel)]),
+                    **kwargs,
+                )
         except BaseException as e:  # noqa: BLE001 - handed to the consuming thread
             errors.append(e)
             streamer.end()  # unblock the consumer
@@ -146,10 +164,16 @@ def _stream(model, tokenizer, prompt_ids: list[int], settings: GenerateConfig) -
         yield rest
 
 
-def chat_loop(model, tokenizer, encode_conversation: Callable[[list[dict]], list[int]],
-              settings: GenerateConfig, system_prompt: str | None = None,
-              input_fn: Callable[[str], str] = input, write: Callable[..., None] = print,
-              max_context: int | None = None) -> list[dict]:
+def chat_loop(
+    model,
+    tokenizer,
+    encode_conversation: Callable[[list[dict]], list[int]],
+    settings: GenerateConfig,
+    system_prompt: str | None = None,
+    input_fn: Callable[[str], str] = input,
+    write: Callable[..., None] = print,
+    max_context: int | None = None,
+) -> list[dict]:
     """Interactive chat: read a line, stream the answer, repeat; returns the final message list.
 
     ``encode_conversation(messages)`` renders the history (``[{"role", "content"}, ...]``) with the
@@ -181,24 +205,30 @@ def chat_loop(model, tokenizer, encode_conversation: Callable[[list[dict]], list
             write("(conversation cleared)")
             continue
         messages.append({"role": "user", "content": line})
-        ids, fitted = _fit_context(messages, len(first), encode_conversation,
-                                   max_context and max_context - settings.max_new_tokens)
+        ids, fitted = _fit_context(
+            messages, len(first), encode_conversation, max_context and max_context - settings.max_new_tokens
+        )
         if ids is None:
             messages.pop()
-            write(f"(message too long: with max_new_tokens {settings.max_new_tokens} it does not fit the "
-                  f"model's context of {max_context} tokens; send a shorter one)")
+            write(
+                f"(message too long: with max_new_tokens {settings.max_new_tokens} it does not fit the "
+                f"model's context of {max_context} tokens; send a shorter one)"
+            )
             continue
         if len(fitted) < len(messages):
-            write(f"(dropped the oldest {len(messages) - len(fitted)} message(s) to fit the context of "
-                  f"{max_context} tokens)")
+            write(
+                f"(dropped the oldest {len(messages) - len(fitted)} message(s) to fit the context of "
+                f"{max_context} tokens)"
+            )
             messages = fitted
         answer = _write_answer(stream_text(model, tokenizer, ids, settings), write)
         messages.append({"role": "assistant", "content": answer})
     return messages
 
 
-def _fit_context(messages: list[dict], keep: int, encode: Callable[[list[dict]], list[int]],
-                 budget: int | None) -> tuple[list[int] | None, list[dict]]:
+def _fit_context(
+    messages: list[dict], keep: int, encode: Callable[[list[dict]], list[int]], budget: int | None
+) -> tuple[list[int] | None, list[dict]]:
     """(token ids, messages) after dropping the oldest whole exchanges (a user message and the
     answer after it) behind the first ``keep`` messages until the ids fit ``budget`` tokens.
     ids is None when even the last message alone does not fit. ``messages`` is not changed."""
@@ -238,11 +268,18 @@ def _generate_kwargs(tokenizer, settings: GenerateConfig, end_ids: list[int]) ->
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
-    kwargs: dict = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
-                    "pad_token_id": pad_id, "eos_token_id": end_ids or None}
+    kwargs: dict = {
+        "max_new_tokens": settings.max_new_tokens,
+        "do_sample": settings.do_sample,
+        "pad_token_id": pad_id,
+        "eos_token_id": end_ids or None,
+    }
     if settings.do_sample:
-        kwargs.update(temperature=settings.temperature, top_p=settings.top_p,
-                      **({} if settings.top_k is None else {"top_k": settings.top_k}))
+        kwargs.update(
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            **({} if settings.top_k is None else {"top_k": settings.top_k}),
+        )
     if settings.stop:
         # Stops the generation at a stop string (the text is cut again after decoding, exactly).
         kwargs.update(stop_strings=list(settings.stop), tokenizer=tokenizer)
@@ -280,7 +317,7 @@ class _StopScanner:
             safe = cut
         else:
             safe = len(self.text) - self._partial_stop_at_end()
-        out = self.text[self.emitted:safe] if safe > self.emitted else ""
+        out = self.text[self.emitted : safe] if safe > self.emitted else ""
         self.emitted = max(self.emitted, safe)
         return out
 
@@ -288,13 +325,14 @@ class _StopScanner:
         """Held-back text once the stream has ended (nothing after a stop string)."""
         if self.stopped:
             return ""
-        out, self.emitted = self.text[self.emitted:], len(self.text)
+        out, self.emitted = self.text[self.emitted :], len(self.text)
         return out
 
     def _partial_stop_at_end(self) -> int:
         """Length of the longest end of the text that is the beginning of a stop string."""
-        return max((j for s in self.stops for j in range(len(s) - 1, 0, -1)
-                    if self.text.endswith(s[:j])), default=0)
+        return max(
+            (j for s in self.stops for j in range(len(s) - 1, 0, -1) if self.text.endswith(s[:j])), default=0
+        )
 
 
 class _TextStop(StoppingCriteria):
@@ -304,7 +342,7 @@ class _TextStop(StoppingCriteria):
         self.tokenizer, self.width, self.predicate = tokenizer, width, predicate
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(input_ids[:, self.width :], skip_special_tokens=True)
         return torch.tensor([self.predicate(t) for t in texts], dtype=torch.bool, device=input_ids.device)
 
 
@@ -315,8 +353,9 @@ class _Cancel(StoppingCriteria):
         self.event = event
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool,
-                          device=input_ids.device)
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
 
 
 @contextlib.contextmanager
@@ -350,5 +389,12 @@ def _device_of(model) -> torch.device:
     return next(model.parameters()).device
 
 
-__all__ = ["END_OF_TURN_TOKENS", "chat_loop", "cut_at_stop", "end_token_ids", "generate_texts",
-           "left_pad", "stream_text"]
+__all__ = [
+    "END_OF_TURN_TOKENS",
+    "chat_loop",
+    "cut_at_stop",
+    "end_token_ids",
+    "generate_texts",
+    "left_pad",
+    "stream_text",
+]

@@ -25,8 +25,9 @@ from deltatune.errors import ConfigError
 from deltatune.results import BatchLoss
 
 
-def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor,
-                      weight: torch.Tensor | None = None) -> torch.Tensor:
+def cross_entropy_sum(
+    logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Sum over the batch of ``-w[y] log softmax(logits)[y]`` (``w`` = 1 when ``weight`` is None).
 
     logits: (B, C); labels: (B,) int64; weight: (C,) per-class weights or None.
@@ -35,8 +36,9 @@ def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor,
     return F.cross_entropy(logits.float(), labels, weight=w, reduction="sum")
 
 
-def focal_sum(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None,
-              gamma: float = 2.0) -> torch.Tensor:
+def focal_sum(
+    logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None, gamma: float = 2.0
+) -> torch.Tensor:
     """Focal loss (Lin et al. 2017, https://arxiv.org/abs/1708.02002), summed over the batch:
 
         FL = -alpha[y] * (1 - p_y) ** gamma * log p_y,   p = softmax(logits)
@@ -53,8 +55,9 @@ def focal_sum(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor |
     return loss.sum()
 
 
-def binary_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor,
-                             weight: torch.Tensor | None = None) -> torch.Tensor:
+def binary_cross_entropy_sum(
+    logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Multi-label sigmoid + binary cross-entropy, averaged over the C labels, summed over the batch:
 
         l = mean_j -( w_j y_j log s(z_j) + (1 - y_j) log(1 - s(z_j)) ),   s = sigmoid
@@ -65,13 +68,13 @@ def binary_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor,
     logits, targets: (B, C); weight: (C,) or None.
     """
     w = None if weight is None else weight.to(logits.device, torch.float32)
-    loss = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=w,
-                                              reduction="none")
+    loss = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=w, reduction="none")
     return loss.mean(-1).sum()
 
 
-def binary_focal_sum(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
-                     gamma: float = 2.0) -> torch.Tensor:
+def binary_focal_sum(
+    logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None, gamma: float = 2.0
+) -> torch.Tensor:
     """Multi-label focal loss (Lin et al. 2017), averaged over labels, summed over the batch:
 
         l = mean_j -a_j (1 - p_t) ** gamma * log p_t,   p_t = s(z_j) if y_j else 1 - s(z_j)
@@ -137,8 +140,9 @@ def auto_weighting(counts: Sequence[int], multi_label: bool) -> bool:
     return not multi_label and len(present) > 1 and max(present) >= AUTO_WEIGHT_RATIO * min(present)
 
 
-def resolve_class_weights(option, names: Sequence[str], values: Sequence, counts: Sequence[int],
-                          n: int, multi_label: bool) -> list[float] | None:
+def resolve_class_weights(
+    option, names: Sequence[str], values: Sequence, counts: Sequence[int], n: int, multi_label: bool
+) -> list[float] | None:
     """One weight per label from ``classify.class_weights``: None or ``"none"``, ``"auto"`` (balanced
     when :func:`auto_weighting`, else None), ``"balanced"`` (from the training label ``counts``:
     examples per class, or positives per label of ``n`` examples), a list in label order, or a
@@ -152,9 +156,11 @@ def resolve_class_weights(option, names: Sequence[str], values: Sequence, counts
         return [round(w, 6) for w in weights]
     if isinstance(option, (list, tuple)):
         if len(option) != len(names):
-            raise ConfigError(f"classify.class_weights: {len(option)} weights for {len(names)} labels "
-                              f"({', '.join(names)}); give one per label in this order, or a mapping "
-                              "{label: weight}")
+            raise ConfigError(
+                f"classify.class_weights: {len(option)} weights for {len(names)} labels "
+                f"({', '.join(names)}); give one per label in this order, or a mapping "
+                "{label: weight}"
+            )
         return [float(w) for w in option]
     index = {**{str(v): i for i, v in enumerate(values)}, **{name: i for i, name in enumerate(names)}}
     weights = [1.0] * len(names)
@@ -162,19 +168,23 @@ def resolve_class_weights(option, names: Sequence[str], values: Sequence, counts
         if str(key) not in index:
             close = difflib.get_close_matches(str(key), list(index), n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise ConfigError(f"classify.class_weights: no label {key!r}; {hint}the labels are "
-                              f"{', '.join(names)}")
+            raise ConfigError(
+                f"classify.class_weights: no label {key!r}; {hint}the labels are {', '.join(names)}"
+            )
         weights[index[str(key)]] = float(w)
     return weights
 
 
-def settle_class_weights(opts, names: Sequence[str], values: Sequence, counts: Sequence[int], n: int,
-                         multi_label: bool) -> tuple[list[float] | None, bool]:
+def settle_class_weights(
+    opts, names: Sequence[str], values: Sequence, counts: Sequence[int], n: int, multi_label: bool
+) -> tuple[list[float] | None, bool]:
     """(weights, chosen by ``auto``) for a run's ``classify`` options, which then record what ran:
     the weights as ``{label: weight}``, or ``"none"`` where ``auto`` chose none."""
     weights = resolve_class_weights(opts.class_weights, names, values, counts, n, multi_label)
     auto = opts.class_weights == "auto"
-    opts.class_weights = dict(zip(names, weights)) if weights is not None else ("none" if auto else opts.class_weights)
+    opts.class_weights = (
+        dict(zip(names, weights)) if weights is not None else ("none" if auto else opts.class_weights)
+    )
     return weights, auto and weights is not None
 
 
@@ -182,4 +192,6 @@ def classifier_batch_loss(model, batch: dict, loss=cross_entropy_sum):
     """Summed loss, examples and real tokens of one micro-batch through a sequence classifier."""
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "num_units")}
     logits = model(**inputs).logits
-    return BatchLoss(loss(logits, batch["labels"]), int(batch["num_units"]), int(batch["attention_mask"].sum()))
+    return BatchLoss(
+        loss(logits, batch["labels"]), int(batch["num_units"]), int(batch["attention_mask"].sum())
+    )

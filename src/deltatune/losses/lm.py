@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from deltatune.results import BatchLoss
 
 IGNORE_INDEX = -100
-HEAD_CHUNK_ELEMENTS = 2 ** 26  # logits of one chunk of target tokens: 256 MB in float32
+HEAD_CHUNK_ELEMENTS = 2**26  # logits of one chunk of target tokens: 256 MB in float32
 
 
 def token_cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -48,7 +48,7 @@ class FrozenHeadCrossEntropy(torch.autograd.Function):
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         chunk = max(1, HEAD_CHUNK_ELEMENTS // weight.shape[0])
         for start in range(0, hidden.shape[0], chunk):
-            h, t = hidden[start:start + chunk], targets[start:start + chunk, None]
+            h, t = hidden[start : start + chunk], targets[start : start + chunk, None]
             logits = torch.mm(h, weight.T).float()  # (n, V)
             top = logits.amax(dim=1, keepdim=True)
             picked = logits.gather(1, t)
@@ -57,7 +57,7 @@ class FrozenHeadCrossEntropy(torch.autograd.Function):
             loss += (top + total.log() - picked).sum()
             if need_grad:
                 probs.div_(total).scatter_add_(1, t, probs.new_full(t.shape, -1.0))
-                torch.mm(probs.to(weight.dtype), weight, out=grad[start:start + chunk])
+                torch.mm(probs.to(weight.dtype), weight, out=grad[start : start + chunk])
         ctx.save_for_backward(grad)
         return loss
 
@@ -68,12 +68,17 @@ class FrozenHeadCrossEntropy(torch.autograd.Function):
 
 
 def _frozen_plain_head(head: nn.Module, x: torch.Tensor) -> bool:
-    return (type(head) is nn.Linear and head.bias is None and not head.weight.requires_grad
-            and not torch.is_autocast_enabled(x.device.type))
+    return (
+        type(head) is nn.Linear
+        and head.bias is None
+        and not head.weight.requires_grad
+        and not torch.is_autocast_enabled(x.device.type)
+    )
 
 
-def response_cross_entropy_sum(hidden: torch.Tensor, labels: torch.Tensor,
-                               head: torch.nn.Module) -> tuple[torch.Tensor, int]:
+def response_cross_entropy_sum(
+    hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module
+) -> tuple[torch.Tensor, int]:
     """The same loss as :func:`token_cross_entropy_sum`, with logits computed only where they are
     needed: ``head`` (the LM head) runs on the hidden states of target positions alone.
 
@@ -102,8 +107,11 @@ def _skips_logits(model) -> bool:
     if model.get_output_embeddings() is None:
         return False
     c = model.config
-    return not (getattr(c, "final_logit_softcapping", None) or getattr(c, "logit_scale", None)
-                or getattr(c, "logits_scaling", 1.0) not in (None, 1.0))
+    return not (
+        getattr(c, "final_logit_softcapping", None)
+        or getattr(c, "logit_scale", None)
+        or getattr(c, "logits_scaling", 1.0) not in (None, 1.0)
+    )
 
 
 def causal_lm_batch_loss(model, batch: dict) -> BatchLoss:
@@ -111,7 +119,9 @@ def causal_lm_batch_loss(model, batch: dict) -> BatchLoss:
     separately padded parts, see :func:`deltatune.data.batching.padding_free_parts`)."""
     if "parts" in batch:
         results = [causal_lm_batch_loss(model, part) for part in batch["parts"]]
-        return BatchLoss(sum(r.loss for r in results), sum(r.units for r in results), sum(r.tokens for r in results))
+        return BatchLoss(
+            sum(r.loss for r in results), sum(r.units for r in results), sum(r.tokens for r in results)
+        )
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     if _skips_logits(model):
         hidden = model.base_model(**inputs, use_cache=False).last_hidden_state

@@ -9,7 +9,6 @@ convention of DPO and TRL, except for IPO, which expects per-token averages (:fu
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -17,9 +16,12 @@ import torch.nn.functional as F
 from deltatune.losses.lm import IGNORE_INDEX
 
 
-
-def bradley_terry(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
-                  margin: torch.Tensor | float | None = None, center_coef: float = 0.0) -> torch.Tensor:
+def bradley_terry(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    margin: torch.Tensor | float | None = None,
+    center_coef: float = 0.0,
+) -> torch.Tensor:
     """Pairwise reward-model loss, summed over pairs:
 
         ``sum_i -log σ(r_c,i − r_r,i − m_i) + center_coef · sum_i (r_c,i + r_r,i)²``
@@ -44,19 +46,27 @@ def bradley_terry(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
 
 def _logratio_delta(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps):
     """``Δ = (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))``, (B,), float32."""
-    return ((policy_chosen_logps.float() - ref_chosen_logps.float())
-            - (policy_rejected_logps.float() - ref_rejected_logps.float()))
+    return (policy_chosen_logps.float() - ref_chosen_logps.float()) - (
+        policy_rejected_logps.float() - ref_rejected_logps.float()
+    )
 
 
 def _no_smoothing(name: str, label_smoothing: float) -> None:
     if label_smoothing:
-        raise ValueError(f"label_smoothing={label_smoothing} has no meaning for the '{name}' loss; "
-                         "set it to 0 or use loss 'sigmoid' (conservative DPO)")
+        raise ValueError(
+            f"label_smoothing={label_smoothing} has no meaning for the '{name}' loss; "
+            "set it to 0 or use loss 'sigmoid' (conservative DPO)"
+        )
 
 
-def dpo_sigmoid(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-                ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor,
-                beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
+def dpo_sigmoid(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """DPO, per pair (B,): ``−(1 − ε) log σ(βΔ) − ε log σ(−βΔ)``, with Δ the difference of the
     chosen and rejected log-ratios to the reference (see :func:`_logratio_delta`).
 
@@ -65,14 +75,20 @@ def dpo_sigmoid(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.
     https://ericmitchell.ai/cdpo.pdf): the label is taken to be flipped with probability ε, which
     bounds how far the loss pushes Δ. Inputs: (B,) log-probs *summed* over answer tokens.
     """
-    logits = beta * _logratio_delta(policy_chosen_logps, policy_rejected_logps,
-                                    ref_chosen_logps, ref_rejected_logps)
+    logits = beta * _logratio_delta(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
+    )
     return -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
 
 
-def dpo_ipo(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-            ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor,
-            beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
+def dpo_ipo(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """IPO, per pair (B,): ``(Δ − 1/(2β))²`` (Azar et al. 2023, https://arxiv.org/abs/2310.12036,
     Eq. 17, where β is the regulariser τ).
 
@@ -86,9 +102,14 @@ def dpo_ipo(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tens
     return (delta - 1 / (2 * beta)) ** 2
 
 
-def dpo_hinge(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-              ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor,
-              beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
+def dpo_hinge(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """Hinge (SLiC), per pair (B,): ``max(0, 1 − βΔ)``.
 
     SLiC-HF's calibration loss ``max(0, δ − log π(y_w) + log π(y_l))`` (Zhao et al. 2023,
@@ -110,9 +131,13 @@ def mean_logps(summed_logps: torch.Tensor, token_counts: torch.Tensor) -> torch.
     return summed_logps / token_counts.clamp(min=1).to(summed_logps.dtype)
 
 
-def dpo_rewards(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-                ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor,
-                beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def dpo_rewards(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """DPO's implicit rewards ``β (log π(y) − log π_ref(y))`` of the chosen and of the rejected answers,
     each (B,), detached (they are for logging: reward accuracy and margin). Rafailov et al. 2023, Eq. 5."""
     chosen = beta * (policy_chosen_logps.detach().float() - ref_chosen_logps.detach().float())
@@ -140,8 +165,9 @@ def preference_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Ten
     }
 
 
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor,
-                   ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence ``sum_t log p(labels[t+1] | tokens <= t)`` over labelled positions, and their count.
 
     logits: (B, T, V) — logits at position t score token t+1; labels: (B, T) = the input ids with
@@ -157,8 +183,9 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor,
     return (token_logps * keep).sum(dim=1), keep.sum(dim=1)
 
 
-def sequence_logps_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, head: nn.Module,
-                               ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps_from_hidden(
+    hidden: torch.Tensor, labels: torch.Tensor, head: nn.Module, ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The same as :func:`sequence_logps`, running the LM ``head`` only on the positions that score an
     answer token (a prompt is often most of a preference pair, and the head is the largest matmul).
 
@@ -185,12 +212,14 @@ def _inputs(model: nn.Module, part: dict) -> dict:
         dtype = next(model.parameters()).dtype
         mask = inputs["attention_mask"]
         inputs["attention_mask"] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
-            ~mask, torch.finfo(dtype).min)
+            ~mask, torch.finfo(dtype).min
+        )
     return inputs
 
 
-def shared_logps(states: torch.Tensor, tokens: torch.Tensor, seq: torch.Tensor, n_seq: int,
-                 head: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def shared_logps(
+    states: torch.Tensor, tokens: torch.Tensor, seq: torch.Tensor, n_seq: int, head: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs (n_seq,) and token counts of the answers of a prefix-shared part: ``states``
     (N, H) the hidden states that predict ``tokens[i]`` of sequence ``seq[i]``; ``head`` the LM head."""
     logits = head(states).float()
@@ -259,9 +288,15 @@ def answer_logps(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Ten
     return logps, torch.cat(counts).to(logps.device)[torch.argsort(order)]
 
 
-def dpo_batch_loss(logps: torch.Tensor, counts: torch.Tensor, ref_chosen: torch.Tensor,
-                   ref_rejected: torch.Tensor, loss: str, beta: float,
-                   label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+def dpo_batch_loss(
+    logps: torch.Tensor,
+    counts: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    loss: str,
+    beta: float,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """The summed DPO-family loss of B pairs from the policy's answer log-probs (2B,) and counts (2B,)
     (chosen first) and the reference's (B,) each; plus sums to log (reward accuracy and margin,
     implicit rewards, policy log-probs). IPO gets per-token averages, the others sums."""
@@ -269,10 +304,17 @@ def dpo_batch_loss(logps: torch.Tensor, counts: torch.Tensor, ref_chosen: torch.
     pc, pr, rc, rr = logps[:n], logps[n:], ref_chosen, ref_rejected
     chosen, rejected = dpo_rewards(pc, pr, rc, rr, beta)
     if loss == "ipo":
-        pc, pr, rc, rr = (mean_logps(x, c) for x, c in ((pc, counts[:n]), (pr, counts[n:]),
-                                                        (rc, counts[:n]), (rr, counts[n:])))
+        pc, pr, rc, rr = (
+            mean_logps(x, c)
+            for x, c in ((pc, counts[:n]), (pr, counts[n:]), (rc, counts[:n]), (rr, counts[n:]))
+        )
     total = DPO_LOSSES[loss](pc, pr, rc, rr, beta, label_smoothing).sum()
-    extras = {"reward_accuracy": float((chosen > rejected).sum()), "reward_margin": float((chosen - rejected).sum()),
-              "reward_chosen": float(chosen.sum()), "reward_rejected": float(rejected.sum()),
-              "logps_chosen": float(logps[:n].detach().sum()), "logps_rejected": float(logps[n:].detach().sum())}
+    extras = {
+        "reward_accuracy": float((chosen > rejected).sum()),
+        "reward_margin": float((chosen - rejected).sum()),
+        "reward_chosen": float(chosen.sum()),
+        "reward_rejected": float(rejected.sum()),
+        "logps_chosen": float(logps[:n].detach().sum()),
+        "logps_rejected": float(logps[n:].detach().sum()),
+    }
     return total, extras

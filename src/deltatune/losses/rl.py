@@ -86,8 +86,9 @@ def per_token_rewards(score: torch.Tensor, kl: torch.Tensor, beta: float, mask: 
 
 
 @torch.no_grad()
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
-        gamma: float = 1.0, lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over the tokens of each response (Schulman et al. 2016,
     https://arxiv.org/abs/1506.02438):
 
@@ -133,8 +134,13 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: fl
     return out * (mask != 0)
 
 
-def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                    mask: torch.Tensor, clip: float = 0.2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ppo_policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate, summed over response tokens (Schulman et al. 2017,
     https://arxiv.org/abs/1707.06347, Eq. 7), with ratio ``ρ_t = exp(log π − log π_old)``:
 
@@ -159,8 +165,13 @@ def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
     return loss, clip_frac, approx_kl
 
 
-def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-                   mask: torch.Tensor, clip: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+def ppo_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped value loss, summed over response tokens (as in OpenAI baselines' PPO2 and
     lm-human-preferences; Huang et al. 2024, detail 9):
 
@@ -233,16 +244,24 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) 
     score the same gets advantage 0. Returns (N,) float32; broadcast it over the response tokens.
     """
     if group_size < 2 or rewards.numel() % group_size:
-        raise ValueError(f"group_advantages needs group_size >= 2 dividing the {rewards.numel()} rewards, "
-                         f"got group_size={group_size}")
+        raise ValueError(
+            f"group_advantages needs group_size >= 2 dividing the {rewards.numel()} rewards, "
+            f"got group_size={group_size}"
+        )
     groups = rewards.float().view(-1, group_size)
     mean = groups.mean(dim=1, keepdim=True)
     std = groups.std(dim=1, keepdim=True)
     return ((groups - mean) / (std + eps)).view(-1)
 
 
-def grpo_token_losses(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
-                      advantages: torch.Tensor, clip: float = 0.2, beta: float = 0.04) -> torch.Tensor:
+def grpo_token_losses(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    clip: float = 0.2,
+    beta: float = 0.04,
+) -> torch.Tensor:
     """GRPO's per-token loss (B, T) (DeepSeekMath Eq. 3, negated to minimise):
 
         ``−min(ρ_t A, clip(ρ_t, 1 − ε, 1 + ε) A) + β · k3(π‖π_ref)_t``
@@ -261,9 +280,15 @@ def grpo_token_losses(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torc
     return loss
 
 
-def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
-              advantages: torch.Tensor, mask: torch.Tensor, clip: float = 0.2,
-              beta: float = 0.04) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float = 0.2,
+    beta: float = 0.04,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GRPO loss, normalised as in the paper: the mean over each response's tokens (1/|o_i|), then
     *summed* over sequences — the loop divides by the number of sequences, giving the paper's mean
     over the group (and TRL's ``loss_type="grpo"``).

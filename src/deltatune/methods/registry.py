@@ -44,8 +44,8 @@ class MethodOptions(BaseModel):
 class ModelContext:
     """What a method needs to know about the model it adapts."""
 
-    base_model: str                      # name or path recorded in adapter_config.json
-    task_type: str                       # PEFT task type: "SEQ_CLS" or "CAUSAL_LM"
+    base_model: str  # name or path recorded in adapter_config.json
+    task_type: str  # PEFT task type: "SEQ_CLS" or "CAUSAL_LM"
     head_modules: list[str] = field(default_factory=list)  # trained and saved in full (e.g. classifier)
 
 
@@ -71,7 +71,7 @@ class MethodSpec:
     """Load saved weights into a model that ``apply`` already adapted."""
     default_lr: float
     """Peak learning rate when the config sets none (:meth:`lr_for`: a task may have its own)."""
-    saved_dir: str = "adapter"           # run-dir subfolder written by ``save``
+    saved_dir: str = "adapter"  # run-dir subfolder written by ``save``
     merge: Callable[[nn.Module], nn.Module] | None = None
     """Fold the trained update into the base weights and remove the wrappers (mergeable methods)."""
     param_lr: Callable[[nn.Module, Any, float], dict[int, float]] | None = None
@@ -108,15 +108,21 @@ class MethodSpec:
         return self.task_lr.get(task, self.default_lr)
 
 
-METHODS: Registry[MethodSpec] = Registry("method", package="deltatune.methods",
-                                        entry_points="deltatune.methods")
+METHODS: Registry[MethodSpec] = Registry(
+    "method", package="deltatune.methods", entry_points="deltatune.methods"
+)
 register = METHODS.register
 available = METHODS.available
 
 # PEFT's spellings of our option names, for "did you mean" hints.
-PEFT_ALIASES = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
-                "target": "target_modules", "targets": "target_modules"}
-
+PEFT_ALIASES = {
+    "rank": "r",
+    "lora_r": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "target": "target_modules",
+    "targets": "target_modules",
+}
 
 
 def get_method(name: str) -> MethodSpec:
@@ -158,13 +164,14 @@ def validate_method_config(raw: dict[str, Any] | MethodOptions) -> MethodOptions
             key = "method." + ".".join(str(p) for p in err["loc"])
             if err["type"] == "extra_forbidden":
                 given = str(err["loc"][-1])
-                hint = (f"; did you mean `{PEFT_ALIASES[given]}`?"
-                        if PEFT_ALIASES.get(given) in spec.options.model_fields
-                        else suggest_key(given, list(spec.options.model_fields)))
+                hint = (
+                    f"; did you mean `{PEFT_ALIASES[given]}`?"
+                    if PEFT_ALIASES.get(given) in spec.options.model_fields
+                    else suggest_key(given, list(spec.options.model_fields))
+                )
                 msgs.append(f"{key}: unknown option for method '{spec.name}'{hint}")
             else:
-                msgs.append(f"{key}: {err['msg'].removeprefix('Value error, ')}"
-                            f" (got {err.get('input')!r})")
+                msgs.append(f"{key}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})")
         raise ConfigError("invalid config\n  " + "\n  ".join(msgs)) from None
     return opts
 
@@ -176,8 +183,9 @@ def method_for_adapter(adapter_config: dict[str, Any], source: Path) -> MethodSp
         if tag in spec.saved_tags:
             return spec
     known = sorted(t for spec in available().values() for t in spec.saved_tags)
-    raise ConfigError(f"{source}: adapters of type '{tag}' are not supported; deltatune loads "
-                      f"{', '.join(known)}")
+    raise ConfigError(
+        f"{source}: adapters of type '{tag}' are not supported; deltatune loads {', '.join(known)}"
+    )
 
 
 def trainable_report(model: nn.Module) -> dict[str, float]:

@@ -38,22 +38,27 @@ def load_head_and_layers(model: nn.Module, state: dict[str, torch.Tensor], sourc
     for key, value in state.items():
         if not key.startswith(PEFT_PREFIX):
             raise UserError(f"{source}: unexpected tensor '{key}' (not in PEFT layout)")
-        own[key[len(PEFT_PREFIX):]] = value
+        own[key[len(PEFT_PREFIX) :]] = value
     params = dict(model.named_parameters())
     unknown = [k for k in own if k not in params]
     if unknown:
-        raise UserError(f"{source}: adapter tensors do not fit this model, e.g. '{unknown[0]}' "
-                        f"({len(unknown)} unknown). Was it trained on another base model or method?")
+        raise UserError(
+            f"{source}: adapter tensors do not fit this model, e.g. '{unknown[0]}' "
+            f"({len(unknown)} unknown). Was it trained on another base model or method?"
+        )
     missing = [n for n, p in params.items() if p.requires_grad and n not in own]
     if missing:
-        raise UserError(f"{source}: adapter lacks trained tensors, e.g. '{missing[0]}' "
-                        f"({len(missing)} missing)")
+        raise UserError(
+            f"{source}: adapter lacks trained tensors, e.g. '{missing[0]}' ({len(missing)} missing)"
+        )
     with torch.no_grad():
         for key, value in own.items():
             target = params[key]
             if target.shape != value.shape:
-                raise UserError(f"{source}: '{key}' has shape {tuple(value.shape)}, "
-                                f"the model expects {tuple(target.shape)}")
+                raise UserError(
+                    f"{source}: '{key}' has shape {tuple(value.shape)}, "
+                    f"the model expects {tuple(target.shape)}"
+                )
             target.copy_(value.to(target.dtype))
 
 
@@ -76,6 +81,8 @@ def check_tag(adapter_dir: Path, tag: str, what: str | None = None) -> dict:
     cfg = read_json(path, "adapter config")
     found = cfg.get("method") or cfg.get("peft_type")
     if found != tag:
-        raise UserError(f"{path}: this is a '{found}' adapter, not {what or tag}; "
-                        f"use method '{str(found).lower()}' to load it")
+        raise UserError(
+            f"{path}: this is a '{found}' adapter, not {what or tag}; "
+            f"use method '{str(found).lower()}' to load it"
+        )
     return cfg

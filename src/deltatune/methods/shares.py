@@ -25,8 +25,7 @@ def trainable_shares(model_name: str, num_labels: int = 2) -> dict[str, dict | s
     from deltatune.errors import UserError
     from deltatune.models import head_module_names, load_for_classification
 
-    base, _, path = load_for_classification(model_name, num_labels,
-                                            {i: str(i) for i in range(num_labels)})
+    base, _, path = load_for_classification(model_name, num_labels, {i: str(i) for i in range(num_labels)})
     ctx = ModelContext(base_model=str(path), task_type="SEQ_CLS", head_modules=head_module_names(base))
     shares: dict[str, dict | str] = {}
     for row, spec, opts in method_rows():

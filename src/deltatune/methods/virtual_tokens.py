@@ -21,8 +21,10 @@ PROMPT_LEARNING_PREFIX = "base_model."  # PEFT's key prefix for heads of prompt-
 def backbone_of(model: nn.Module) -> nn.Module:
     """The transformer under the task head (``model.base_model``; the model itself if bare)."""
     if getattr(model.config, "is_encoder_decoder", False):
-        raise ConfigError(f"method.name: soft prompts / prefixes support encoder or decoder models, not "
-                          f"encoder-decoder models like {model.config.model_type}")
+        raise ConfigError(
+            f"method.name: soft prompts / prefixes support encoder or decoder models, not "
+            f"encoder-decoder models like {model.config.model_type}"
+        )
     return getattr(model, "base_model", model)
 
 
@@ -53,19 +55,21 @@ def input_length(kwargs: dict) -> int:
 
 def prompt_learning_head_state(model: nn.Module, head_modules: list[str]) -> dict[str, torch.Tensor]:
     """Head weights under PEFT's prompt-learning names: ``base_model.classifier.weight``."""
-    return {PROMPT_LEARNING_PREFIX + k[len(PEFT_PREFIX):]: v
-            for k, v in head_state(model, head_modules).items()}
+    return {
+        PROMPT_LEARNING_PREFIX + k[len(PEFT_PREFIX) :]: v for k, v in head_state(model, head_modules).items()
+    }
 
 
-def load_prompt_learning_state(model: nn.Module, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
-                               source: Path) -> None:
+def load_prompt_learning_state(
+    model: nn.Module, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], source: Path
+) -> None:
     """Load PEFT prompt-learning heads (``base_model.<head>.*``) plus ``own`` tensors (keyed by our
     parameter names) with the shared checks: every tensor must land, every trainable one be covered."""
     full = {}
     for key, value in state.items():
         if not key.startswith(PROMPT_LEARNING_PREFIX):
             raise UserError(f"{source}: unexpected tensor '{key}' (not in PEFT's prompt-learning layout)")
-        full[PEFT_PREFIX + key[len(PROMPT_LEARNING_PREFIX):]] = value
+        full[PEFT_PREFIX + key[len(PROMPT_LEARNING_PREFIX) :]] = value
     full.update({PEFT_PREFIX + name: value for name, value in own.items()})
     load_head_and_layers(model, full, source)
 
@@ -76,8 +80,10 @@ def read_adapter_config(adapter_dir: Path, peft_type: str) -> dict:
         raise UserError(f"{adapter_dir}: no adapter_config.json; pass a directory saved by deltatune or PEFT")
     cfg = read_json(path, "adapter config")
     if cfg.get("peft_type") != peft_type:
-        raise UserError(f"{path}: peft_type is {cfg.get('peft_type')!r}, this method loads {peft_type!r} "
-                        "adapters; set method.name to the method the adapter was trained with")
+        raise UserError(
+            f"{path}: peft_type is {cfg.get('peft_type')!r}, this method loads {peft_type!r} "
+            "adapters; set method.name to the method the adapter was trained with"
+        )
     return cfg
 
 

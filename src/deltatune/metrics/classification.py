@@ -8,8 +8,9 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 from deltatune.metrics.registry import registered
 
 
-def classification_metrics(y_true: list[int] | np.ndarray, y_pred: list[int] | np.ndarray,
-                           label_names: list[str]) -> dict:
+def classification_metrics(
+    y_true: list[int] | np.ndarray, y_pred: list[int] | np.ndarray, label_names: list[str]
+) -> dict:
     """Accuracy, macro/weighted precision, recall and F1, per-class scores, confusion matrix.
 
     ``label_names[i]`` names label id ``i``; the confusion matrix is ``[true][predicted]`` over all
@@ -18,12 +19,15 @@ def classification_metrics(y_true: list[int] | np.ndarray, y_pred: list[int] | n
     labels = list(range(len(label_names)))
     out: dict = {"accuracy": float(accuracy_score(y_true, y_pred)), "n": int(len(y_true))}
     for avg in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=avg,
-                                                     zero_division=0)
+        p, r, f, _ = precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, average=avg, zero_division=0
+        )
         out[f"precision_{avg}"], out[f"recall_{avg}"], out[f"f1_{avg}"] = float(p), float(r), float(f)
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    out["per_class"] = {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                               "support": int(s[i])} for i, name in enumerate(label_names)}
+    out["per_class"] = {
+        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i, name in enumerate(label_names)
+    }
     out["confusion_matrix"] = {
         "labels": list(label_names),
         "matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
@@ -51,9 +55,18 @@ def multilabel_metrics(y_true, y_pred, label_names: list[str]) -> dict:
         out[f"precision_{avg}"], out[f"recall_{avg}"], out[f"f1_{avg}"] = float(p), float(r), float(f)
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
     cm = multilabel_confusion_matrix(y_true, y_pred)  # (C, 2, 2): [[tn, fp], [fn, tp]]
-    out["per_class"] = {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                               "support": int(s[i]), "tp": int(cm[i, 1, 1]), "fp": int(cm[i, 0, 1]),
-                               "fn": int(cm[i, 1, 0])} for i, name in enumerate(label_names)}
+    out["per_class"] = {
+        name: {
+            "precision": float(p[i]),
+            "recall": float(r[i]),
+            "f1": float(f[i]),
+            "support": int(s[i]),
+            "tp": int(cm[i, 1, 1]),
+            "fp": int(cm[i, 0, 1]),
+            "fn": int(cm[i, 1, 0]),
+        }
+        for i, name in enumerate(label_names)
+    }
     return out
 
 

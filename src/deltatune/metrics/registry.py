@@ -1,6 +1,5 @@
 """The metric registry (see :mod:`deltatune.metrics`)."""
 
-
 from __future__ import annotations
 
 from dataclasses import dataclass

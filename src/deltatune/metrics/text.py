@@ -75,11 +75,14 @@ def text_generation_metrics(predictions: list[str], references: list[str]) -> di
 
 def _check_pairs(predictions: list[str], references: list[str]) -> None:
     if len(predictions) == 0:
-        raise ValueError("no predictions to score: text metrics need at least one "
-                         "(prediction, reference) pair")
+        raise ValueError(
+            "no predictions to score: text metrics need at least one (prediction, reference) pair"
+        )
     if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions but {len(references)} references: "
-                         "pass exactly one reference string per prediction")
+        raise ValueError(
+            f"{len(predictions)} predictions but {len(references)} references: "
+            "pass exactly one reference string per prediction"
+        )
 
 
 __all__ = ["bleu", "exact_match", "mean_words", "normalize_answer", "rouge_l", "text_generation_metrics"]

@@ -16,21 +16,48 @@ import importlib
 from typing import TYPE_CHECKING
 
 _EXPORTS = {
-    "bundled": ["BUNDLED", "BundledModel", "bundled_model_path", "deltatune_home", "list_models",
-                "llama_parameter_count", "resolve_model_path", "safetensors_parameter_count"],
-    "loading": ["head_module_names", "is_encoder", "load_for_causal_lm", "load_for_classification",
-                "load_tokenizer", "position_limit"],
+    "bundled": [
+        "BUNDLED",
+        "BundledModel",
+        "bundled_model_path",
+        "deltatune_home",
+        "list_models",
+        "llama_parameter_count",
+        "resolve_model_path",
+        "safetensors_parameter_count",
+    ],
+    "loading": [
+        "head_module_names",
+        "is_encoder",
+        "load_for_causal_lm",
+        "load_for_classification",
+        "load_tokenizer",
+        "position_limit",
+    ],
     "tiny": ["make_tiny_model_dir", "tiny_config", "tiny_tokenizer"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below does the import
-    from deltatune.models.bundled import (BUNDLED, BundledModel, bundled_model_path, deltatune_home,
-                                          list_models, llama_parameter_count, resolve_model_path,
-                                          safetensors_parameter_count)
-    from deltatune.models.loading import (head_module_names, is_encoder, load_for_causal_lm, position_limit,
-                                          load_for_classification, load_tokenizer)
+    from deltatune.models.bundled import (
+        BUNDLED,
+        BundledModel,
+        bundled_model_path,
+        deltatune_home,
+        list_models,
+        llama_parameter_count,
+        resolve_model_path,
+        safetensors_parameter_count,
+    )
+    from deltatune.models.loading import (
+        head_module_names,
+        is_encoder,
+        load_for_causal_lm,
+        load_for_classification,
+        load_tokenizer,
+        position_limit,
+    )
     from deltatune.models.tiny import make_tiny_model_dir, tiny_config, tiny_tokenizer
 
 

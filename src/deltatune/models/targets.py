@@ -53,8 +53,9 @@ def _is_head(name: str) -> bool:
 
 def find_targets(model: nn.Module, spec: str | list[str], *, linear_only: bool = True) -> list[str]:
     """Full names of the modules selected by ``spec`` (see module docstring)."""
-    candidates = {n: m for n, m in model.named_modules()
-                  if n and not _is_head(n) and (is_linear(m) or not linear_only)}
+    candidates = {
+        n: m for n, m in model.named_modules() if n and not _is_head(n) and (is_linear(m) or not linear_only)
+    }
     if spec == "auto":
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         spec = DEFAULT_TARGETS.get(model_type, "all-linear")
@@ -74,7 +75,8 @@ def find_targets(model: nn.Module, spec: str | list[str], *, linear_only: bool =
         raise ConfigError(
             f"method.target_modules: {spec!r} matches no layer of this model. "
             f"Linear layers it has (by name): {', '.join(leaves)}. "
-            "Use some of these names, a regex over full names, or 'all-linear'.")
+            "Use some of these names, a regex over full names, or 'all-linear'."
+        )
     return names
 
 

@@ -23,8 +23,15 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, BertConfig,
-                          GPT2Config, LlamaConfig, PretrainedConfig, PreTrainedTokenizerFast)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    GPT2Config,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+)
 
 from deltatune.models.bundled import bundled_model_path
 
@@ -56,25 +63,58 @@ def tiny_config(kind: TinyKind, vocab_size: int | None = None) -> PretrainedConf
     tied embeddings, like SmolLM2. ``vocab_size`` defaults to the tiny tokenizer's size.
     """
     if kind == "bert":
-        return BertConfig(vocab_size=vocab_size or 30522, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-                          num_attention_heads=2, intermediate_size=INTERMEDIATE,
-                          max_position_embeddings=MAX_POSITIONS, hidden_dropout_prob=0.0,
-                          attention_probs_dropout_prob=0.0, pad_token_id=0)
+        return BertConfig(
+            vocab_size=vocab_size or 30522,
+            hidden_size=HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=2,
+            intermediate_size=INTERMEDIATE,
+            max_position_embeddings=MAX_POSITIONS,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            pad_token_id=0,
+        )
     if kind == "llama":
-        return LlamaConfig(vocab_size=vocab_size or BPE_VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-                           num_attention_heads=4, num_key_value_heads=2, intermediate_size=INTERMEDIATE,
-                           max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=True,
-                           unk_token_id=0, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+        return LlamaConfig(
+            vocab_size=vocab_size or BPE_VOCAB,
+            hidden_size=HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=INTERMEDIATE,
+            max_position_embeddings=MAX_POSITIONS,
+            tie_word_embeddings=True,
+            unk_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=2,
+        )
     if kind == "gpt2":
-        return GPT2Config(vocab_size=vocab_size or BPE_VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=2,
-                          n_inner=INTERMEDIATE, n_positions=MAX_POSITIONS, resid_pdrop=0.0,
-                          embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        return GPT2Config(
+            vocab_size=vocab_size or BPE_VOCAB,
+            n_embd=HIDDEN,
+            n_layer=LAYERS,
+            n_head=2,
+            n_inner=INTERMEDIATE,
+            n_positions=MAX_POSITIONS,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
     raise ValueError(f"unknown tiny model kind '{kind}'; choose one of {', '.join(KINDS)}")
 
 
-def make_tiny_model_dir(kind: TinyKind, path: str | os.PathLike,
-                        task: Literal["classify", "causal_lm"] = "classify", num_labels: int = 2,
-                        seed: int = 0, texts: Iterable[str] | None = None) -> str:
+def make_tiny_model_dir(
+    kind: TinyKind,
+    path: str | os.PathLike,
+    task: Literal["classify", "causal_lm"] = "classify",
+    num_labels: int = 2,
+    seed: int = 0,
+    texts: Iterable[str] | None = None,
+) -> str:
     """Save a randomly initialised tiny model plus tokenizer into ``path``; returns ``path``.
 
     ``task="classify"`` saves a ``*ForSequenceClassification`` model with a ``num_labels`` head,
@@ -105,8 +145,9 @@ def make_tiny_model_dir(kind: TinyKind, path: str | os.PathLike,
     return str(path)
 
 
-def tiny_tokenizer(kind: Literal["llama", "gpt2"], texts: Iterable[str] | None = None,
-                   vocab_size: int = BPE_VOCAB) -> PreTrainedTokenizerFast:
+def tiny_tokenizer(
+    kind: Literal["llama", "gpt2"], texts: Iterable[str] | None = None, vocab_size: int = BPE_VOCAB
+) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer (~``vocab_size`` tokens) trained in-process; deterministic.
 
     Byte-level means every string is encodable (no unknown tokens), as with GPT-2 and SmolLM2.
@@ -120,13 +161,23 @@ def tiny_tokenizer(kind: Literal["llama", "gpt2"], texts: Iterable[str] | None =
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     bpe.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     bpe.train_from_iterator(list(texts) if texts is not None else _default_texts(), trainer=trainer)
     # llama: <|endoftext|>, <|im_start|>, <|im_end|> and pad = eos; gpt2: one token plays every role.
     unk, bos, eos = specials if kind == "llama" else specials * 3
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token=unk, bos_token=bos, eos_token=eos,
-                                        pad_token=eos, model_max_length=MAX_POSITIONS)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        unk_token=unk,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=eos,
+        model_max_length=MAX_POSITIONS,
+    )
     if kind == "llama":
         tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
@@ -143,11 +194,10 @@ def _default_texts(n_words: int = 3000, words_per_line: int = 12) -> tuple[str, 
     words = [w for w in vocab.read_text(encoding="utf-8").split("\n") if w.isascii() and w.isalpha()]
     repeats = [1 + n_words // (i + 30) for i in range(min(n_words, len(words)))]
     corpus = [words[i] for r in range(repeats[0]) for i, n in enumerate(repeats) if n > r]  # interleaved
-    lines = [" ".join(corpus[i:i + words_per_line]) for i in range(0, len(corpus), words_per_line)]
+    lines = [" ".join(corpus[i : i + words_per_line]) for i in range(0, len(corpus), words_per_line)]
     # Capitalised sentences with punctuation and digits, so these get merges of their own too.
     lines += [f"{line.capitalize()}, {i}. {line.title()}!" for i, line in enumerate(lines[:200])]
     return tuple(lines)
 
 
-__all__ = ["CHAT_TEMPLATE", "KINDS", "TinyKind", "make_tiny_model_dir", "tiny_config",
-           "tiny_tokenizer"]
+__all__ = ["CHAT_TEMPLATE", "KINDS", "TinyKind", "make_tiny_model_dir", "tiny_config", "tiny_tokenizer"]

@@ -7,7 +7,6 @@ import json
 import math
 from pathlib import Path
 
-
 SKIP_METRICS = ("n", "target_tokens", "examples")
 
 
@@ -19,9 +18,15 @@ def tuned_section(report: dict) -> dict | None:
 
 
 def scalars(section: dict | None) -> dict[str, float]:
-    return {k: float(v) for k, v in (section or {}).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in SKIP_METRICS
-            and "_ci_" not in k and math.isfinite(float(v))}
+    return {
+        k: float(v)
+        for k, v in (section or {}).items()
+        if isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and k not in SKIP_METRICS
+        and "_ci_" not in k
+        and math.isfinite(float(v))
+    }
 
 
 def read_curves(run_dir: Path, metric: str) -> dict:

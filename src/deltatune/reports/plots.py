@@ -11,12 +11,30 @@ import re
 from itertools import count
 
 BASE_COLOR = "#7f7f7f"
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-           "#bcbd22", "#393b79")
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#393b79",
+)
 _ids = count(1)
-_STYLE = {"svg.fonttype": "none", "svg.hashsalt": "deltatune", "font.size": 11, "axes.titlesize": 12,
-          "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
-          "font.family": ["DejaVu Sans"]}
+_STYLE = {
+    "svg.fonttype": "none",
+    "svg.hashsalt": "deltatune",
+    "font.size": 11,
+    "axes.titlesize": 12,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "font.family": ["DejaVu Sans"],
+}
 
 
 def colors(names: list[str]) -> dict[str, str]:
@@ -42,7 +60,7 @@ def to_svg(fig, title: str) -> str:
     with matplotlib.rc_context(_STYLE):
         fig.savefig(buf, format="svg")
     svg = buf.getvalue()
-    svg = svg[svg.index("<svg"):]
+    svg = svg[svg.index("<svg") :]
     svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.S)  # RDF creator info, not needed inline
     prefix = f"f{next(_ids)}-"
     svg = re.sub(r'id="([^"]+)"', rf'id="{prefix}\1"', svg)
@@ -67,28 +85,52 @@ def _label_places(points: list[dict]) -> list[tuple[tuple[int, int], str]]:
     for p in points:
         x, y = math.log10(p["params"]), (p["mean"] - min(ys)) / span
         for side, k in [(s, k) for k in range(4) for s in (1, -1)]:
-            if not any(abs(x - px) < 0.5 and abs(y - py) < 0.06 and ps == side and pk == k
-                       for px, py, ps, pk in placed):
+            if not any(
+                abs(x - px) < 0.5 and abs(y - py) < 0.06 and ps == side and pk == k
+                for px, py, ps, pk in placed
+            ):
                 break
         placed.append((x, y, side, k))
         out.append(((8 * side, 6 - 13 * k), "left" if side > 0 else "right"))
     return out
 
 
-def quality_vs_params(points: list[dict], metric: str, base: float | None, greater_is_better: bool,
-                      palette: dict[str, str]) -> str:
+def quality_vs_params(
+    points: list[dict], metric: str, base: float | None, greater_is_better: bool, palette: dict[str, str]
+) -> str:
     """Scatter of the metric (mean, std bars) against trainable parameters (log scale), one labelled
     point per method, the untuned base as a dashed line. ``points``: {name, params, mean, std}."""
     fig, ax = new_figure(7.2, 4.4)
     for p, (offset, align) in zip(points, _label_places(points)):
-        ax.errorbar([p["params"]], [p["mean"]], yerr=[p["std"] or 0], fmt="o", ms=8, capsize=4,
-                    color=palette.get(p["name"], BASE_COLOR))
-        ax.annotate(p["name"], (p["params"], p["mean"]), textcoords="offset points", xytext=offset, ha=align,
-                    fontsize=10, color=palette.get(p["name"], BASE_COLOR))
+        ax.errorbar(
+            [p["params"]],
+            [p["mean"]],
+            yerr=[p["std"] or 0],
+            fmt="o",
+            ms=8,
+            capsize=4,
+            color=palette.get(p["name"], BASE_COLOR),
+        )
+        ax.annotate(
+            p["name"],
+            (p["params"], p["mean"]),
+            textcoords="offset points",
+            xytext=offset,
+            ha=align,
+            fontsize=10,
+            color=palette.get(p["name"], BASE_COLOR),
+        )
     if base is not None:
         ax.axhline(base, color=BASE_COLOR, ls="--", lw=1.2)
-        ax.annotate("untuned base", (0.01, base), xycoords=("axes fraction", "data"), xytext=(0, 4),
-                    textcoords="offset points", color=BASE_COLOR, fontsize=9)
+        ax.annotate(
+            "untuned base",
+            (0.01, base),
+            xycoords=("axes fraction", "data"),
+            xytext=(0, 4),
+            textcoords="offset points",
+            color=BASE_COLOR,
+            fontsize=9,
+        )
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel(f"{metric} ({'higher' if greater_is_better else 'lower'} is better)")
@@ -97,8 +139,15 @@ def quality_vs_params(points: list[dict], metric: str, base: float | None, great
     return to_svg(fig, f"validation {metric} against trainable parameters")
 
 
-def hbars(ax, names: list[str], values: list[float | None], palette: dict[str, str], fmt: str, xlabel: str,
-          title: str) -> None:
+def hbars(
+    ax,
+    names: list[str],
+    values: list[float | None],
+    palette: dict[str, str],
+    fmt: str,
+    xlabel: str,
+    title: str,
+) -> None:
     """Horizontal bars, first name on top, each bar labelled with its value ("failed" when None)."""
     ys = list(range(len(names)))[::-1]
     shown = [v or 0 for v in values]
@@ -113,12 +162,29 @@ def hbars(ax, names: list[str], values: list[float | None], palette: dict[str, s
     ax.grid(axis="y", visible=False)
 
 
-def resources(names: list[str], memory: list[float | None], tokens_per_s: list[float | None],
-              palette: dict[str, str]) -> str:
+def resources(
+    names: list[str], memory: list[float | None], tokens_per_s: list[float | None], palette: dict[str, str]
+) -> str:
     """Peak training memory and training throughput, side by side, one bar per method."""
     fig, (left, right) = new_figure(12, 0.42 * len(names) + 1.3, ncols=2)
-    hbars(left, names, memory, palette, "{:,.0f} MB", "MB (peak during training)", "Training memory (less is better)")
-    hbars(right, names, tokens_per_s, palette, "{:,.0f}", "tokens per second", "Training throughput (more is better)")
+    hbars(
+        left,
+        names,
+        memory,
+        palette,
+        "{:,.0f} MB",
+        "MB (peak during training)",
+        "Training memory (less is better)",
+    )
+    hbars(
+        right,
+        names,
+        tokens_per_s,
+        palette,
+        "{:,.0f}",
+        "tokens per second",
+        "Training throughput (more is better)",
+    )
     right.set_yticks(right.get_yticks(), [""] * len(names))
     return to_svg(fig, "peak training memory and training throughput per method")
 
@@ -142,9 +208,16 @@ def loss_curves(curves: dict[str, dict[str, list]], palette: dict[str, str]) -> 
         for i, (seed, points) in enumerate(seeds.items()):
             if points:
                 xs, ys = zip(*points)
-                ax.plot(xs, ys, color=palette.get(name, BASE_COLOR), lw=1.8 if i == 0 else 1,
-                        alpha=1 if i == 0 else 0.35, label=name if i == 0 else None,
-                        marker="o" if len(xs) <= 20 else None, ms=4)
+                ax.plot(
+                    xs,
+                    ys,
+                    color=palette.get(name, BASE_COLOR),
+                    lw=1.8 if i == 0 else 1,
+                    alpha=1 if i == 0 else 0.35,
+                    label=name if i == 0 else None,
+                    marker="o" if len(xs) <= 20 else None,
+                    ms=4,
+                )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")
     ax.set_title("Training loss of every method")
@@ -158,7 +231,15 @@ def run_curves(loss: list, evals: list, metric: str) -> str:
     fig, ax = new_figure(7.2, 3.8)
     if loss:
         xs, ys = zip(*loss)
-        ax.plot(xs, ys, color=PALETTE[0], lw=1.8, label="training loss", marker="o" if len(xs) <= 20 else None, ms=4)
+        ax.plot(
+            xs,
+            ys,
+            color=PALETTE[0],
+            lw=1.8,
+            label="training loss",
+            marker="o" if len(xs) <= 20 else None,
+            ms=4,
+        )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss", color=PALETTE[0])
     if evals:  # the validation loss shares the training loss's axis; another metric gets its own

@@ -23,15 +23,25 @@ def classification_markdown(title: str, sections: dict[str, dict], extra: dict |
     for split, rep in sections.items():
         lines.append(f"| {split} | " + " | ".join(_fmt(rep.get(k, "")) for k in headline) + " |")
     for split, rep in sections.items():
-        lines += ["", f"## {split}: per class", "", "| label | precision | recall | f1 | support |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {split}: per class",
+            "",
+            "| label | precision | recall | f1 | support |",
+            "|---|---|---|---|---|",
+        ]
         for name, s in rep["per_class"].items():
-            lines.append(f"| {name} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} "
-                         f"| {s['support']} |")
+            lines.append(
+                f"| {name} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} | {s['support']} |"
+            )
         cm = rep["confusion_matrix"]
-        lines += ["", f"## {split}: confusion matrix (rows = true, columns = predicted)", "",
-                  "| true \\ pred | " + " | ".join(cm["labels"]) + " |",
-                  "|---" * (len(cm["labels"]) + 1) + "|"]
+        lines += [
+            "",
+            f"## {split}: confusion matrix (rows = true, columns = predicted)",
+            "",
+            "| true \\ pred | " + " | ".join(cm["labels"]) + " |",
+            "|---" * (len(cm["labels"]) + 1) + "|",
+        ]
         for name, row in zip(cm["labels"], cm["matrix"]):
             lines.append(f"| {name} | " + " | ".join(str(x) for x in row) + " |")
     return "\n".join(lines) + "\n"

@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 
-def run_config(cfg, overwrite: bool = False, allow_data_change: bool = False, preflight: bool = False) -> dict:
+def run_config(
+    cfg, overwrite: bool = False, allow_data_change: bool = False, preflight: bool = False
+) -> dict:
     """Train the run ``cfg`` describes (any task); returns its summary. ``preflight``: log the findings
     of the fast pre-flight checks first (``deltatune train`` does)."""
     from deltatune.runs.skeleton import train_run

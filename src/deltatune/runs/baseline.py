@@ -8,8 +8,13 @@ import gc
 from deltatune.runs.loaded import load_target
 
 
-def evaluate_with_baseline(run_dir: str | None, adapter: str | None, model_name: str | None, data_path: str,
-                           samples: int | None = None) -> dict:
+def evaluate_with_baseline(
+    run_dir: str | None,
+    adapter: str | None,
+    model_name: str | None,
+    data_path: str,
+    samples: int | None = None,
+) -> dict:
     """``{"tuned": report, "base": report, "change": {metric: {base, tuned, abs, rel, better}}}``."""
     from deltatune.runs.services import evaluate
 
@@ -18,8 +23,9 @@ def evaluate_with_baseline(run_dir: str | None, adapter: str | None, model_name:
     lower = set(run.task.lower_is_better)
     del run
     gc.collect()
-    base = evaluate(load_target(run_dir, adapter, model_name, command="eval", untuned=True), data_path,
-                    samples=samples)
+    base = evaluate(
+        load_target(run_dir, adapter, model_name, command="eval", untuned=True), data_path, samples=samples
+    )
     return {"tuned": tuned, "base": base, "change": change_table(base, tuned, lower)}
 
 
@@ -31,16 +37,31 @@ def change_table(base: dict, tuned: dict, lower_is_better: set[str]) -> dict:
         b = base.get(key)
         if key in SKIP_METRICS:
             continue
-        if isinstance(t, bool) or isinstance(b, bool) or not isinstance(t, (int, float)) or not isinstance(b, (int, float)):
+        if (
+            isinstance(t, bool)
+            or isinstance(b, bool)
+            or not isinstance(t, (int, float))
+            or not isinstance(b, (int, float))
+        ):
             continue
         diff = t - b
-        out[key] = {"base": b, "tuned": t, "abs": diff, "rel": diff / abs(b) if b else None,
-                    "better": None if diff == 0 else (diff < 0) == (key in lower_is_better)}
+        out[key] = {
+            "base": b,
+            "tuned": t,
+            "abs": diff,
+            "rel": diff / abs(b) if b else None,
+            "better": None if diff == 0 else (diff < 0) == (key in lower_is_better),
+        }
     return out
 
 
 def format_change(result: dict, title: str) -> str:
-    lines = [f"# {title}", "", "| metric | base (untuned) | tuned | change | relative |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"# {title}",
+        "",
+        "| metric | base (untuned) | tuned | change | relative |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for key, c in result["change"].items():
         rel = f"{c['rel']:+.1%}" if c["rel"] is not None else "n/a"
         mark = "" if c["better"] is None else " (better)" if c["better"] else " (worse)"

@@ -37,9 +37,15 @@ def check_bench_args(batch_sizes, seq_len, warmup: int, repeats: int) -> None:
         raise UserError(f"--warmup must be 0 or more and --repeats 1 or more (got {warmup}, {repeats})")
 
 
-def bench_run(run_dir: str | Path, seq_len: int | None = None,
-              batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES, warmup: int = 2, repeats: int = 10,
-              baseline: bool = False, merged: bool = True) -> dict:
+def bench_run(
+    run_dir: str | Path,
+    seq_len: int | None = None,
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
+    warmup: int = 2,
+    repeats: int = 10,
+    baseline: bool = False,
+    merged: bool = True,
+) -> dict:
     """Latency (median of ``repeats`` after ``warmup``), throughput and peak memory per batch size,
     for the tuned model (``variants["tuned"]``), merged (``"merged"``, mergeable methods) and the
     untuned base model (``"base"``, with ``baseline``); ``other_cpu_share``: how much of the machine
@@ -63,8 +69,18 @@ def _bench(run_dir, seq_len, batch_sizes, warmup, repeats, baseline, merged) -> 
         base = load_run(run_dir, untuned=True)
         variants["base"] = bench_model(base.model, base.tokenizer, **kw)
     kind = next(iter(variants.values()))[0]
-    note = ("peak allocated CUDA memory" if kind["memory_kind"] == "cuda_allocated" else
-            "peak resident memory of the process (model included)" +
-            ("" if kind["memory_exact"] else ", lifetime peak: an upper bound on this system"))
-    return {"name": str(run_dir), "seq_len": seq_len, "batch_sizes": list(batch_sizes), "warmup": warmup,
-            "repeats": repeats, "memory_note": note, "variants": variants}
+    note = (
+        "peak allocated CUDA memory"
+        if kind["memory_kind"] == "cuda_allocated"
+        else "peak resident memory of the process (model included)"
+        + ("" if kind["memory_exact"] else ", lifetime peak: an upper bound on this system")
+    )
+    return {
+        "name": str(run_dir),
+        "seq_len": seq_len,
+        "batch_sizes": list(batch_sizes),
+        "warmup": warmup,
+        "repeats": repeats,
+        "memory_note": note,
+        "variants": variants,
+    }

@@ -24,8 +24,8 @@ from pathlib import Path
 from deltatune.config import Config, dump_config
 from deltatune.errors import UserError
 from deltatune.io import read_json, write_text_atomic
-from deltatune.training.checkpoint import list_checkpoints
 from deltatune.log import log
+from deltatune.training.checkpoint import list_checkpoints
 
 FINISHED_MARKER = "summary.json"
 RUN_MARKER = "config.yaml"
@@ -88,22 +88,32 @@ def plan_run(cfg: Config, overwrite: bool = False) -> RunPlan:
     state, resume = run_state(target), cfg.train.resume
     where = f"--output-dir {target}"
     if state == "foreign":
-        raise UserError(f"{where} exists and is not a deltatune run directory (no {RUN_MARKER}); "
-                        "choose a new or empty directory (deltatune never writes into other files)")
+        raise UserError(
+            f"{where} exists and is not a deltatune run directory (no {RUN_MARKER}); "
+            "choose a new or empty directory (deltatune never writes into other files)"
+        )
     if resume and overwrite:
-        raise UserError("--resume and --overwrite both given: choose one (--resume continues the "
-                        "killed run, --overwrite starts it again)")
+        raise UserError(
+            "--resume and --overwrite both given: choose one (--resume continues the "
+            "killed run, --overwrite starts it again)"
+        )
     if state == "finished" and not overwrite:
-        raise UserError(f"{target} already holds a finished run; choose another --output-dir "
-                        "or pass --overwrite to replace it" +
-                        ("; there is nothing to resume" if resume else ""))
+        raise UserError(
+            f"{target} already holds a finished run; choose another --output-dir "
+            "or pass --overwrite to replace it" + ("; there is nothing to resume" if resume else "")
+        )
     if state == "unfinished" and not (resume or overwrite):
-        raise UserError(f"{target} holds an unfinished run (checkpoints up to step "
-                        f"{last_checkpoint_step(target)}, no summary.json): pass --resume to continue "
-                        "it, or --overwrite to start it again")
+        raise UserError(
+            f"{target} holds an unfinished run (checkpoints up to step "
+            f"{last_checkpoint_step(target)}, no summary.json): pass --resume to continue "
+            "it, or --overwrite to start it again"
+        )
     if resume and state in ("missing", "empty"):
-        log(f"--resume: nothing to resume in {target} ({'no such directory' if state == 'missing' else 'empty'}); "
-            "starting a fresh run")
+        log(
+            f"--resume: nothing to resume in {target} "
+            f"({'no such directory' if state == 'missing' else 'empty'}); "
+            "starting a fresh run"
+        )
         resume = cfg.train.resume = False
     if resume and state == "started":
         log(f"--resume: {target} has no checkpoint yet; the run starts again from step 0")
@@ -129,8 +139,10 @@ def open_run(plan: RunPlan, cfg: Config) -> Path:
             probe.write_bytes(b"")
             probe.unlink()
     except OSError as exc:
-        raise UserError(f"cannot write the run directory {plan.target}: {exc.strerror} "
-                        f"({exc.filename}); choose a writable --output-dir") from None
+        raise UserError(
+            f"cannot write the run directory {plan.target}: {exc.strerror} "
+            f"({exc.filename}); choose a writable --output-dir"
+        ) from None
     if not plan.resume:
         write_text_atomic(dump_config(cfg), plan.work / RUN_MARKER)
     return plan.work
@@ -160,18 +172,29 @@ def check_same_config(cfg: Config, run_dir: Path) -> None:
     try:
         saved = yaml.safe_load((run_dir / RUN_MARKER).read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
-        raise UserError(f"{run_dir / RUN_MARKER}: damaged ({str(exc).splitlines()[0]}); the run cannot "
-                        "be resumed; start it again with --overwrite") from None
+        raise UserError(
+            f"{run_dir / RUN_MARKER}: damaged ({str(exc).splitlines()[0]}); the run cannot "
+            "be resumed; start it again with --overwrite"
+        ) from None
     now = cfg.model_dump(mode="json")
-    diffs = [f"{section}.{key}" for section in now if isinstance(now[section], dict)
-             for key in now[section]
-             if section != "train" or key not in ("resume", "progress")
-             if not isinstance(saved.get(section), dict) or saved[section].get(key) != now[section][key]]
-    diffs += [key for key in now if not isinstance(now[key], dict) and key != "output_dir"
-              and saved.get(key) != now[key]]
+    diffs = [
+        f"{section}.{key}"
+        for section in now
+        if isinstance(now[section], dict)
+        for key in now[section]
+        if section != "train" or key not in ("resume", "progress")
+        if not isinstance(saved.get(section), dict) or saved[section].get(key) != now[section][key]
+    ]
+    diffs += [
+        key
+        for key in now
+        if not isinstance(now[key], dict) and key != "output_dir" and saved.get(key) != now[key]
+    ]
     if diffs:
-        raise UserError(f"--resume: the config differs from the one in {run_dir}/{RUN_MARKER} "
-                        f"({', '.join(diffs)}); resume with the same config or start a new run")
+        raise UserError(
+            f"--resume: the config differs from the one in {run_dir}/{RUN_MARKER} "
+            f"({', '.join(diffs)}); resume with the same config or start a new run"
+        )
 
 
 def check_data_unchanged(run_dir: Path, fingerprints: dict, allow_change: bool) -> None:
@@ -183,9 +206,11 @@ def check_data_unchanged(run_dir: Path, fingerprints: dict, allow_change: bool) 
     saved = (state.get("run_state") or {}).get("data_fingerprints") or {}
     changed = [key for key, fp in fingerprints.items() if key in saved and saved[key] != fp]
     if changed and not allow_change:
-        raise UserError(f"--resume: the content of {', '.join(changed)} changed since the checkpoint "
-                        f"at step {found[-1][0]} was written; the resumed run would train on other data "
-                        "than it started with. Restore the file, start again with --overwrite, or pass "
-                        "--allow-data-change if the change is intended")
+        raise UserError(
+            f"--resume: the content of {', '.join(changed)} changed since the checkpoint "
+            f"at step {found[-1][0]} was written; the resumed run would train on other data "
+            "than it started with. Restore the file, start again with --overwrite, or pass "
+            "--allow-data-change if the change is intended"
+        )
     if changed:
         log(f"--allow-data-change: {', '.join(changed)} changed since the checkpoint; resuming anyway")

@@ -25,8 +25,9 @@ def predict(run: LoadedRun, texts: list[str] | None = None, data_path: str | Non
     return run.task.predict(run, texts=texts, data_path=data_path)
 
 
-def score(run: LoadedRun, answers: list[str], prompt: str | None = None,
-          data_path: str | None = None) -> list[dict]:
+def score(
+    run: LoadedRun, answers: list[str], prompt: str | None = None, data_path: str | None = None
+) -> list[dict]:
     """Rewards from a reward-model run: of ``answers`` (to one ``prompt``, or none), or of every row of
     a file (preference pairs: both answers; instruction rows: the answer to the prompt)."""
     run.require("score")
@@ -45,10 +46,19 @@ def _score_file(run: LoadedRun, data_path: str) -> list[dict]:
         from deltatune.data.pairs import read_pairs
 
         pairs, _ = read_pairs(data_path, run.cfg.data)
-        rewards = run.task.score(run, [p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+        rewards = run.task.score(
+            run, [p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs]
+        )
         n = len(pairs)
-        return [{"line": p.line, "chosen_reward": round(rewards[i], 6), "rejected_reward": round(rewards[n + i], 6),
-                 "correct": rewards[i] > rewards[n + i]} for i, p in enumerate(pairs)]
+        return [
+            {
+                "line": p.line,
+                "chosen_reward": round(rewards[i], 6),
+                "rejected_reward": round(rewards[n + i], 6),
+                "correct": rewards[i] > rewards[n + i],
+            }
+            for i, p in enumerate(pairs)
+        ]
     from deltatune.data.conversations import FieldMap, rows_to_conversations
 
     convs = rows_to_conversations(rows, "auto", FieldMap(run.cfg.data.fields))
@@ -59,11 +69,15 @@ def _score_file(run: LoadedRun, data_path: str) -> list[dict]:
 def merge(run: LoadedRun, out_dir: str | Path) -> Path:
     """Fold a mergeable adapter into the base weights; write a plain Hugging Face model directory."""
     if run.method.trains_whole_model:
-        raise UserError(f"{run.name}: a '{run.method.name}' run already saved a whole model in "
-                        f"{run.saved}; load that directory directly (there is no adapter to merge)")
+        raise UserError(
+            f"{run.name}: a '{run.method.name}' run already saved a whole model in "
+            f"{run.saved}; load that directory directly (there is no adapter to merge)"
+        )
     if run.method.merge is None:
-        raise UserError(f"method '{run.method.name}' cannot be merged into the base weights "
-                        f"({run.method.description}); load the adapter with its base model instead")
+        raise UserError(
+            f"method '{run.method.name}' cannot be merged into the base weights "
+            f"({run.method.description}); load the adapter with its base model instead"
+        )
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"--out {out_dir} exists and is not an empty directory; choose a new directory")
@@ -72,7 +86,9 @@ def merge(run: LoadedRun, out_dir: str | Path) -> Path:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     except OSError as exc:
-        raise UserError(f"--out {out_dir}: cannot write there ({exc.strerror}); choose a writable directory") from None
+        raise UserError(
+            f"--out {out_dir}: cannot write there ({exc.strerror}); choose a writable directory"
+        ) from None
     try:
         merged.save_pretrained(tmp, safe_serialization=True)
         run.tokenizer.save_pretrained(tmp)
@@ -86,8 +102,9 @@ def merge(run: LoadedRun, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def generation_target(run_dir: str | None, model_name: str | None, adapter: str | None = None,
-                      template: str | None = None):
+def generation_target(
+    run_dir: str | None, model_name: str | None, adapter: str | None = None, template: str | None = None
+):
     """(model, tokenizer, template, config) to generate with: a run, an adapter on a base model,
     or (with ``model_name`` alone) a base model."""
     if run_dir and model_name:
@@ -104,12 +121,23 @@ def generation_target(run_dir: str | None, model_name: str | None, adapter: str 
     cfg = validate_config({"task": task.name, "model": {"name": model_name}})
     model, tokenizer, _, _ = task.load_model(cfg, model_name, None, Path(model_name))
     model.eval()
-    return model, tokenizer, make_template(template or cfg.data.template, tokenizer,
-                                           key="--template" if template else "data.template"), cfg
+    return (
+        model,
+        tokenizer,
+        make_template(
+            template or cfg.data.template, tokenizer, key="--template" if template else "data.template"
+        ),
+        cfg,
+    )
 
 
-def evaluate_code(run_dir: str | None = None, model_name: str | None = None, adapter: str | None = None,
-                  settings=None, template: str | None = None) -> dict:
+def evaluate_code(
+    run_dir: str | None = None,
+    model_name: str | None = None,
+    adapter: str | None = None,
+    settings=None,
+    template: str | None = None,
+) -> dict:
     """Generated code judged by running it (MBPP, HumanEval: pass@k, execution rate, BLEU) for a
     causal-LM run, an adapter on its base model, or (``model_name`` alone) a base model.
     ``settings``: a :class:`deltatune.codeeval.evaluate.CodeEvalSettings` (default: MBPP, greedy)."""
@@ -139,9 +167,21 @@ def require_causal_lm(run_dir: str | None, adapter: str | None, what: str) -> No
     if task.model_kind != "causal_lm":
         able = sorted(n for n, t in available_tasks().items() if t.model_kind == "causal_lm")
         kind = "adapter" if adapter else "run"
-        raise UserError(f"{name} is a '{task.name}' {kind} (a {task.model_kind}), which cannot {what}: that "
-                        f"needs a causal LM, i.e. a run of task {', '.join(able)}, or --model NAME for a base model")
+        raise UserError(
+            f"{name} is a '{task.name}' {kind} (a {task.model_kind}), which cannot {what}: that "
+            f"needs a causal LM, i.e. a run of task {', '.join(able)}, or --model NAME for a base model"
+        )
 
 
-__all__ = ["LoadedRun", "evaluate", "evaluate_code", "generation_target", "load_adapter", "load_run", "load_target",
-           "merge", "predict", "score"]
+__all__ = [
+    "LoadedRun",
+    "evaluate",
+    "evaluate_code",
+    "generation_target",
+    "load_adapter",
+    "load_run",
+    "load_target",
+    "merge",
+    "predict",
+    "score",
+]

@@ -15,18 +15,24 @@ import torch
 
 from deltatune.config import Config
 from deltatune.errors import ConfigError
-from deltatune.reports.writers import write_reports
 from deltatune.io import file_fingerprint, write_json_atomic
+from deltatune.log import log
 from deltatune.methods.registry import MethodSpec, ModelContext, get_method, trainable_report
 from deltatune.models import head_module_names
-from deltatune.runs.directory import (abandon_run, check_data_unchanged, check_same_config, finish_run,
-                                      open_run, plan_run)
+from deltatune.reports.writers import write_reports
+from deltatune.results import LoopResult
+from deltatune.runs.directory import (
+    abandon_run,
+    check_data_unchanged,
+    check_same_config,
+    finish_run,
+    open_run,
+    plan_run,
+)
 from deltatune.tasks import TaskJob, TaskSpec, get_task
 from deltatune.training.accelerator import make_accelerator
 from deltatune.training.int8 import restore_float_linears, setup_int8_base
-from deltatune.log import log
-from deltatune.results import LoopResult
-from deltatune.training.loop import train
+from deltatune.training.loop import LoopPlan, train
 
 
 def data_fingerprints(cfg: Config) -> dict[str, dict]:
@@ -34,8 +40,9 @@ def data_fingerprints(cfg: Config) -> dict[str, dict]:
     return {key: file_fingerprint(path) for key, path in cfg.data.files().items() if Path(path).exists()}
 
 
-def train_run(cfg: Config, overwrite: bool = False, allow_data_change: bool = False,
-              preflight: bool = False) -> dict:
+def train_run(
+    cfg: Config, overwrite: bool = False, allow_data_change: bool = False, preflight: bool = False
+) -> dict:
     """Train, evaluate and save one run of any task; returns its summary (``run_dir`` included).
     ``preflight``: run the fast pre-flight checks (:mod:`deltatune.checks`) on the data first and log
     their findings (advice: they never stop the run)."""
@@ -46,8 +53,10 @@ def train_run(cfg: Config, overwrite: bool = False, allow_data_change: bool = Fa
     limit_allocator_retention()  # also for Python callers, not only the CLI (see training/memory.py)
     task, method = get_task(cfg.task), get_method(cfg.method.name)
     if not cfg.data.train:
-        raise ConfigError("data.train: required; set it to the training file (.jsonl, .json, .csv or "
-                          ".tsv), in the config or as data.train=PATH")
+        raise ConfigError(
+            "data.train: required; set it to the training file (.jsonl, .json, .csv or "
+            ".tsv), in the config or as data.train=PATH"
+        )
     plan = plan_run(cfg, overwrite)
     fingerprints = data_fingerprints(cfg)
     if plan.resume:
@@ -81,7 +90,10 @@ def _preflight(cfg: Config) -> None:
     try:
         report = run_checks(cfg, slow=False)
     except Exception as exc:  # noqa: BLE001 - advice only: a failing check must not stop training
-        log(f"pre-flight checks skipped ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        log(
+            f"pre-flight checks skipped ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        )
         return
     for f in report.findings:
         log(f"check {f.severity}: {f.title}: {f.evidence}\n    fix: {f.fix}")
@@ -90,8 +102,11 @@ def _preflight(cfg: Config) -> None:
 
 
 def _apply_method(cfg: Config, task: TaskSpec, method: MethodSpec, job: TaskJob) -> ModelContext:
-    ctx = ModelContext(base_model=str(job.model_path), task_type=task.peft_task_type,
-                       head_modules=head_module_names(job.model))
+    ctx = ModelContext(
+        base_model=str(job.model_path),
+        task_type=task.peft_task_type,
+        head_modules=head_module_names(job.model),
+    )
     torch.manual_seed(cfg.train.seed)  # adapter init
     method.apply(job.model, cfg.method, ctx)
     if cfg.train.gradient_checkpointing:
@@ -99,8 +114,9 @@ def _apply_method(cfg: Config, task: TaskSpec, method: MethodSpec, job: TaskJob)
     return ctx
 
 
-def _train(cfg: Config, task: TaskSpec, method: MethodSpec, job: TaskJob, run_dir: Path,
-           fingerprints: dict) -> dict:
+def _train(
+    cfg: Config, task: TaskSpec, method: MethodSpec, job: TaskJob, run_dir: Path, fingerprints: dict
+) -> dict:
     t = cfg.train
     report = {"task": task.name, "method": method.name, "model": cfg.model.name, **job.header()}
     if job.has_validation:
@@ -108,19 +124,29 @@ def _train(cfg: Config, task: TaskSpec, method: MethodSpec, job: TaskJob, run_di
         log("untuned base on validation: " + _headline(report["base"], t.metric_for_best))
     ctx = _apply_method(cfg, task, method, job)
     params = report["trainable_parameters"] = trainable_report(job.model)
-    log(f"model {cfg.model.name} ({job.model_path}); method {method.name}: trainable "
-        f"{params['trainable']:,} / {params['total']:,} parameters ({params['percent']:.3f}%)")
+    log(
+        f"model {cfg.model.name} ({job.model_path}); method {method.name}: trainable "
+        f"{params['trainable']:,} / {params['total']:,} parameters ({params['percent']:.3f}%)"
+    )
 
     accelerator = make_accelerator(t.precision, t.report_to, run_dir, cfg.model_dump(mode="json"))
-    int8 = setup_int8_base(job.model, t.int8_base, method.int8_auto if task.int8_auto else "off",
-                           accelerator.device.type, str(accelerator.mixed_precision), t.compile)
+    int8 = setup_int8_base(
+        job.model,
+        t.int8_base,
+        method.int8_auto if task.int8_auto else "off",
+        accelerator.device.type,
+        str(accelerator.mixed_precision),
+        t.compile,
+    )
     lr = t.learning_rate
     param_lr = method.param_lr(job.model, cfg.method, lr) if method.param_lr else None
     job.run_dir = run_dir
-    result = train(job.model, job.loader(method, accelerator.num_processes), job.loss_fn, t, lr, run_dir,
-                   accelerator, job.eval_metrics if job.has_validation else None, param_lr=param_lr,
-                   resume=t.resume, run_state={"data_fingerprints": fingerprints}, auto_min_steps=task.auto_min_steps,
-                   auto_evals=task.auto_evals)
+    plan = LoopPlan(
+        lr, param_lr, t.resume, {"data_fingerprints": fingerprints}, task.auto_min_steps, task.auto_evals
+    )
+    loader = job.loader(method, accelerator.num_processes)
+    evaluate = job.eval_metrics if job.has_validation else None
+    result = train(job.model, loader, job.loss_fn, t, plan, run_dir, accelerator, evaluate)
     model = accelerator.unwrap_model(job.model)
     restore_float_linears(model)
     report.update(job.final(model))
@@ -130,9 +156,16 @@ def _train(cfg: Config, task: TaskSpec, method: MethodSpec, job: TaskJob, run_di
     if method.trains_whole_model:  # a complete Hugging Face model directory
         job.tokenizer.save_pretrained(run_dir / method.saved_dir)
     job.save(run_dir)
-    summary = {"task": task.name, "method": method.name, "learning_rate": lr, **_loop_summary(result),
-               "auto_evals": task.auto_evals, "int8_base": int8,
-               "trainable_parameters": params, **job.summary(report)}
+    summary = {
+        "task": task.name,
+        "method": method.name,
+        "learning_rate": lr,
+        **_loop_summary(result),
+        "auto_evals": task.auto_evals,
+        "int8_base": int8,
+        "trainable_parameters": params,
+        **job.summary(report),
+    }
     report["summary"] = summary
     write_reports(run_dir, report, job.markdown(report, result))
     write_json_atomic(summary, run_dir / "summary.json")  # last: marks the run finished
@@ -141,13 +174,22 @@ def _train(cfg: Config, task: TaskSpec, method: MethodSpec, job: TaskJob, run_di
 
 
 def _loop_summary(result: LoopResult) -> dict:
-    return {"epochs": result.epochs, "eval_every": result.eval_every, "steps": result.steps,
-            "train_seconds": round(result.train_seconds, 3), "train_tokens": result.train_tokens,
-            "train_tokens_per_s": round(result.tokens_per_s, 2),
-            "peak_rss_mb": result.peak_memory_mb, "skipped_steps": result.skipped_steps,
-            "best_step": result.best_step, "best_metric": result.best_metric}
+    return {
+        "epochs": result.epochs,
+        "eval_every": result.eval_every,
+        "steps": result.steps,
+        "train_seconds": round(result.train_seconds, 3),
+        "train_tokens": result.train_tokens,
+        "train_tokens_per_s": round(result.tokens_per_s, 2),
+        "peak_rss_mb": result.peak_memory_mb,
+        "skipped_steps": result.skipped_steps,
+        "best_step": result.best_step,
+        "best_metric": result.best_metric,
+    }
 
 
 def _headline(report: dict, metric: str | None) -> str:
-    shown = [k for k in (metric, "accuracy", "loss", "rouge_l") if k in report and isinstance(report[k], float)]
+    shown = [
+        k for k in (metric, "accuracy", "loss", "rouge_l") if k in report and isinstance(report[k], float)
+    ]
     return ", ".join(f"{k} {report[k]:.4f}" for k in dict.fromkeys(shown))

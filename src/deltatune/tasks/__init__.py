@@ -2,8 +2,8 @@
 metrics (:mod:`deltatune.registry`).
 
 A task is one folder under ``deltatune/tasks/`` (or any module a test or a plugin imports) whose
-``__init__`` calls :func:`register_task` with a :class:`TaskSpec`: its typed data options, its own config section,
-how it prepares a run (data, model, batches, loss, evaluation, reports) and what the post-run
+``__init__`` calls :func:`register_task` with a :class:`TaskSpec`: its typed data options, its own config
+section, how it prepares a run (data, model, batches, loss, evaluation, reports) and what the post-run
 commands (``eval``, ``predict``, ``generate``, ``merge``) do with its runs. Config validation, the CLI
 and ``deltatune train --help`` read the task list from here; nothing else names a task.
 
@@ -158,5 +158,7 @@ def task_for_adapter(peft_task_type: str | None, source: Path) -> TaskSpec:
         if spec.peft_task_type == peft_task_type and spec.adapter_default:
             return spec
     known = sorted({s.peft_task_type for s in available_tasks().values() if s.adapter_default})
-    raise ConfigError(f"{source}: adapter task_type {peft_task_type!r} is not supported; deltatune "
-                      f"loads adapters for {', '.join(known)}")
+    raise ConfigError(
+        f"{source}: adapter task_type {peft_task_type!r} is not supported; deltatune "
+        f"loads adapters for {', '.join(known)}"
+    )

@@ -50,24 +50,34 @@ def _reset_single_process_state(mixed_precision: str) -> None:
         PartialState._reset_state()
 
 
-def make_accelerator(precision: str, report_to: list[str] | tuple[str, ...] = (),
-                     project_dir: Path | None = None, run_config: dict | None = None) -> Accelerator:
+def make_accelerator(
+    precision: str,
+    report_to: list[str] | tuple[str, ...] = (),
+    project_dir: Path | None = None,
+    run_config: dict | None = None,
+) -> Accelerator:
     """Accelerator with the resolved precision and the requested experiment trackers, started with
     ``run_config`` (the nested config, flattened to ``train.learning_rate``-style keys)."""
     for name in report_to:
         if name not in TRACKER_PACKAGES:
-            raise UserError(f"train.report_to: unknown tracker '{name}'; "
-                            f"choose from {', '.join(TRACKER_PACKAGES)}")
+            raise UserError(
+                f"train.report_to: unknown tracker '{name}'; choose from {', '.join(TRACKER_PACKAGES)}"
+            )
         if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
-            raise UserError(f"train.report_to: '{name}' is not installed; "
-                            f"`pip install {TRACKER_PACKAGES[name]}` or remove it from report_to")
+            raise UserError(
+                f"train.report_to: '{name}' is not installed; "
+                f"`pip install {TRACKER_PACKAGES[name]}` or remove it from report_to"
+            )
     precision = resolve_precision(precision)
     if precision == "fp16" and not torch.cuda.is_available():
         raise UserError("train.precision=fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
     mixed = {"fp32": "no"}.get(precision, precision)
     _reset_single_process_state(mixed)
-    accelerator = Accelerator(mixed_precision=mixed, log_with=list(report_to) or None,
-                              project_dir=str(project_dir) if project_dir else None)
+    accelerator = Accelerator(
+        mixed_precision=mixed,
+        log_with=list(report_to) or None,
+        project_dir=str(project_dir) if project_dir else None,
+    )
     if report_to:
         accelerator.init_trackers("deltatune", config=_flat(run_config or {}))
     return accelerator

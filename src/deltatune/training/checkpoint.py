@@ -34,8 +34,9 @@ def _opt_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[di
     names = {id(p): n for n, p in model.named_parameters()}
     tensors, meta = {}, {"groups": [], "step": {}}
     for g in optimizer.param_groups:
-        meta["groups"].append({k: v for k, v in g.items() if k != "params"} |
-                              {"params": [names[id(p)] for p in g["params"]]})
+        meta["groups"].append(
+            {k: v for k, v in g.items() if k != "params"} | {"params": [names[id(p)] for p in g["params"]]}
+        )
         for p in g["params"]:
             state = optimizer.state.get(p, {})
             for key, value in state.items():
@@ -46,22 +47,34 @@ def _opt_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[di
     return tensors, meta
 
 
-def save_checkpoint(ckpt_root: Path, step: int, model: nn.Module, optimizer, scheduler,
-                    loop_state: dict, keep: int, best_step: int | None) -> Path:
+def save_checkpoint(
+    ckpt_root: Path,
+    step: int,
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    loop_state: dict,
+    keep: int,
+    best_step: int | None,
+) -> Path:
     """Write ``ckpt_root/step-<step>`` atomically, then prune old ones."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.", dir=ckpt_root))
     try:
-        trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters()
-                     if p.requires_grad}
+        trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(trainable, str(tmp / "trainable.safetensors"))
         tensors, meta = _opt_tensors(model, optimizer)
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                  str(tmp / "optimizer.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "optimizer.safetensors")
+        )
         (tmp / "optimizer.json").write_text(json.dumps(meta))
         save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-        state = {**loop_state, "step": step, "scheduler_last_epoch": scheduler.last_epoch,
-                 "python_rng": _jsonable(random.getstate())}
+        state = {
+            **loop_state,
+            "step": step,
+            "scheduler_last_epoch": scheduler.last_epoch,
+            "python_rng": _jsonable(random.getstate()),
+        }
         (tmp / "state.json").write_text(json.dumps(state))
         final = ckpt_root / f"step-{step}"
         if final.exists():
@@ -108,8 +121,10 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> dict:
     trainable = load_file(str(path / "trainable.safetensors"))
     missing = [n for n, p in params.items() if p.requires_grad and n not in trainable]
     if missing or any(n not in params for n in trainable):
-        raise UserError(f"{path}: checkpoint does not match this model/method "
-                        f"(e.g. '{(missing or list(trainable))[0]}'); was the config changed?")
+        raise UserError(
+            f"{path}: checkpoint does not match this model/method "
+            f"(e.g. '{(missing or list(trainable))[0]}'); was the config changed?"
+        )
     with torch.no_grad():
         for name, value in trainable.items():
             params[name].copy_(value)

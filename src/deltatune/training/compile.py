@@ -38,13 +38,18 @@ class RegionalCompile:
     def __init__(self, model: nn.Module):
         self.blocks = repeated_blocks(model)
         if not self.blocks:
-            raise ConfigError(f"train.compile: found no repeated layers to compile in "
-                              f"{type(model).__name__} (transformers lists none in _no_split_modules); "
-                              "set train.compile: false")
-        if not torch.cuda.is_available() and not (shutil.which("cc") or shutil.which("gcc")
-                                                   or shutil.which("g++")):
-            raise ConfigError("train.compile: torch.compile on CPU needs a C++ compiler (gcc/g++) on "
-                              "PATH; install one or set train.compile: false")
+            raise ConfigError(
+                f"train.compile: found no repeated layers to compile in "
+                f"{type(model).__name__} (transformers lists none in _no_split_modules); "
+                "set train.compile: false"
+            )
+        if not torch.cuda.is_available() and not (
+            shutil.which("cc") or shutil.which("gcc") or shutil.which("g++")
+        ):
+            raise ConfigError(
+                "train.compile: torch.compile on CPU needs a C++ compiler (gcc/g++) on "
+                "PATH; install one or set train.compile: false"
+            )
         for block in self.blocks:
             block.compile(dynamic=True)
         self._compiled = [block._compiled_call_impl for block in self.blocks]

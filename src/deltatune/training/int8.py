@@ -103,8 +103,12 @@ class Int8TrainLinear(nn.Linear):
         return self._int8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.weight.requires_grad or not (self.training and torch.is_grad_enabled())
-                or torch.is_autocast_enabled(x.device.type) or x.dtype != torch.float32):
+        if (
+            self.weight.requires_grad
+            or not (self.training and torch.is_grad_enabled())
+            or torch.is_autocast_enabled(x.device.type)
+            or x.dtype != torch.float32
+        ):
             return F.linear(x, self.weight, self.bias)
         out = (_FrozenInt8 if self.mode == "on" else _BackwardInt8).apply(x, self)
         return out + self.bias if self.bias is not None else out
@@ -127,7 +131,11 @@ def use_int8_linears(model: nn.Module, mode: str = "on") -> int:
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and not child.weight.requires_grad and child.weight.is_floating_point():
+            if (
+                type(child) is nn.Linear
+                and not child.weight.requires_grad
+                and child.weight.is_floating_point()
+            ):
                 setattr(parent, name, Int8TrainLinear(child, mode))
                 swapped += 1
     return swapped
@@ -157,11 +165,15 @@ def int8_fast_cpu() -> str | None:
     machine, capability = platform.machine(), torch.backends.cpu.get_cpu_capability()
     if machine.lower() in ("x86_64", "amd64") and capability.startswith(("AVX2", "AVX512")):
         return None
-    return f"int8 was measured faster than fp32 only on x86 CPUs with AVX2/AVX512 (this is {machine}, {capability})"
+    return (
+        "int8 was measured faster than fp32 only on x86 CPUs with AVX2/AVX512 "
+        f"(this is {machine}, {capability})"
+    )
 
 
-def int8_base_blocker(device_type: str, mixed_precision: str, weight_dtype: torch.dtype,
-                      compiled: bool = False) -> str | None:
+def int8_base_blocker(
+    device_type: str, mixed_precision: str, weight_dtype: torch.dtype, compiled: bool = False
+) -> str | None:
     """Why the int8 path cannot run here (None: it can)."""
     if compiled:
         return "train.compile is on, and torch.compile does not trace the int8 layers"
@@ -176,8 +188,14 @@ def int8_base_blocker(device_type: str, mixed_precision: str, weight_dtype: torc
     return None
 
 
-def setup_int8_base(model: nn.Module, setting: str, auto_mode: str, device_type: str,
-                    mixed_precision: str, compiled: bool = False) -> str:
+def setup_int8_base(
+    model: nn.Module,
+    setting: str,
+    auto_mode: str,
+    device_type: str,
+    mixed_precision: str,
+    compiled: bool = False,
+) -> str:
     """Apply ``train.int8_base`` (``off``, ``backward``, ``on`` or ``auto``) to an adapted model; returns
     the mode the run trains with. ``auto_mode``: what ``auto`` means for this task and method (where it
     was measured; ``off`` elsewhere), and it quietly stays off where the int8 path cannot run."""
@@ -185,8 +203,9 @@ def setup_int8_base(model: nn.Module, setting: str, auto_mode: str, device_type:
     if mode == "off":
         return "off"
     weights = [p for p in model.parameters() if p.is_floating_point()]
-    blocker = int8_base_blocker(device_type, mixed_precision, weights[0].dtype if weights else torch.float32,
-                                compiled)
+    blocker = int8_base_blocker(
+        device_type, mixed_precision, weights[0].dtype if weights else torch.float32, compiled
+    )
     if blocker is None and setting == "auto":
         blocker = int8_fast_cpu()
     if blocker:
@@ -196,10 +215,14 @@ def setup_int8_base(model: nn.Module, setting: str, auto_mode: str, device_type:
     swapped = use_int8_linears(model, mode)
     if swapped == 0:
         if setting != "auto":
-            raise ConfigError(f"train.int8_base: {setting}, but the model has no frozen linear layer (every "
-                              "weight trains, as in full fine-tuning); set train.int8_base: off")
+            raise ConfigError(
+                f"train.int8_base: {setting}, but the model has no frozen linear layer (every "
+                "weight trains, as in full fine-tuning); set train.int8_base: off"
+            )
         return "off"
     what = "input-gradient matmuls" if mode == "backward" else "forward and input-gradient matmuls"
-    log(f"train.int8_base {setting}: the {swapped} frozen linear layers run their training {what} in int8 "
-        "(evaluation and saved weights stay float). Set train.int8_base: off for fp32")
+    log(
+        f"train.int8_base {setting}: the {swapped} frozen linear layers run their training {what} in int8 "
+        "(evaluation and saved weights stay float). Set train.int8_base: off for fp32"
+    )
     return mode

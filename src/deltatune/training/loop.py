@@ -2,7 +2,8 @@
 
 A loss function returns a :class:`~deltatune.results.BatchLoss` (sum of per-unit losses, units, real
 tokens): units are examples for a classifier, target tokens for a language model, pairs for a reward
-model or DPO; the loop neither knows nor cares which (set-up of devices and precision: :mod:`deltatune.training.accelerator`).
+model or DPO; the loop neither knows nor cares which (set-up of devices and precision:
+:mod:`deltatune.training.accelerator`).
 
 Per optimizer step:
   1. take ``grad_accum`` micro-batches and count their loss units (examples or target tokens),
@@ -22,6 +23,7 @@ import math
 import os
 import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -32,11 +34,10 @@ from accelerate.utils import send_to_device
 
 from deltatune.config import TrainConfig
 from deltatune.errors import UserError
-from deltatune.results import BatchLoss, LoopResult
-from deltatune.training.checkpoint import (latest_checkpoint, load_checkpoint, load_trainable,
-                                           save_checkpoint)
-from deltatune.training.compile import RegionalCompile
 from deltatune.log import MetricsWriter, Progress, log, peak_memory_mb
+from deltatune.results import BatchLoss, LoopResult
+from deltatune.training.checkpoint import latest_checkpoint, load_checkpoint, load_trainable, save_checkpoint
+from deltatune.training.compile import RegionalCompile
 from deltatune.training.optim import build_optimizer, build_scheduler
 
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], BatchLoss]
@@ -66,25 +67,49 @@ def eval_interval(per_epoch: int, total_steps: int, auto_evals: int) -> int:
     return max(1, min(per_epoch, math.ceil(total_steps / max(1, auto_evals))))
 
 
-def train(model: nn.Module, loader: Iterable, loss_fn: LossFn, cfg: TrainConfig, lr: float,
-          run_dir: Path, accelerator: Accelerator, evaluate: EvalFn | None = None,
-          param_lr: dict[int, float] | None = None, resume: bool = False,
-          run_state: dict | None = None, auto_min_steps: int = 0, auto_evals: int = 1) -> LoopResult:
+@dataclass(frozen=True)
+class LoopPlan:
+    """What the run settles for the loop besides ``train:`` itself.
+
+    ``lr``: the peak learning rate; ``param_lr``: per-parameter rates (``{id(param): lr}``, LoRA+);
+    ``resume``: continue from the latest checkpoint; ``run_state``: stored in every checkpoint (e.g. data
+    fingerprints); ``auto_min_steps`` and ``auto_evals``: the task's floors for ``train.epochs: auto``
+    (:func:`planned_epochs`) and for evaluations with ``train.eval_every`` unset (:func:`eval_interval`).
+    """
+
+    lr: float
+    param_lr: dict[int, float] | None = None
+    resume: bool = False
+    run_state: dict = field(default_factory=dict)
+    auto_min_steps: int = 0
+    auto_evals: int = 1
+
+
+def train(
+    model: nn.Module,
+    loader: Iterable,
+    loss_fn: LossFn,
+    cfg: TrainConfig,
+    plan: LoopPlan,
+    run_dir: Path,
+    accelerator: Accelerator,
+    evaluate: EvalFn | None = None,
+) -> LoopResult:
     """Train ``model`` in place; return timings and the best evaluation.
 
-    ``train.epochs: auto`` trains more passes while one pass is under ``auto_min_steps`` optimizer steps
-    (the task's; see :func:`planned_epochs`); with ``train.eval_every`` unset it evaluates once a pass
-    and at least ``auto_evals`` times a run (:func:`eval_interval`). ``run_state`` (e.g. data
-    fingerprints) is stored in every checkpoint. With ``resume`` the loop continues from the latest
-    checkpoint in ``run_dir`` and reports as if never interrupted: the same steps, tokens, loss lines and
-    best checkpoint.
+    ``train.epochs: auto`` trains more passes while one pass is under ``plan.auto_min_steps`` optimizer
+    steps; with ``train.eval_every`` unset it evaluates once a pass and at least ``plan.auto_evals`` times a
+    run. With ``plan.resume`` the loop continues from the latest checkpoint in ``run_dir`` and reports as
+    if never interrupted: the same steps, tokens, loss lines and best checkpoint.
     """
-    loop = _Loop(model, loader, loss_fn, cfg, lr, run_dir, accelerator, param_lr, run_state or {}, auto_min_steps,
-                 auto_evals)
+    loop = _Loop(model, loader, loss_fn, cfg, plan, run_dir, accelerator)
     if evaluate is not None and not cfg.eval_every and loop.eval_every < loop.per_epoch:
-        log(f"evaluating every {loop.eval_every} optimizer steps ({math.ceil(loop.total_steps / loop.eval_every)} "
-            "times in the run); the best evaluation is kept. Set train.eval_every to choose")
-    if resume:
+        log(
+            f"evaluating every {loop.eval_every} optimizer steps "
+            f"({math.ceil(loop.total_steps / loop.eval_every)} times in the run); "
+            "the best evaluation is kept. Set train.eval_every to choose"
+        )
+    if plan.resume:
         loop.resume()
     loop.model.train()
     start = time.perf_counter()
@@ -110,27 +135,32 @@ def train(model: nn.Module, loader: Iterable, loss_fn: LossFn, cfg: TrainConfig,
 class _Loop:
     """The state of one training run between steps (optimizer, schedule, counters, log window)."""
 
-    def __init__(self, model, loader, loss_fn, cfg: TrainConfig, lr, run_dir, accelerator,
-                 param_lr, run_state: dict, auto_min_steps: int = 0, auto_evals: int = 1):
-        self.cfg, self.loss_fn, self.accelerator, self.run_state = cfg, loss_fn, accelerator, run_state
+    def __init__(self, model, loader, loss_fn, cfg: TrainConfig, plan: LoopPlan, run_dir, accelerator):
+        self.cfg, self.loss_fn, self.accelerator, self.run_state = cfg, loss_fn, accelerator, plan.run_state
+        auto_min_steps = plan.auto_min_steps
         # A pass is what one process sees: with N processes the prepared loader holds 1/N of the batches.
         self.loader = accelerator.prepare(loader) if accelerator.num_processes > 1 else loader
         per_epoch = steps_per_epoch(len(self.loader), cfg.grad_accum)
         epochs = planned_epochs(cfg.epochs, per_epoch, auto_min_steps)
         if cfg.epochs == "auto" and epochs > 1 and not cfg.max_steps:
-            log(f"train.epochs auto: {epochs:g} passes, since one pass is {per_epoch} optimizer steps (under "
-                f"{auto_min_steps}); the best evaluation is kept. Set train.epochs to choose")
+            log(
+                f"train.epochs auto: {epochs:g} passes, since one pass is {per_epoch} optimizer steps (under "
+                f"{auto_min_steps}); the best evaluation is kept. Set train.epochs to choose"
+            )
         self.total_steps = cfg.max_steps or max(1, math.ceil(epochs * per_epoch))
         self.per_epoch = per_epoch
-        self.eval_every = cfg.eval_every or eval_interval(per_epoch, self.total_steps, auto_evals)
+        self.eval_every = cfg.eval_every or eval_interval(per_epoch, self.total_steps, plan.auto_evals)
         self.regional = RegionalCompile(model) if cfg.compile else None
-        optimizer = build_optimizer(model, lr, cfg.weight_decay, param_lr)
+        optimizer = build_optimizer(model, plan.lr, cfg.weight_decay, plan.param_lr)
         self.scheduler = build_scheduler(optimizer, self.total_steps, cfg.warmup_ratio, cfg.scheduler)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.ckpt_root = run_dir / "checkpoints"
-        self.writer = MetricsWriter(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process,
-                                    accelerator=accelerator if accelerator.log_with else None)
+        self.writer = MetricsWriter(
+            run_dir / "metrics.jsonl",
+            enabled=accelerator.is_main_process,
+            accelerator=accelerator if accelerator.log_with else None,
+        )
         self.progress = Progress(self.total_steps, enabled=cfg.progress and accelerator.is_main_process)
         self.res = LoopResult(epochs=None if cfg.max_steps else epochs, eval_every=self.eval_every)
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -145,8 +175,9 @@ class _Loop:
         latest = latest_checkpoint(self.ckpt_root)
         start_step = 0
         if latest is not None:
-            state = load_checkpoint(latest, self.accelerator.unwrap_model(self.model), self.optimizer,
-                                    self.scheduler)
+            state = load_checkpoint(
+                latest, self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler
+            )
             start_step = state["step"]
             for key in ("train_tokens", "train_seconds", "skipped_steps", "best_metric", "best_step"):
                 setattr(self.res, key, state[key])
@@ -165,7 +196,9 @@ class _Loop:
         if self.batches is None:
             self.batches = _forever(self.loader, skip=self.res.steps * self.cfg.grad_accum)
         group = [next(self.batches) for _ in range(self.cfg.grad_accum)]
-        loss_sum, units, tokens, finite, extras = _accumulate(self.model, group, self.loss_fn, self.accelerator)
+        loss_sum, units, tokens, finite, extras = _accumulate(
+            self.model, group, self.loss_fn, self.accelerator
+        )
         self.grad_norm = None
         if finite and self.cfg.max_grad_norm:
             self.grad_norm = float(self.accelerator.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm))
@@ -177,8 +210,10 @@ class _Loop:
             self.res.skipped_steps += 1
             self.bad_in_a_row += 1
             if self.bad_in_a_row >= MAX_CONSECUTIVE_BAD_STEPS:
-                raise UserError(f"loss or gradients were NaN/inf for {self.bad_in_a_row} steps in a row "
-                                f"(step {self.res.steps + 1}); lower train.learning_rate or use precision=fp32")
+                raise UserError(
+                    f"loss or gradients were NaN/inf for {self.bad_in_a_row} steps in a row "
+                    f"(step {self.res.steps + 1}); lower train.learning_rate or use precision=fp32"
+                )
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.res.steps += 1
@@ -190,43 +225,66 @@ class _Loop:
             for key, value in extras.items():
                 self.window[f"extra/{key}"] = self.window.get(f"extra/{key}", 0.0) + value
         self.window["tokens"] += tokens
-        self.progress.update(loss=self.window["loss"] / max(self.window["units"], 1),
-                             lr=self.scheduler.get_last_lr()[0], tokens=tokens)
+        self.progress.update(
+            loss=self.window["loss"] / max(self.window["units"], 1),
+            lr=self.scheduler.get_last_lr()[0],
+            tokens=tokens,
+        )
 
     def log_window(self) -> None:
         """A metrics.jsonl line for the steps since the last one (all processes summed)."""
         now, w = time.perf_counter(), self.window
         keys = sorted(w)
         if self.accelerator.num_processes > 1:
-            totals = self.accelerator.reduce(torch.tensor(
-                [w[k] for k in keys], dtype=torch.float64, device=self.accelerator.device),
-                reduction="sum").tolist()
+            totals = self.accelerator.reduce(
+                torch.tensor([w[k] for k in keys], dtype=torch.float64, device=self.accelerator.device),
+                reduction="sum",
+            ).tolist()
             w = dict(zip(keys, totals))
         units = max(int(w["units"]), 1)
-        self.writer.write({"step": self.res.steps, "epoch": round(self.res.steps / self.per_epoch, 4),
-                           "loss": w["loss"] / units, "lr": self.scheduler.get_last_lr()[0],
-                           "grad_norm": self.grad_norm, "tokens": int(w["tokens"]),
-                           "tokens_per_s": w["tokens"] / max(now - self.window_start, 1e-9),
-                           "skipped_steps": self.res.skipped_steps,
-                           **{k[6:]: w[k] / units for k in keys if k.startswith("extra/")}})
+        self.writer.write(
+            {
+                "step": self.res.steps,
+                "epoch": round(self.res.steps / self.per_epoch, 4),
+                "loss": w["loss"] / units,
+                "lr": self.scheduler.get_last_lr()[0],
+                "grad_norm": self.grad_norm,
+                "tokens": int(w["tokens"]),
+                "tokens_per_s": w["tokens"] / max(now - self.window_start, 1e-9),
+                "skipped_steps": self.res.skipped_steps,
+                **{k[6:]: w[k] / units for k in keys if k.startswith("extra/")},
+            }
+        )
         self.window, self.window_start = {"loss": 0.0, "units": 0, "tokens": 0}, now
 
     def evaluate(self, evaluate: EvalFn) -> None:
         with self.regional.eager() if self.regional else contextlib.nullcontext():
-            self.best_state = _evaluate(self.model, evaluate, self.cfg, self.res, self.writer,
-                                        self.progress, self.best_state)
+            self.best_state = _evaluate(
+                self.model, evaluate, self.cfg, self.res, self.writer, self.progress, self.best_state
+            )
         self.watch.after_evaluation(self.res, self.writer)
         self.model.train()
 
     def checkpoint(self, started: float) -> None:
         if self.accelerator.is_main_process:
-            save_checkpoint(self.ckpt_root, self.res.steps, self.accelerator.unwrap_model(self.model),
-                            self.optimizer, self.scheduler,
-                            {"train_tokens": self.res.train_tokens, "skipped_steps": self.res.skipped_steps,
-                             "train_seconds": self.res.train_seconds + time.perf_counter() - started,
-                             "best_metric": self.res.best_metric, "best_step": self.res.best_step,
-                             "window": self.window, "run_state": self.run_state},
-                            keep=self.cfg.save_total_limit, best_step=self.res.best_step)
+            save_checkpoint(
+                self.ckpt_root,
+                self.res.steps,
+                self.accelerator.unwrap_model(self.model),
+                self.optimizer,
+                self.scheduler,
+                {
+                    "train_tokens": self.res.train_tokens,
+                    "skipped_steps": self.res.skipped_steps,
+                    "train_seconds": self.res.train_seconds + time.perf_counter() - started,
+                    "best_metric": self.res.best_metric,
+                    "best_step": self.res.best_step,
+                    "window": self.window,
+                    "run_state": self.run_state,
+                },
+                keep=self.cfg.save_total_limit,
+                best_step=self.res.best_step,
+            )
         self.accelerator.wait_for_everyone()
         _fault_injection(self.res.steps)
 
@@ -238,10 +296,17 @@ class _Loop:
             _restore(self.model, self.best_state)
         res = self.res
         res.peak_memory_mb = peak_memory_mb()
-        self.writer.write({"event": "end", "steps": res.steps, "train_seconds": round(res.train_seconds, 3),
-                           "train_tokens_per_s": round(res.tokens_per_s, 2),
-                           "peak_memory_mb": res.peak_memory_mb, "skipped_steps": res.skipped_steps,
-                           "best_step": res.best_step})
+        self.writer.write(
+            {
+                "event": "end",
+                "steps": res.steps,
+                "train_seconds": round(res.train_seconds, 3),
+                "train_tokens_per_s": round(res.tokens_per_s, 2),
+                "peak_memory_mb": res.peak_memory_mb,
+                "skipped_steps": res.skipped_steps,
+                "best_step": res.best_step,
+            }
+        )
         return res
 
 
@@ -272,16 +337,24 @@ class _Watch:
         if self.worse_in_a_row == 2 and not self.warned:
             self.warned = True
             (s0, m0, l0), (s2, m2, l2) = self.history[-3], self.history[-1]
-            self._event(writer, res.steps, "overfitting",
-                        f"overfitting: validation {metric} went from {m0:.4f} (step {s0}) to {m2:.4f} (step {s2}) "
-                        f"while the training loss fell from {l0:.4f} to {l2:.4f}; the best checkpoint (step "
-                        f"{res.best_step}) is kept; consider train.early_stopping, fewer epochs or more data")
+            self._event(
+                writer,
+                res.steps,
+                "overfitting",
+                f"overfitting: validation {metric} went from {m0:.4f} (step {s0}) to {m2:.4f} (step {s2}) "
+                f"while the training loss fell from {l0:.4f} to {l2:.4f}; the best checkpoint (step "
+                f"{res.best_step}) is kept; consider train.early_stopping, fewer epochs or more data",
+            )
         if self.cfg.early_stopping and self.since_best >= self.cfg.early_stopping:
             self.stopped = True
-            self._event(writer, res.steps, "early_stop",
-                        f"early stopping at step {res.steps}: no better validation {metric} than "
-                        f"{res.best_metric:.4f} (step {res.best_step}) for {self.since_best} evaluations "
-                        f"(train.early_stopping={self.cfg.early_stopping}); the best checkpoint is kept")
+            self._event(
+                writer,
+                res.steps,
+                "early_stop",
+                f"early stopping at step {res.steps}: no better validation {metric} than "
+                f"{res.best_metric:.4f} (step {res.best_step}) for {self.since_best} evaluations "
+                f"(train.early_stopping={self.cfg.early_stopping}); the best checkpoint is kept",
+            )
 
     @staticmethod
     def _event(writer: MetricsWriter, step: int, event: str, message: str) -> None:
@@ -321,8 +394,9 @@ def _accumulate(model, group, loss_fn, accelerator) -> tuple[float, int, int, bo
     local_units = sum(int(b["num_units"]) for b in group)
     total_units = local_units
     if accelerator.num_processes > 1:
-        total_units = int(accelerator.reduce(torch.tensor(local_units, device=accelerator.device),
-                                             reduction="sum"))
+        total_units = int(
+            accelerator.reduce(torch.tensor(local_units, device=accelerator.device), reduction="sum")
+        )
     # DDP averages gradients over processes; scale up so the result is sum / total_units.
     scale = accelerator.num_processes / max(total_units, 1)
     loss_total, tokens, finite, extras = 0.0, 0, True, {}
@@ -351,11 +425,14 @@ def _evaluate(model, evaluate, cfg, res, writer, progress, best_state):
     writer.write({"step": res.steps, **{f"eval/{k}": v for k, v in metrics.items()}})
     progress.note(metrics)
     if cfg.metric_for_best not in metrics:
-        raise UserError(f"train.metric_for_best: '{cfg.metric_for_best}' is not an evaluation metric; "
-                        f"available: {', '.join(sorted(metrics))}")
+        raise UserError(
+            f"train.metric_for_best: '{cfg.metric_for_best}' is not an evaluation metric; "
+            f"available: {', '.join(sorted(metrics))}"
+        )
     value = metrics[cfg.metric_for_best]
-    better = (res.best_metric is None or
-              (value > res.best_metric if cfg.greater_is_better else value < res.best_metric))
+    better = res.best_metric is None or (
+        value > res.best_metric if cfg.greater_is_better else value < res.best_metric
+    )
     if better:
         res.best_metric, res.best_step = value, res.steps
         best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

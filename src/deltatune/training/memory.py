@@ -18,7 +18,9 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 
 
-def limit_allocator_retention(mmap_threshold: int = int(os.environ.get("DELTATUNE_MMAP_THRESHOLD", 4 << 20))) -> bool:
+def limit_allocator_retention(
+    mmap_threshold: int = int(os.environ.get("DELTATUNE_MMAP_THRESHOLD", 4 << 20)),
+) -> bool:
     """Call ``mallopt`` on glibc; returns False where that is not available (macOS, musl, Windows)."""
     if not sys.platform.startswith("linux"):
         return False

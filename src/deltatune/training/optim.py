@@ -8,8 +8,9 @@ import torch
 import torch.nn as nn
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
-                    param_lr: dict[int, float] | None = None) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, param_lr: dict[int, float] | None = None
+) -> torch.optim.AdamW:
     """AdamW over trainable parameters. Biases and norm weights (1-D tensors) get no weight decay:
     decaying them only pulls scales/offsets toward zero, which hurts (BERT, GPT-2 practice).
     ``param_lr`` maps ``id(param)`` to a learning rate of its own (e.g. LoRA+)."""
@@ -42,8 +43,10 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float,
-                    kind: str) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float, kind: str
+) -> torch.optim.lr_scheduler.LambdaLR:
     warmup = int(round(warmup_ratio * total_steps))
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, warmup, kind))
+        optimizer, lambda step: lr_factor(step, total_steps, warmup, kind)
+    )

@@ -30,18 +30,36 @@ POS = ["a great film", "wonderful acting", "i loved it", "superb and moving"]
 NEG = ["a dull mess", "terrible acting", "i hated it", "boring and long"]
 TRAIN_ROWS = [{"text": t, "label": "pos"} for t in POS * 2] + [{"text": t, "label": "neg"} for t in NEG * 2]
 VAL_ROWS = [{"text": t, "label": "pos"} for t in POS] + [{"text": t, "label": "neg"} for t in NEG]
-SFT_ROWS = [{"instruction": f"Repeat the word {w}", "output": w}
-            for w in ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]]
+SFT_ROWS = [
+    {"instruction": f"Repeat the word {w}", "output": w}
+    for w in ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]
+]
 
 # what every classify / sft training command shares (paths relative to the case directory)
-CLS_COMMON = ["data.train=train.jsonl", "data.validation=val.jsonl", "train.max_steps=4",
-              "train.batch_size=4", "train.checkpoint_every=2", "train.log_every=1",
-              "train.progress=false", "train.precision=fp32"]
-SFT_COMMON = ["task=sft", "data.train=sft.jsonl", "data.validation=sft.jsonl", "data.max_length=64",
-              "train.max_steps=2", "train.batch_size=4", "train.checkpoint_every=2", "train.log_every=1",
-              "generate.eval_samples=1", "generate.max_new_tokens=3", "train.progress=false",
-              "train.precision=fp32"]
-
+CLS_COMMON = [
+    "data.train=train.jsonl",
+    "data.validation=val.jsonl",
+    "train.max_steps=4",
+    "train.batch_size=4",
+    "train.checkpoint_every=2",
+    "train.log_every=1",
+    "train.progress=false",
+    "train.precision=fp32",
+]
+SFT_COMMON = [
+    "task=sft",
+    "data.train=sft.jsonl",
+    "data.validation=sft.jsonl",
+    "data.max_length=64",
+    "train.max_steps=2",
+    "train.batch_size=4",
+    "train.checkpoint_every=2",
+    "train.log_every=1",
+    "generate.eval_samples=1",
+    "generate.max_new_tokens=3",
+    "train.progress=false",
+    "train.precision=fp32",
+]
 
 
 def cls_argv(model: str, out: str, *extra: str) -> list[str]:
@@ -65,8 +83,18 @@ JSONL_HINT = re.compile(r"\.jsonl|json ?lines|one (json )?object per line|data\.
 # the message leads with a data line as the place of the error (the template is to blame)
 BLAMES_DATA_LINE = re.compile(r"^error: \S*sft\.jsonl, line", re.M)
 CHANGED = ("changed", "differ", "modified", "fingerprint")
-SINGLE_CLASS = ("one class", "one label", "single class", "single label", "only one", "1 class",
-                "1 label", "a single", "same label", "same class")
+SINGLE_CLASS = (
+    "one class",
+    "one label",
+    "single class",
+    "single label",
+    "only one",
+    "1 class",
+    "1 label",
+    "a single",
+    "same label",
+    "same class",
+)
 
 
 def write_jsonl(path: Path, rows) -> Path:
@@ -82,11 +110,11 @@ def junk(n: int, seed: int = 0) -> bytes:
 @dataclass
 class Spec:
     argv: list[str]
-    expect: list[Expect] = field(default_factory=list)   # all must appear in the error message
-    forbid: list = field(default_factory=list)           # no substring / regex of these in the message
+    expect: list[Expect] = field(default_factory=list)  # all must appear in the error message
+    forbid: list = field(default_factory=list)  # no substring / regex of these in the message
     forbid_stderr: list[str] = field(default_factory=list)  # none may appear anywhere in stderr
-    protect: list[Path] = field(default_factory=list)    # byte-for-byte unchanged afterwards
-    absent: list[Path] = field(default_factory=list)     # must not exist afterwards
+    protect: list[Path] = field(default_factory=list)  # byte-for-byte unchanged afterwards
+    absent: list[Path] = field(default_factory=list)  # must not exist afterwards
     skip: str | None = None
 
 
@@ -100,9 +128,19 @@ def read_only_mounts_work() -> bool:
     if not shutil.which("unshare"):
         return False
     with tempfile.TemporaryDirectory() as d:
-        probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                                f"mount --bind {d} {d} && mount -o remount,bind,ro {d} && ! touch {d}/x"],
-                               capture_output=True, timeout=30)
+        probe = subprocess.run(
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                f"mount --bind {d} {d} && mount -o remount,bind,ro {d} && ! touch {d}/x",
+            ],
+            capture_output=True,
+            timeout=30,
+        )
     return probe.returncode == 0
 
 
@@ -110,13 +148,14 @@ def read_only_mounts_work() -> bool:
 class World:
     """What the module built once: tiny models and finished/killed runs, each in a folder that
     also holds the run's (relative) data files."""
+
     root: Path
     bert: str
     llama: str
     bert_positions: int
     llama_positions: int
     folders: dict[str, Path]  # name -> folder holding the data files and the run directory
-    runs: dict[str, str]      # name -> run directory name inside the folder
+    runs: dict[str, str]  # name -> run directory name inside the folder
 
 
 class Ctx:
@@ -178,6 +217,7 @@ def case(cls: str, name: str):
     def register(fn):
         CASES.append((f"{cls}-{name}", fn))
         return fn
+
     return register
 
 
@@ -194,7 +234,6 @@ def _unfinished(run: Path) -> Path:
     return run
 
 
-
 def long_rows(c, n: int) -> None:
     """train.jsonl with one text longer than the model's ``n`` positions."""
     c.jsonl("train.jsonl", [{"text": " ".join(["film"] * (n + 100)), "label": "pos"}] + TRAIN_ROWS)
@@ -205,4 +244,4 @@ def long_sft_rows(c, n: int) -> None:
 
 
 # The cases, one module per class, register themselves in CASES in this order.
-from helpers.bad_inputs import lose, traceback, silent, message  # noqa: E402, F401
+from helpers.bad_inputs import lose, message, silent, traceback  # noqa: E402, F401

@@ -1,14 +1,28 @@
 """Bad-input cases, class 'message': Messages that point the right way: the file, line, key and the fix."""
 
 from __future__ import annotations
+
 import json
-from helpers.bad_inputs import (BLAMES_DATA_LINE, BROKEN_TEMPLATE, CLS_COMMON, JSONL_HINT, JSON_HINT, Spec, TRAIN_ROWS, case)
+
+from helpers.bad_inputs import (
+    BLAMES_DATA_LINE,
+    BROKEN_TEMPLATE,
+    CLS_COMMON,
+    JSON_HINT,
+    JSONL_HINT,
+    TRAIN_ROWS,
+    Spec,
+    case,
+)
 
 
 @case("message", "no-data-train")
 def _(c):
-    return Spec(["train", f"model.name={c.world.bert}", "train.progress=false", "--output-dir", "out"],
-                ["data.train"], forbid=["None"])
+    return Spec(
+        ["train", f"model.name={c.world.bert}", "train.progress=false", "--output-dir", "out"],
+        ["data.train"],
+        forbid=["None"],
+    )
 
 
 @case("message", "empty-config-file")
@@ -48,11 +62,16 @@ def _(c):
 
 
 for _cmd in ("eval", "predict", "merge"):
+
     def _killed_case(c, cmd=_cmd):
         run = c.use("killed")
-        argv = {"eval": ["eval", run.name, "--data", "val.jsonl"], "predict": ["predict", run.name, "hello"],
-                "merge": ["merge", run.name, "--out", "merged"]}[cmd]
+        argv = {
+            "eval": ["eval", run.name, "--data", "val.jsonl"],
+            "predict": ["predict", run.name, "hello"],
+            "merge": ["merge", run.name, "--out", "merged"],
+        }[cmd]
         return Spec(argv, [run.name, "--resume"], protect=[run])
+
     case("message", f"{_cmd}-on-a-killed-run")(_killed_case)
 
 
@@ -63,8 +82,11 @@ def _(c):
 
 @case("message", "jinja-template-unknown-filter")
 def _(c):
-    return Spec(c.sft("data.template={% for m in messages %}{{ m.content | shout }}{% endfor %}"),
-                ["data.template", "shout"], forbid=[BLAMES_DATA_LINE])
+    return Spec(
+        c.sft("data.template={% for m in messages %}{{ m.content | shout }}{% endfor %}"),
+        ["data.template", "shout"],
+        forbid=[BLAMES_DATA_LINE],
+    )
 
 
 @case("message", "jinja-template-file-missing")
@@ -80,7 +102,9 @@ def _(c):
 
 @case("message", "top-level-learning-rate")
 def _(c):
-    c.file("flat.yaml", f"model: {{name: {c.world.bert}}}\ndata: {{train: train.jsonl}}\nlearning_rate: 1e-3\n")
+    c.file(
+        "flat.yaml", f"model: {{name: {c.world.bert}}}\ndata: {{train: train.jsonl}}\nlearning_rate: 1e-3\n"
+    )
     return Spec(c.yaml_train("flat.yaml"), ["flat.yaml", "train.learning_rate"])
 
 
@@ -92,8 +116,7 @@ def _(c):
 @case("message", "yaml-section-is-a-string-plus-override")
 def _(c):
     c.file("model_str.yaml", "model: minilm-l6\ndata: {train: train.jsonl}\n")
-    return Spec(c.yaml_train("model_str.yaml", f"model.name={c.world.bert}"),
-                ["model_str.yaml", "model"])
+    return Spec(c.yaml_train("model_str.yaml", f"model.name={c.world.bert}"), ["model_str.yaml", "model"])
 
 
 @case("message", "method-is-a-string")
@@ -132,7 +155,7 @@ def _(c):
     return Spec(["predict", run.name, "hello"], [run.name, "generate"], protect=[run])
 
 
-# ----------------------------------------------------------------------------- compare, bench, check (issue 17)
+# --------------------------------------------------------------------------- compare, bench, check (issue 17)
 
 
 def measure_argv(c, command: str, *extra: str) -> list[str]:
@@ -141,8 +164,11 @@ def measure_argv(c, command: str, *extra: str) -> list[str]:
 
 @case("message", "compare-unknown-method")
 def _(c):
-    return Spec(measure_argv(c, "compare", "--methods", "lora,lorra", "--output-dir", "cmp"), ["lorra", "lora"],
-                absent=[c.tmp / "cmp"])
+    return Spec(
+        measure_argv(c, "compare", "--methods", "lora,lorra", "--output-dir", "cmp"),
+        ["lorra", "lora"],
+        absent=[c.tmp / "cmp"],
+    )
 
 
 @case("message", "compare-seeds-not-integers")
@@ -153,8 +179,11 @@ def _(c):
 @case("lose", "compare-into-a-foreign-directory")
 def _(c):
     c.file("mine/notes.txt", "keep me")
-    return Spec(measure_argv(c, "compare", "--methods", "bitfit", "--output-dir", "mine"), ["mine", "choose"],
-                protect=[c.tmp / "mine"])
+    return Spec(
+        measure_argv(c, "compare", "--methods", "bitfit", "--output-dir", "mine"),
+        ["mine", "choose"],
+        protect=[c.tmp / "mine"],
+    )
 
 
 @case("message", "bench-not-a-run")

@@ -1,35 +1,53 @@
-"""Bad-input cases, class 'silent': No silent wrong results: what would train or report wrongly is refused or warned."""
+"""Bad-input cases, class 'silent': No silent wrong results: what would train or report wrongly is refused or
+warned."""
 
 from __future__ import annotations
+
 import json
 import os
-from helpers.bad_inputs import (CHANGED, SFT_ROWS, SINGLE_CLASS, Spec, TRAIN_ROWS, VAL_ROWS, case)
+
+from helpers.bad_inputs import CHANGED, SFT_ROWS, SINGLE_CLASS, TRAIN_ROWS, VAL_ROWS, Spec, case
 
 
 @case("silent", "single-class-training-data")
 def _(c):
     c.jsonl("onlypos.jsonl", [r for r in TRAIN_ROWS if r["label"] == "pos"])
-    return Spec(c.cls("data.train=onlypos.jsonl", "data.validation=onlypos.jsonl"), ["onlypos.jsonl", SINGLE_CLASS])
+    return Spec(
+        c.cls("data.train=onlypos.jsonl", "data.validation=onlypos.jsonl"), ["onlypos.jsonl", SINGLE_CLASS]
+    )
 
 
 @case("silent", "single-class-integer-labels-with-names")
 def _(c):
     c.jsonl("ones.jsonl", [{"text": r["text"], "label": 1} for r in TRAIN_ROWS])
-    return Spec(c.cls("data.train=ones.jsonl", "data.validation_split=0.25", "data.validation=null",
-                      "data.label_names=[neg, pos]"), ["ones.jsonl", SINGLE_CLASS])
+    return Spec(
+        c.cls(
+            "data.train=ones.jsonl",
+            "data.validation_split=0.25",
+            "data.validation=null",
+            "data.label_names=[neg, pos]",
+        ),
+        ["ones.jsonl", SINGLE_CLASS],
+    )
 
 
 @case("silent", "yaml-two-train-sections")
 def _(c):
-    c.file("dup.yaml", f"model: {{name: {c.world.bert}}}\ndata: {{train: train.jsonl}}\ntrain:\n  epochs: 1\n"
-                       "train:\n  batch_size: 4\n")
+    c.file(
+        "dup.yaml",
+        f"model: {{name: {c.world.bert}}}\ndata: {{train: train.jsonl}}\ntrain:\n  epochs: 1\n"
+        "train:\n  batch_size: 4\n",
+    )
     return Spec(c.yaml_train("dup.yaml"), ["dup.yaml", "line 5", "train"])
 
 
 @case("silent", "yaml-duplicate-nested-key")
 def _(c):
-    c.file("dup2.yaml", f"model: {{name: {c.world.bert}}}\ndata: {{train: train.jsonl}}\ntrain:\n"
-                        "  epochs: 1\n  batch_size: 4\n  epochs: 3\n")
+    c.file(
+        "dup2.yaml",
+        f"model: {{name: {c.world.bert}}}\ndata: {{train: train.jsonl}}\ntrain:\n"
+        "  epochs: 1\n  batch_size: 4\n  epochs: 3\n",
+    )
     return Spec(c.yaml_train("dup2.yaml"), ["dup2.yaml", "line 6", "epochs"])
 
 
@@ -45,16 +63,24 @@ def _dup_key_lines(label_first: str, label_last: str) -> str:
 
 @case("silent", "jsonl-duplicate-key-in-train")
 def _(c):
-    text = "".join(json.dumps(r) + "\n" for r in TRAIN_ROWS[:2]) + _dup_key_lines("pos", "neg") + \
-        "".join(json.dumps(r) + "\n" for r in TRAIN_ROWS[2:])
+    text = (
+        "".join(json.dumps(r) + "\n" for r in TRAIN_ROWS[:2])
+        + _dup_key_lines("pos", "neg")
+        + "".join(json.dumps(r) + "\n" for r in TRAIN_ROWS[2:])
+    )
     c.file("dupkey.jsonl", text)
     return Spec(c.cls("data.train=dupkey.jsonl"), ["dupkey.jsonl", "line 3", "label"])
 
 
 @case("silent", "jsonl-duplicate-key-in-validation")
 def _(c):
-    c.file("dupval.jsonl", json.dumps(VAL_ROWS[0]) + "\n" + _dup_key_lines("pos", "neg") +
-           "".join(json.dumps(r) + "\n" for r in VAL_ROWS[1:]))
+    c.file(
+        "dupval.jsonl",
+        json.dumps(VAL_ROWS[0])
+        + "\n"
+        + _dup_key_lines("pos", "neg")
+        + "".join(json.dumps(r) + "\n" for r in VAL_ROWS[1:]),
+    )
     return Spec(c.cls("data.validation=dupval.jsonl"), ["dupval.jsonl", "line 2", "label"])
 
 
@@ -62,31 +88,49 @@ def _(c):
 def _(c):
     run = c.use("cls")
     c.file("dupeval.jsonl", json.dumps(VAL_ROWS[0]) + "\n" + _dup_key_lines("pos", "neg"))
-    return Spec(["eval", run.name, "--data", "dupeval.jsonl"], ["dupeval.jsonl", "line 2", "label"], protect=[run])
+    return Spec(
+        ["eval", run.name, "--data", "dupeval.jsonl"], ["dupeval.jsonl", "line 2", "label"], protect=[run]
+    )
 
 
 @case("silent", "json-array-duplicate-key")
 def _(c):
-    c.file("dupkey.json", "[\n" + ",\n".join([json.dumps(r) for r in TRAIN_ROWS[:1]] + [_dup_key_lines("pos", "neg").strip()]
-                                             + [json.dumps(r) for r in TRAIN_ROWS[1:]]) + "\n]\n")
+    c.file(
+        "dupkey.json",
+        "[\n"
+        + ",\n".join(
+            [json.dumps(r) for r in TRAIN_ROWS[:1]]
+            + [_dup_key_lines("pos", "neg").strip()]
+            + [json.dumps(r) for r in TRAIN_ROWS[1:]]
+        )
+        + "\n]\n",
+    )
     return Spec(c.cls("data.train=dupkey.json"), ["dupkey.json", "label"])
 
 
 @case("silent", "sft-jsonl-duplicate-key")
 def _(c):
-    c.file("dupsft.jsonl", json.dumps(SFT_ROWS[0]) + "\n" +
-           '{"instruction": "Repeat the word red", "output": "red", "output": "blue"}\n' +
-           "".join(json.dumps(r) + "\n" for r in SFT_ROWS[1:]))
+    c.file(
+        "dupsft.jsonl",
+        json.dumps(SFT_ROWS[0])
+        + "\n"
+        + '{"instruction": "Repeat the word red", "output": "red", "output": "blue"}\n'
+        + "".join(json.dumps(r) + "\n" for r in SFT_ROWS[1:]),
+    )
     return Spec(c.sft("data.train=dupsft.jsonl"), ["dupsft.jsonl", "line 2", "output"])
 
 
 @case("silent", "labels-mix-int-and-string")
 def _(c):
-    rows = [{"text": r["text"], "label": (0 if r["label"] == "neg" else 1) if i % 2 else r["label"]}
-            for i, r in enumerate(TRAIN_ROWS)]
+    rows = [
+        {"text": r["text"], "label": (0 if r["label"] == "neg" else 1) if i % 2 else r["label"]}
+        for i, r in enumerate(TRAIN_ROWS)
+    ]
     c.jsonl("mixed.jsonl", rows)
-    return Spec(c.cls("data.train=mixed.jsonl", "data.validation_split=0.25", "data.validation=null"),
-                ["mixed.jsonl", "label"])
+    return Spec(
+        c.cls("data.train=mixed.jsonl", "data.validation_split=0.25", "data.validation=null"),
+        ["mixed.jsonl", "label"],
+    )
 
 
 @case("silent", "integer-labels-with-one-half")
@@ -94,8 +138,10 @@ def _(c):
     rows = [{"text": r["text"], "label": 0 if r["label"] == "neg" else 1} for r in TRAIN_ROWS]
     rows[3]["label"] = 0.5
     c.jsonl("half.jsonl", rows)
-    return Spec(c.cls("data.train=half.jsonl", "data.validation_split=0.25", "data.validation=null"),
-                ["half.jsonl", "line 4", "0.5"])
+    return Spec(
+        c.cls("data.train=half.jsonl", "data.validation_split=0.25", "data.validation=null"),
+        ["half.jsonl", "line 4", "0.5"],
+    )
 
 
 @case("silent", "labels-mix-int-and-fraction-string")
@@ -104,8 +150,10 @@ def _(c):
     rows = [{"text": r["text"], "label": (0 if r["label"] == "neg" else 1)} for r in TRAIN_ROWS]
     rows[5]["label"] = "0.5"
     c.jsonl("strint.jsonl", rows)
-    return Spec(c.cls("data.train=strint.jsonl", "data.validation_split=0.25", "data.validation=null"),
-                ["strint.jsonl", "label"])
+    return Spec(
+        c.cls("data.train=strint.jsonl", "data.validation_split=0.25", "data.validation=null"),
+        ["strint.jsonl", "label"],
+    )
 
 
 @case("silent", "labels-mix-bool-and-int")
@@ -113,16 +161,25 @@ def _(c):
     rows = [{"text": r["text"], "label": (0 if r["label"] == "neg" else 1)} for r in TRAIN_ROWS]
     rows[0]["label"], rows[-1]["label"] = True, False
     c.jsonl("bools.jsonl", rows)
-    return Spec(c.cls("data.train=bools.jsonl", "data.validation_split=0.25", "data.validation=null"),
-                ["bools.jsonl", "label"])
+    return Spec(
+        c.cls("data.train=bools.jsonl", "data.validation_split=0.25", "data.validation=null"),
+        ["bools.jsonl", "label"],
+    )
 
 
 @case("silent", "label-names-fewer-than-labels")
 def _(c):
     rows = [{"text": r["text"], "label": i % 3} for i, r in enumerate(TRAIN_ROWS)]
     c.jsonl("three.jsonl", rows)
-    return Spec(c.cls("data.train=three.jsonl", "data.validation_split=0.25", "data.validation=null",
-                      "data.label_names=[neg, pos]"), ["label_names"])
+    return Spec(
+        c.cls(
+            "data.train=three.jsonl",
+            "data.validation_split=0.25",
+            "data.validation=null",
+            "data.label_names=[neg, pos]",
+        ),
+        ["label_names"],
+    )
 
 
 @case("silent", "label-names-for-string-labels")
@@ -179,7 +236,8 @@ def _(c):
 
 @case("message", "validation-split-leaves-no-rows")
 def _(c):  # the fix must name keys that exist
-    return Spec(c.cls("data.validation=null", "data.validation_split=0.01"), ["validation_split"],
-                forbid=["validation_path"])
-
-
+    return Spec(
+        c.cls("data.validation=null", "data.validation_split=0.01"),
+        ["validation_split"],
+        forbid=["validation_path"],
+    )

@@ -1,10 +1,12 @@
 """Bad-input cases, class 'traceback': No tracebacks: every failure a user can cause is one clear message."""
 
 from __future__ import annotations
+
 import json
 import re
 from pathlib import Path
-from helpers.bad_inputs import (Spec, TRAIN_ROWS, _edit_run_config, case, junk, long_rows, long_sft_rows)
+
+from helpers.bad_inputs import TRAIN_ROWS, Spec, _edit_run_config, case, junk, long_rows, long_sft_rows
 
 
 @case("traceback", "binary-config")
@@ -48,15 +50,23 @@ def _corrupt(path: Path, how: str) -> None:
 
 
 ADAPTER = "adapter/adapter_model.safetensors"
-for _how, _cmds in (("random", ("eval", "predict", "merge")), ("truncated", ("eval", "predict")),
-                    ("empty", ("predict",))):
+for _how, _cmds in (
+    ("random", ("eval", "predict", "merge")),
+    ("truncated", ("eval", "predict")),
+    ("empty", ("predict",)),
+):
     for _cmd in _cmds:
+
         def _adapter_case(c, how=_how, cmd=_cmd):
             run = c.use("cls")
             _corrupt(run / ADAPTER, how)
-            argv = {"eval": ["eval", run.name, "--data", "val.jsonl"], "predict": ["predict", run.name, "hello"],
-                    "merge": ["merge", run.name, "--out", "merged"]}[cmd]
+            argv = {
+                "eval": ["eval", run.name, "--data", "val.jsonl"],
+                "predict": ["predict", run.name, "hello"],
+                "merge": ["merge", run.name, "--out", "merged"],
+            }[cmd]
             return Spec(argv, ["adapter_model.safetensors"], protect=[run])
+
         case("traceback", f"{_how}-adapter-file-then-{_cmd}")(_adapter_case)
 
 
@@ -64,7 +74,9 @@ for _how, _cmds in (("random", ("eval", "predict", "merge")), ("truncated", ("ev
 def _(c):
     run = c.use("sft")
     _corrupt(run / ADAPTER, "random")
-    return Spec(["generate", run.name, "hi", "--max-new-tokens", "2"], ["adapter_model.safetensors"], protect=[run])
+    return Spec(
+        ["generate", run.name, "hi", "--max-new-tokens", "2"], ["adapter_model.safetensors"], protect=[run]
+    )
 
 
 @case("traceback", "truncated-adapter-file-then-sft-eval")
@@ -86,17 +98,22 @@ _RUN_CONFIGS = {
     "wrong-value": lambda run: _edit_run_config(run, data__max_length="long"),
     "top-level-list": lambda run: (run / "config.yaml").write_text("- task: classify\n"),
     "unknown-task": lambda run: (run / "config.yaml").write_text(
-        (run / "config.yaml").read_text().replace("task: classify", "task: regression")),
+        (run / "config.yaml").read_text().replace("task: classify", "task: regression")
+    ),
     "empty": lambda run: (run / "config.yaml").write_text(""),
 }
 _RUN_CONFIG_KEYS = {"wrong-value": ["data.max_length"], "unknown-task": ["task"]}
 for _what, _damage in _RUN_CONFIGS.items():
     for _cmd in ("eval", "predict"):
+
         def _config_case(c, what=_what, damage=_damage, cmd=_cmd):
             run = c.use("cls")
             damage(run)
-            argv = ["eval", run.name, "--data", "val.jsonl"] if cmd == "eval" else ["predict", run.name, "hello"]
+            argv = (
+                ["eval", run.name, "--data", "val.jsonl"] if cmd == "eval" else ["predict", run.name, "hello"]
+            )
             return Spec(argv, ["config.yaml", *_RUN_CONFIG_KEYS.get(what, [])], protect=[run])
+
         case("traceback", f"run-config-{_what}-then-{_cmd}")(_config_case)
 
 
@@ -108,10 +125,12 @@ def _(c):
 
 
 for _how in ("random", "truncated"):
+
     def _model_case(c, how=_how):
         model = c.model_copy("broken-bert")
         _corrupt(model / "model.safetensors", how)
         return Spec(c.cls("model.name=./broken-bert"), ["model.safetensors"])
+
     case("traceback", f"{_how}-model-safetensors-then-train")(_model_case)
 
 
@@ -141,7 +160,7 @@ def _(c):
 @case("traceback", "model-config-json-corrupt")
 def _(c):
     model = c.model_copy("bad-config-bert")
-    (model / "config.json").write_text("{\"model_type\": ")
+    (model / "config.json").write_text('{"model_type": ')
     return Spec(c.cls("model.name=./bad-config-bert"), ["config.json"])
 
 
@@ -177,16 +196,24 @@ def _(c):
 def _(c):
     n = c.world.bert_positions
     long_rows(c, n)
-    return Spec(c.cls(f"data.max_length={2 * n}", out="fresh"), ["data.max_length", str(n)],
-                forbid_stderr=["untuned base"], absent=[c.tmp / "fresh/metrics.jsonl", c.tmp / "fresh/checkpoints"])
+    return Spec(
+        c.cls(f"data.max_length={2 * n}", out="fresh"),
+        ["data.max_length", str(n)],
+        forbid_stderr=["untuned base"],
+        absent=[c.tmp / "fresh/metrics.jsonl", c.tmp / "fresh/checkpoints"],
+    )
 
 
 @case("traceback", "max-length-beyond-positions-sft")
 def _(c):
     n = c.world.llama_positions
     long_sft_rows(c, n)
-    return Spec(c.sft(f"data.max_length={2 * n}", out="fresh"), ["data.max_length", str(n)],
-                forbid_stderr=["untuned base"], absent=[c.tmp / "fresh/metrics.jsonl", c.tmp / "fresh/checkpoints"])
+    return Spec(
+        c.sft(f"data.max_length={2 * n}", out="fresh"),
+        ["data.max_length", str(n)],
+        forbid_stderr=["untuned base"],
+        absent=[c.tmp / "fresh/metrics.jsonl", c.tmp / "fresh/checkpoints"],
+    )
 
 
 @case("traceback", "precision-fp16-on-cpu")
@@ -196,23 +223,38 @@ def _(c):
 
 def _cuda_skip() -> str | None:
     import torch
+
     return "a GPU is present: fp16 is valid there" if torch.cuda.is_available() else None
 
 
 @case("traceback", "report-to-missing-tracker")
 def _(c):
     import importlib.util
+
     skip = "wandb is installed" if importlib.util.find_spec("wandb") else None
     return Spec(c.cls("train.report_to=[wandb]"), ["wandb"], skip=skip)
 
 
-for _key, _value in (("train.batch_size", "many"), ("train.batch_size", "2.5"), ("train.learning_rate", "fast"),
-                     ("train.learning_rate", "[1, 2]"), ("train.epochs", "-1"), ("train.max_steps", "0"),
-                     ("data.validation_split", "1.5"), ("data.max_length", "long"), ("method.r", "0"),
-                     ("method.r", "big"), ("data.label_names", "5"), ("data.train", "[a.jsonl, b.jsonl]"),
-                     ("model.dtype", "float64"), ("train.scheduler", "cosine_with_restarts")):
+for _key, _value in (
+    ("train.batch_size", "many"),
+    ("train.batch_size", "2.5"),
+    ("train.learning_rate", "fast"),
+    ("train.learning_rate", "[1, 2]"),
+    ("train.epochs", "-1"),
+    ("train.max_steps", "0"),
+    ("data.validation_split", "1.5"),
+    ("data.max_length", "long"),
+    ("method.r", "0"),
+    ("method.r", "big"),
+    ("data.label_names", "5"),
+    ("data.train", "[a.jsonl, b.jsonl]"),
+    ("model.dtype", "float64"),
+    ("train.scheduler", "cosine_with_restarts"),
+):
+
     def _type_case(c, key=_key, value=_value):
         return Spec(c.cls(f"{key}={value}"), [key])
+
     _shown_value = re.sub(r"[^\w.]+", "_", _value).strip("_")
     case("traceback", f"wrong-value-{_key}-{_shown_value}")(_type_case)
 
@@ -230,7 +272,10 @@ def _(c):
 @case("traceback", "override-with-space-instead-of-equals")
 def _(c):
     c.file("c.yaml", f"model: {{name: {c.world.bert}}}\ndata: {{train: train.jsonl}}\n")
-    return Spec(["train", "c.yaml", "train.epochs", "3", "train.precision=fp32", "--output-dir", "out"], ["train.epochs", "="])
+    return Spec(
+        ["train", "c.yaml", "train.epochs", "3", "train.precision=fp32", "--output-dir", "out"],
+        ["train.epochs", "="],
+    )
 
 
 @case("traceback", "unknown-flag")
@@ -259,7 +304,9 @@ def _(c):
 @case("traceback", "generate-temperature-zero")
 def _(c):
     run = c.use("sft")
-    return Spec(["generate", run.name, "hi", "--sample", "--temperature", "0"], ["--temperature"], protect=[run])
+    return Spec(
+        ["generate", run.name, "hi", "--sample", "--temperature", "0"], ["--temperature"], protect=[run]
+    )
 
 
 @case("traceback", "generate-batch-size-zero")
@@ -309,6 +356,7 @@ def _(c):
 @case("traceback", "train-data-gzipped")
 def _(c):
     import gzip
+
     c.file("train.jsonl.gz", gzip.compress((c.tmp / "train.jsonl").read_bytes()))
     return Spec(c.cls("data.train=train.jsonl.gz"), ["train.jsonl.gz"])
 
@@ -357,8 +405,11 @@ def _(c):
 
 @case("traceback", "tsv-ragged-row")
 def _(c):
-    c.file("rows.tsv", "text\tlabel\na great film\tpos\na dull\tmess\tneg\n" +
-           "".join(f"{r['text']}\t{r['label']}\n" for r in TRAIN_ROWS))
+    c.file(
+        "rows.tsv",
+        "text\tlabel\na great film\tpos\na dull\tmess\tneg\n"
+        + "".join(f"{r['text']}\t{r['label']}\n" for r in TRAIN_ROWS),
+    )
     return Spec(c.cls("data.train=rows.tsv"), ["rows.tsv", "line 3"])
 
 
@@ -370,20 +421,29 @@ def _(c):
 @case("silent", "sft-message-with-unknown-role")
 def _(c):
     # ("bot", "gpt", "human" are known aliases of ShareGPT-style data; "narrator" is not a role)
-    c.jsonl("chat.jsonl", [{"messages": [{"role": "user", "content": "hi"}, {"role": "narrator", "content": "yo"}]}] * 4)
-    return Spec(c.sft("data.train=chat.jsonl", "data.validation=chat.jsonl"), ["chat.jsonl", "line 1", "narrator"])
+    c.jsonl(
+        "chat.jsonl",
+        [{"messages": [{"role": "user", "content": "hi"}, {"role": "narrator", "content": "yo"}]}] * 4,
+    )
+    return Spec(
+        c.sft("data.train=chat.jsonl", "data.validation=chat.jsonl"), ["chat.jsonl", "line 1", "narrator"]
+    )
 
 
 @case("traceback", "sft-messages-not-a-list")
 def _(c):
     c.jsonl("chat.jsonl", [{"messages": "hi there"}] * 4)
-    return Spec(c.sft("data.train=chat.jsonl", "data.validation=chat.jsonl"), ["chat.jsonl", "line 1", "messages"])
+    return Spec(
+        c.sft("data.train=chat.jsonl", "data.validation=chat.jsonl"), ["chat.jsonl", "line 1", "messages"]
+    )
 
 
 @case("traceback", "sft-history-not-pairs")
 def _(c):
     c.jsonl("hist.jsonl", [{"instruction": "hi", "output": "yo", "history": "earlier chat"}] * 4)
-    return Spec(c.sft("data.train=hist.jsonl", "data.validation=hist.jsonl"), ["hist.jsonl", "line 1", "history"])
+    return Spec(
+        c.sft("data.train=hist.jsonl", "data.validation=hist.jsonl"), ["hist.jsonl", "line 1", "history"]
+    )
 
 
 @case("traceback", "sft-fields-map-to-missing-column")
@@ -404,8 +464,11 @@ def _(c):
 
 @case("traceback", "unknown-metric-for-best-found-before-training")
 def _(c):
-    return Spec(c.cls("train.metric_for_best=f1", out="fresh"), ["train.metric_for_best", "f1_macro"],
-                absent=[c.tmp / "fresh/metrics.jsonl", c.tmp / "fresh/checkpoints"])
+    return Spec(
+        c.cls("train.metric_for_best=f1", out="fresh"),
+        ["train.metric_for_best", "f1_macro"],
+        absent=[c.tmp / "fresh/metrics.jsonl", c.tmp / "fresh/checkpoints"],
+    )
 
 
 @case("traceback", "generate-data-missing")
@@ -444,5 +507,3 @@ def _(c):
 def _(c):
     c.file("cls.yaml", f"model: {{name: {c.world.bert}}}\ndata: {{train: train.jsonl}}\n")
     return Spec(["preview", "cls.yaml"], ["sft"])
-
-

@@ -10,8 +10,10 @@ from deltatune.cli import main
 from deltatune.config import load_config
 from deltatune.models import make_tiny_model_dir
 
-WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
-         "quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
+WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
+    "quebec romeo sierra tango uniform victor whiskey xray yankee zulu"
+).split()
 
 
 def sentence(i: int, n: int = 5) -> str:
@@ -49,7 +51,15 @@ def checks(tmp_path, bert, train, val=None, *overrides):
 def test_clean_data_triggers_nothing(tmp_path, bert):
     found, report = checks(tmp_path, bert, balanced(), balanced(10, offset=100))
     assert found == {}, found
-    assert {"imbalance", "metric", "duplicates", "leakage", "truncation", "validation", "learning_rate"} <= set(report.ran)
+    assert {
+        "imbalance",
+        "metric",
+        "duplicates",
+        "leakage",
+        "truncation",
+        "validation",
+        "learning_rate",
+    } <= set(report.ran)
 
 
 def test_imbalance_and_the_metric(tmp_path, bert):
@@ -69,11 +79,15 @@ def test_imbalance_and_the_metric(tmp_path, bert):
 
 def test_exact_and_near_duplicates(tmp_path, bert):
     rows = balanced()
-    found, _ = checks(tmp_path, bert, rows + [dict(rows[3], text=rows[3]["text"].upper() + " !")],
-                      balanced(10, offset=100))
+    found, _ = checks(
+        tmp_path, bert, rows + [dict(rows[3], text=rows[3]["text"].upper() + " !")], balanced(10, offset=100)
+    )
     assert "duplicates" in found and "1 of 21 training rows repeat" in found["duplicates"].evidence
     long = " ".join(sentence(500, 12).split())
-    near = rows + [{"text": long, "label": "pos"}, {"text": long.replace("alpha", "omega") + " extra", "label": "pos"}]
+    near = rows + [
+        {"text": long, "label": "pos"},
+        {"text": long.replace("alpha", "omega") + " extra", "label": "pos"},
+    ]
     found, _ = checks(tmp_path, bert, near, balanced(10, offset=100))
     assert "near-duplicates" in found["duplicates"].evidence
     conflict = rows + [dict(rows[0], label="pos" if rows[0]["label"] == "neg" else "neg")]
@@ -111,22 +125,35 @@ def test_sft_template_without_trained_tokens(tmp_path, llama):
     base = ["task=sft", f"model.name={llama}", f"data.train={data}", "data.validation_split=0.25"]
     found = {f.check: f for f in run_checks(load_config(None, base), slow=False).findings}
     assert "no_trained_tokens" not in found
-    no_answers = "{% for m in messages %}{% if m.role != 'assistant' %}{{ m.content }}\n{% endif %}{% endfor %}"
-    found = [f for f in run_checks(load_config(None, [*base, f"data.template={no_answers}"]), slow=False).findings
-             if f.check == "no_trained_tokens"]
+    no_answers = (
+        "{% for m in messages %}{% if m.role != 'assistant' %}{{ m.content }}\n{% endif %}{% endfor %}"
+    )
+    found = [
+        f
+        for f in run_checks(load_config(None, [*base, f"data.template={no_answers}"]), slow=False).findings
+        if f.check == "no_trained_tokens"
+    ]
     assert [f.severity for f in found] == ["error", "warning"]  # train: nothing would train; validation
     assert "9 of 9 train examples" in found[0].evidence and "3 of 3 validation" in found[1].evidence
 
 
 def test_memory_probe(tmp_path, bert):
-    cfg = load_config(None, [f"model.name={bert}", f"data.train={write_jsonl(tmp_path / 't.jsonl', balanced())}",
-                             "train.batch_size=8"])
+    cfg = load_config(
+        None,
+        [
+            f"model.name={bert}",
+            f"data.train={write_jsonl(tmp_path / 't.jsonl', balanced())}",
+            "train.batch_size=8",
+        ],
+    )
     report = run_checks(cfg, slow=True, memory_limit_mb=1e6)
     assert "memory" in report.ran and not [f for f in report.findings if f.check == "memory"]
     assert any(n.startswith("memory: one optimizer step") for n in report.notes)
     report = run_checks(cfg, slow=True, memory_limit_mb=50)
     (mem,) = [f for f in report.findings if f.check == "memory"]
-    assert mem.severity == "error" and "of 50 MB usable" in mem.evidence and "gradient_checkpointing" in mem.fix
+    assert (
+        mem.severity == "error" and "of 50 MB usable" in mem.evidence and "gradient_checkpointing" in mem.fix
+    )
 
 
 def test_check_command_and_train_prints_findings(tmp_path, bert, capsys):
@@ -138,7 +165,12 @@ def test_check_command_and_train_prints_findings(tmp_path, bert, capsys):
     assert main(["check", *args, "--fast", "--strict"]) == 1
     capsys.readouterr()
     assert main(["check", *args, "--memory-mb", "-1"]) == 2
-    assert main(["train", *args, "train.max_steps=1", "train.progress=false", "--output-dir", str(tmp_path / "r")]) == 0
+    assert (
+        main(
+            ["train", *args, "train.max_steps=1", "train.progress=false", "--output-dir", str(tmp_path / "r")]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "check warning: Duplicate training rows" in err and "check warning: No validation data" in err
 
@@ -156,10 +188,14 @@ class _Writer:
 
 def test_overfitting_warning_and_early_stopping_rules():
     from deltatune.config import TrainConfig
-    from deltatune.training.loop import LoopResult, _Watch
+    from deltatune.results import LoopResult
+    from deltatune.training.loop import _Watch
 
-    watch, res, writer = _Watch(TrainConfig(metric_for_best="loss", greater_is_better=False, early_stopping=3)), \
-        LoopResult(), _Writer()
+    watch, res, writer = (
+        _Watch(TrainConfig(metric_for_best="loss", greater_is_better=False, early_stopping=3)),
+        LoopResult(),
+        _Writer(),
+    )
     # validation loss 1.0, 0.8 (best), 0.9, 1.1, 1.3 while training loss keeps falling
     for step, (val, train) in enumerate([(1.0, 2.0), (0.8, 1.5), (0.9, 1.0), (1.1, 0.6), (1.3, 0.3)], 1):
         watch.loss, watch.units = train * 10, 10
@@ -184,10 +220,26 @@ def test_overfitting_warning_and_early_stopping_rules():
 def test_early_stopping_stops_a_run(tmp_path, bert, one_thread):
     train, val = balanced(32), balanced(10, offset=100)
     out = tmp_path / "run"
-    assert main(["train", f"model.name={bert}", f"data.train={write_jsonl(tmp_path / 't.jsonl', train)}",
-                 f"data.validation={write_jsonl(tmp_path / 'v.jsonl', val)}", "train.batch_size=4",
-                 "train.epochs=3", "train.eval_every=1", "train.early_stopping=2", "train.learning_rate=1e-7",
-                 "train.progress=false", "--no-check", "--output-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                f"model.name={bert}",
+                f"data.train={write_jsonl(tmp_path / 't.jsonl', train)}",
+                f"data.validation={write_jsonl(tmp_path / 'v.jsonl', val)}",
+                "train.batch_size=4",
+                "train.epochs=3",
+                "train.eval_every=1",
+                "train.early_stopping=2",
+                "train.learning_rate=1e-7",
+                "train.progress=false",
+                "--no-check",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     stop = [x for x in lines if x.get("event") == "early_stop"]
@@ -200,9 +252,15 @@ def test_large_data_is_checked_from_streamed_columns_with_the_same_findings(tmp_
     every finding is the one the in-memory route gives."""
     monkeypatch.setenv("DELTATUNE_HOME", str(tmp_path / "home"))
     rows = [{"text": sentence(i), "label": "neg" if i < 8 else "pos"} for i in range(60)]
-    rows += [dict(rows[3], text=rows[3]["text"].upper() + " !"), dict(rows[20], label="neg")]  # exact, conflict
+    rows += [
+        dict(rows[3], text=rows[3]["text"].upper() + " !"),
+        dict(rows[20], label="neg"),
+    ]  # exact, conflict
     long = " ".join(sentence(500, 12).split())
-    rows += [{"text": long, "label": "pos"}, {"text": long.replace("alpha", "omega") + " extra", "label": "pos"}]
+    rows += [
+        {"text": long, "label": "pos"},
+        {"text": long.replace("alpha", "omega") + " extra", "label": "pos"},
+    ]
     rows += [{"text": sentence(900, 60), "label": "pos"}]
     val = balanced(10, offset=100) + [rows[5], {"text": long + " more", "label": "pos"}]
     opts = ["data.max_length=32", "train.metric_for_best=accuracy", "data.test_split=0.2"]
@@ -220,12 +278,20 @@ def test_large_data_is_checked_from_streamed_columns_with_the_same_findings(tmp_
     again, _ = findings("true")  # a second run reads the cached table
     assert again == in_memory
     # one pass: training reads the very tables the checks built, tokenizing nothing again
-    from deltatune.tasks.classify.tokens import ClassificationInputs
     from deltatune.data.token_cache import TokenCache
     from deltatune.models.loading import load_tokenizer
+    from deltatune.tasks.classify.tokens import ClassificationInputs
 
-    cfg = load_config(None, [f"model.name={bert}", f"data.train={tmp_path / 'train.jsonl'}",
-                             f"data.validation={tmp_path / 'val.jsonl'}", *opts, "data.cache=true"])
+    cfg = load_config(
+        None,
+        [
+            f"model.name={bert}",
+            f"data.train={tmp_path / 'train.jsonl'}",
+            f"data.validation={tmp_path / 'val.jsonl'}",
+            *opts,
+            "data.cache=true",
+        ],
+    )
     data = ClassificationInputs(cfg.data, cfg.train.seed, TokenCache())
     data.features(load_tokenizer(str(bert)), cfg.data.max_length)
     assert data.streamed and data.cache.built == 0
@@ -247,20 +313,38 @@ def test_a_budget_too_small_for_prompt_tuning_is_warned(tmp_path, bert):
     assert get_method("prompt_tuning").min_steps > 5
     assert get_method("lora").min_steps == 0 and get_method("prefix_tuning").min_steps == 0
     for method, warned in (("prompt_tuning", True), ("prefix_tuning", False), ("lora", False)):
-        found, report = checks(tmp_path, bert, balanced(), balanced(10, offset=100), f"method.name={method}",
-                               "train.batch_size=4")
+        found, report = checks(
+            tmp_path,
+            bert,
+            balanced(),
+            balanced(10, offset=100),
+            f"method.name={method}",
+            "train.batch_size=4",
+        )
         assert "budget" in report.ran and ("budget" in found) == warned, method
     found, _ = checks(tmp_path, bert, balanced(), None, "method.name=prompt_tuning", "train.batch_size=4")
-    assert "25 optimizer steps are planned (20 training examples, batch 4, 5 epochs, by train.epochs auto)" in found["budget"].evidence
-    found, _ = checks(tmp_path, bert, balanced(), None, "method.name=prompt_tuning", "train.batch_size=4",
-                      "train.epochs=1")
-    assert "5 optimizer steps are planned (20 training examples, batch 4, 1 epoch)" in found["budget"].evidence
+    assert (
+        "25 optimizer steps are planned (20 training examples, batch 4, 5 epochs, by train.epochs auto)"
+        in found["budget"].evidence
+    )
+    found, _ = checks(
+        tmp_path, bert, balanced(), None, "method.name=prompt_tuning", "train.batch_size=4", "train.epochs=1"
+    )
+    assert (
+        "5 optimizer steps are planned (20 training examples, batch 4, 1 epoch)" in found["budget"].evidence
+    )
 
 
 def test_a_few_duplicates_under_the_warning_share_are_info_not_a_crash(tmp_path, bert):
     rows = balanced(150)  # 1 repeat in 151 rows is under DUPLICATE_SHARE: info, and no copy disagrees
     found, _ = checks(tmp_path, bert, rows + [dict(rows[3])], balanced(10, offset=1000))
-    assert found["duplicates"].severity == "info" and "1 of 151 training rows repeat" in found["duplicates"].evidence
+    assert (
+        found["duplicates"].severity == "info"
+        and "1 of 151 training rows repeat" in found["duplicates"].evidence
+    )
     flipped = [dict(r, label="pos" if r["label"] == "neg" else "neg") for r in rows[:2]]  # 2 copies disagree
     found, _ = checks(tmp_path, bert, balanced(250) + flipped, balanced(10, offset=1000))
-    assert found["duplicates"].severity == "warning" and "2 duplicates carry a different label" in found["duplicates"].evidence
+    assert (
+        found["duplicates"].severity == "warning"
+        and "2 duplicates carry a different label" in found["duplicates"].evidence
+    )

@@ -13,20 +13,29 @@ import pytest
 import yaml
 
 from deltatune.cli import main
-from deltatune.errors import ConfigError, DataError
-from deltatune.codeeval.evaluate import CodeEvalSettings, build_prompts, fence_closed, load_tasks, model_answers, parse_id_ranges, run_code_eval
-from deltatune.metrics.code import pass_at_k
+from deltatune.codeeval.evaluate import (
+    CodeEvalSettings,
+    build_prompts,
+    fence_closed,
+    load_tasks,
+    model_answers,
+    parse_id_ranges,
+    run_code_eval,
+)
 from deltatune.codeeval.report import code_markdown, code_text, write_code_reports
+from deltatune.errors import ConfigError, DataError
+from deltatune.metrics.code import pass_at_k
 from helpers.paths import ASSETS
 
 DATA = ASSETS
-MBPP = str(DATA / "mbpp_sample.jsonl")          # tasks 11-14 and 367
+MBPP = str(DATA / "mbpp_sample.jsonl")  # tasks 11-14 and 367
 HUMANEVAL = str(DATA / "humaneval_sample.jsonl")  # HumanEval/0-3
 
 
 def settings(benchmark="mbpp", **kw) -> CodeEvalSettings:
-    return CodeEvalSettings(benchmark=benchmark, data_path=MBPP if benchmark == "mbpp" else HUMANEVAL,
-                            timeout_s=5, **kw)
+    return CodeEvalSettings(
+        benchmark=benchmark, data_path=MBPP if benchmark == "mbpp" else HUMANEVAL, timeout_s=5, **kw
+    )
 
 
 def stub(answer_of):
@@ -44,6 +53,7 @@ def reference_answer(task, i, fmt="instruct"):
 
 # --- stub answers through the sandbox ----------------------------------------------------------------
 
+
 def test_reference_solutions_score_one_on_mbpp():
     report = run_code_eval(stub(reference_answer), settings())
     m = report["metrics"]
@@ -54,8 +64,11 @@ def test_reference_solutions_score_one_on_mbpp():
 
 @pytest.mark.parametrize("fmt", ["completion", "instruct"])
 def test_reference_solutions_score_one_on_humaneval(fmt):
-    report = run_code_eval(stub(lambda t, i: reference_answer(t, i, fmt)), settings("humaneval", prompt_format=fmt),
-                           template_name="chat")
+    report = run_code_eval(
+        stub(lambda t, i: reference_answer(t, i, fmt)),
+        settings("humaneval", prompt_format=fmt),
+        template_name="chat",
+    )
     assert report["metrics"]["pass@1"] == 1.0 and report["metrics"]["execution_rate"] == 1.0
     assert report["header"]["prompt_format"] == fmt and report["header"]["template"] == "chat"
     if fmt == "completion":  # the generated part is compared with canonical_solution: identical
@@ -82,22 +95,32 @@ def test_pass_at_k_from_n_samples_is_the_unbiased_estimate():
     right = {11: 0, 12: 1, 13: 2, 14: 4, 367: 3}  # correct answers among 4 samples per task
 
     def answer(task, i):
-        return reference_answer(task, i) if i < right[task["task_id"]] else "```python\nraise ValueError('no')\n```"
+        return (
+            reference_answer(task, i)
+            if i < right[task["task_id"]]
+            else "```python\nraise ValueError('no')\n```"
+        )
 
     report = run_code_eval(stub(answer), settings(samples=4, k=(1, 2, 4)))
     for k in (1, 2, 4):
         expected = sum(pass_at_k(4, c, k) for c in right.values()) / len(right)
         assert report["metrics"][f"pass@{k}"] == pytest.approx(expected, abs=1e-6)
     assert report["metrics"]["samples"] == 20 and [t["passed"] for t in report["tasks"]] == [0, 1, 2, 4, 3]
-    assert report["failing"] == [{"task_id": 11, "status": "failed", "error": "ValueError: no",
-                                  "statuses": {"failed": 4}}]
+    assert report["failing"] == [
+        {"task_id": 11, "status": "failed", "error": "ValueError: no", "statuses": {"failed": 4}}
+    ]
     assert report["metrics"]["execution_rate"] == pytest.approx(10 / 20)
 
 
 def test_a_hostile_answer_is_a_failed_sample_not_a_hung_evaluation():
-    answers = {11: "```python\nwhile True:\n    pass\n```", 12: "```python\nimport os\nos.kill(os.getppid(), 9)\n```"}
-    report = run_code_eval(stub(lambda t, i: answers.get(t["task_id"], reference_answer(t, i))),
-                           CodeEvalSettings(data_path=MBPP, timeout_s=1))
+    answers = {
+        11: "```python\nwhile True:\n    pass\n```",
+        12: "```python\nimport os\nos.kill(os.getppid(), 9)\n```",
+    }
+    report = run_code_eval(
+        stub(lambda t, i: answers.get(t["task_id"], reference_answer(t, i))),
+        CodeEvalSettings(data_path=MBPP, timeout_s=1),
+    )
     statuses = {t["task_id"]: t["samples"][0]["status"] for t in report["tasks"]}
     assert statuses[11] == "timeout" and statuses[12] != "passed" and statuses[13] == "passed"
     assert report["metrics"]["pass@1"] == pytest.approx(3 / 5)
@@ -114,6 +137,7 @@ def test_reports_render_and_are_written(tmp_path):
 
 
 # --- settings, task selection, prompts ---------------------------------------------------------------
+
 
 def test_settings_are_checked_with_the_flag_named():
     with pytest.raises(ConfigError, match=r"--code 'mbbp': unknown benchmark; use one of mbpp, humaneval"):
@@ -135,7 +159,10 @@ def test_task_selection_by_ids_and_seeded_sample():
     sample = [t["task_id"] for t in load_tasks(settings(limit=3, seed=1))]
     assert sample == sorted(sample) and len(sample) == 3
     assert sample == [t["task_id"] for t in load_tasks(settings(limit=3, seed=1))]
-    assert [t["task_id"] for t in load_tasks(settings("humaneval", tasks="1-2"))] == ["HumanEval/1", "HumanEval/2"]
+    assert [t["task_id"] for t in load_tasks(settings("humaneval", tasks="1-2"))] == [
+        "HumanEval/1",
+        "HumanEval/2",
+    ]
     with pytest.raises(ConfigError, match=r"--tasks 9-11: no task 9, 10 in mbpp"):
         load_tasks(settings(tasks="9-11"))
     with pytest.raises(ConfigError, match="'x' is not an id or a range"):
@@ -162,6 +189,7 @@ def test_fence_closed():
 
 # --- a real (tiny) model -------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory, one_thread):
     from deltatune.models import load_for_causal_lm, make_tiny_model_dir
@@ -184,7 +212,8 @@ def test_tiny_model_generates_samples_that_are_run(tiny_llama):
     assert again == [[x["answer"] for x in t["samples"]] for t in report["tasks"]]  # seeded
     completion = settings("humaneval", tasks="0", max_new_tokens=4)
     assert run_code_eval(answer, completion)["tasks"][0]["samples"][0]["code"].startswith(
-        load_tasks(completion)[0]["prompt"])
+        load_tasks(completion)[0]["prompt"]
+    )
 
 
 def test_generation_stops_when_asked(tiny_llama):
@@ -200,10 +229,27 @@ def test_generation_stops_when_asked(tiny_llama):
 
 # --- the command line ----------------------------------------------------------------------------------
 
+
 def test_cli_evaluates_a_base_model(tiny_llama, tmp_path, capsys):
     path, _, _ = tiny_llama
-    code = main(["eval", "--model", path, "--code", "mbpp", "--data", MBPP, "--tasks", "11-12",
-                 "--max-new-tokens", "4", "--out", str(tmp_path), "--json"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            path,
+            "--code",
+            "mbpp",
+            "--data",
+            MBPP,
+            "--tasks",
+            "11-12",
+            "--max-new-tokens",
+            "4",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ]
+    )
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["metrics"]["tasks"] == 2 and report["header"]["model"] == path
     assert (tmp_path / "code_eval_mbpp.json").is_file() and (tmp_path / "code_eval_mbpp.md").is_file()
@@ -212,24 +258,40 @@ def test_cli_evaluates_a_base_model(tiny_llama, tmp_path, capsys):
 def _fake_classify_run(root: Path) -> Path:
     run = root / "cls-run"
     run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump({
-        "task": "classify", "model": {"name": "minilm-l6"}, "method": {"name": "lora"},
-        "data": {"train": "train.jsonl"}}))
+    (run / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "task": "classify",
+                "model": {"name": "minilm-l6"},
+                "method": {"name": "lora"},
+                "data": {"train": "train.jsonl"},
+            }
+        )
+    )
     (run / "summary.json").write_text("{}")
     return run
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--model", "m", "--code", "mbppp"], "--code 'mbppp': unknown benchmark"),
-    (["--model", "m", "--code", "mbpp", "--samples", "2", "--k", "1,5"], "--k 5"),
-    (["--model", "m", "--code", "mbpp", "--k", "one"], "--k one: write integers"),
-    (["--model", "m", "--code", "humaneval", "--data", "nowhere.jsonl"], "nowhere.jsonl: no humaneval file"),
-    (["--model", "m", "--code", "mbpp", "--tasks", "1-3"], "--tasks 1-3: no task 1, 2, 3"),
-    (["RUN", "--code", "mbpp"], "is a 'classify' run (a classifier), which cannot be evaluated on generated code"),
-    (["RUN", "--limit", "3", "--data", "x.jsonl"], "--limit only apply with --code"),
-    (["RUN"], "give --data FILE"),
-    (["--code", "mbpp"], "give a RUN_DIR"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--model", "m", "--code", "mbppp"], "--code 'mbppp': unknown benchmark"),
+        (["--model", "m", "--code", "mbpp", "--samples", "2", "--k", "1,5"], "--k 5"),
+        (["--model", "m", "--code", "mbpp", "--k", "one"], "--k one: write integers"),
+        (
+            ["--model", "m", "--code", "humaneval", "--data", "nowhere.jsonl"],
+            "nowhere.jsonl: no humaneval file",
+        ),
+        (["--model", "m", "--code", "mbpp", "--tasks", "1-3"], "--tasks 1-3: no task 1, 2, 3"),
+        (
+            ["RUN", "--code", "mbpp"],
+            "is a 'classify' run (a classifier), which cannot be evaluated on generated code",
+        ),
+        (["RUN", "--limit", "3", "--data", "x.jsonl"], "--limit only apply with --code"),
+        (["RUN"], "give --data FILE"),
+        (["--code", "mbpp"], "give a RUN_DIR"),
+    ],
+)
 def test_cli_errors_are_one_message(argv, needle, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = _fake_classify_run(tmp_path)
@@ -242,13 +304,17 @@ def test_cli_errors_are_one_message(argv, needle, tmp_path, capsys, monkeypatch)
 
 # --- code SFT data: Code Alpaca has rows with an empty answer ---------------------------------------------
 
+
 def test_empty_answers_stop_by_default_and_are_dropped_when_asked(tiny_llama, tmp_path):
     from deltatune.config import validate_config
     from deltatune.data.conversations import read_conversations
-    from deltatune.data.templates import RawTemplate
     from deltatune.data.masks import encode_conversations
-    rows = [{"instruction": "Add 1 and 2.", "input": "", "output": "3"},
-            {"instruction": "Print hi.", "input": "", "output": "  "}]
+    from deltatune.data.templates import RawTemplate
+
+    rows = [
+        {"instruction": "Add 1 and 2.", "input": "", "output": "3"},
+        {"instruction": "Print hi.", "input": "", "output": "  "},
+    ]
     path = tmp_path / "code.json"
     path.write_text(json.dumps(rows))
     data = lambda **kw: validate_config({"task": "sft", "data": {"train": str(path), **kw}}).data  # noqa: E731

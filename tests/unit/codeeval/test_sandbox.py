@@ -21,10 +21,19 @@ from pathlib import Path
 
 import pytest
 
-from deltatune.errors import ConfigError, DataError
-from deltatune.codeeval.programs import TESTS_DONE, extract_code, humaneval_program, load_humaneval, load_mbpp, mbpp_preamble, mbpp_program, run_tests
-from deltatune.metrics.code import mean_pass_at_k, pass_at_k
+from deltatune.codeeval.programs import (
+    TESTS_DONE,
+    extract_code,
+    humaneval_program,
+    load_humaneval,
+    load_mbpp,
+    mbpp_preamble,
+    mbpp_program,
+    run_tests,
+)
 from deltatune.codeeval.sandbox import SandboxLimits, Verdict, run_many, run_program, sandbox_capabilities
+from deltatune.errors import ConfigError, DataError
+from deltatune.metrics.code import mean_pass_at_k, pass_at_k
 from helpers.paths import SHARED_DATA
 
 DATA = SHARED_DATA
@@ -33,11 +42,13 @@ QUICK = SandboxLimits(timeout_s=5)
 
 def within(seconds: float):
     """Fail the decorated test with TimeoutError if it runs longer than ``seconds`` (SIGALRM)."""
+
     def decorate(test):
         @functools.wraps(test)
         def bounded(*args, **kwargs):
             def expired(signum, frame):
                 raise TimeoutError(f"{test.__name__} ran longer than {seconds} s")
+
             previous = signal.signal(signal.SIGALRM, expired)
             signal.setitimer(signal.ITIMER_REAL, seconds)
             try:
@@ -45,7 +56,9 @@ def within(seconds: float):
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 signal.signal(signal.SIGALRM, previous)
+
         return bounded
+
     return decorate
 
 
@@ -70,8 +83,7 @@ def sandbox_processes() -> list[str]:
 
 
 def own_process_count() -> int:
-    return sum(1 for pid in filter(str.isdigit, os.listdir("/proc"))
-               if _owner(pid) == os.getuid())
+    return sum(1 for pid in filter(str.isdigit, os.listdir("/proc")) if _owner(pid) == os.getuid())
 
 
 def _owner(pid: str) -> int | None:
@@ -82,6 +94,7 @@ def _owner(pid: str) -> int | None:
 
 
 # --- normal programs ---------------------------------------------------------------------------------
+
 
 @within(30)
 def test_passing_asserts_pass(caps):
@@ -96,8 +109,9 @@ def test_failing_assert_reports_the_assert_line(caps):
     assert verdict.status == "failed" and verdict.returncode == 1
     assert verdict.reason == "AssertionError: assert add(1, 2) == 3"
     with_message = run_program("assert 1 + 1 == 3, 'arithmetic'\n", QUICK)
-    assert with_message.reason == ("AssertionError: assert 1 + 1 == 3, 'arithmetic' "
-                                   "(AssertionError: arithmetic)")
+    assert with_message.reason == (
+        "AssertionError: assert 1 + 1 == 3, 'arithmetic' (AssertionError: arithmetic)"
+    )
 
 
 @within(30)
@@ -126,6 +140,7 @@ def test_limits_are_validated():
 
 # --- hostile programs --------------------------------------------------------------------------------
 
+
 @within(30)
 def test_infinite_loop_times_out(caps):
     for source in ("while True:\n    pass\n", "import time\nwhile True:\n    time.sleep(1)\n"):
@@ -145,9 +160,11 @@ def test_cpu_time_limit_kills(caps):
 @within(60)
 def test_fork_bomb_is_contained_and_leaves_nothing(caps):
     before = own_process_count()
-    bombs = ("import os\nwhile True:\n    os.fork()\n",
-             "import os, time\nwhile True:\n    try:\n        if os.fork() == 0:\n            os.setsid()\n"
-             "    except OSError:\n        time.sleep(0.01)\n")  # children leave the process group
+    bombs = (
+        "import os\nwhile True:\n    os.fork()\n",
+        "import os, time\nwhile True:\n    try:\n        if os.fork() == 0:\n            os.setsid()\n"
+        "    except OSError:\n        time.sleep(0.01)\n",
+    )  # children leave the process group
     for bomb in bombs:
         verdict = run_program(bomb, SandboxLimits(timeout_s=3, max_processes=32))
         assert verdict.status in ("killed", "failed", "timeout"), verdict
@@ -162,8 +179,10 @@ def test_fork_bomb_is_contained_and_leaves_nothing(caps):
 
 @within(30)
 def test_memory_bomb_is_killed(caps):
-    bombs = ("x = bytearray(8 * 1024 ** 3)\n",
-             "blocks = []\nwhile True:\n    blocks.append(bytearray(10 ** 7))\n")
+    bombs = (
+        "x = bytearray(8 * 1024 ** 3)\n",
+        "blocks = []\nwhile True:\n    blocks.append(bytearray(10 ** 7))\n",
+    )
     for bomb in bombs:
         verdict = run_program(bomb, SandboxLimits(timeout_s=10, memory_mb=512))
         assert (verdict.status, verdict.reason) == ("killed", "memory"), verdict
@@ -173,15 +192,17 @@ def test_memory_bomb_is_killed(caps):
 def test_file_size_and_open_files_limits(caps):
     big = run_program("open('big', 'wb').write(b'x' * (3 * 2 ** 20))\n", SandboxLimits(max_file_mb=2))
     assert (big.status, big.reason) == ("killed", "file size")
-    files = run_program("handles = [open('/dev/null') for _ in range(100)]\n",
-                        SandboxLimits(max_open_files=32))
+    files = run_program(
+        "handles = [open('/dev/null') for _ in range(100)]\n", SandboxLimits(max_open_files=32)
+    )
     assert (files.status, files.reason) == ("killed", "open files")
 
 
 @within(30)
 def test_huge_output_is_capped_and_ends(caps):
-    verdict = run_program("while True:\n    print('x' * 1000)\n",
-                          SandboxLimits(timeout_s=20, max_output_kb=64))
+    verdict = run_program(
+        "while True:\n    print('x' * 1000)\n", SandboxLimits(timeout_s=20, max_output_kb=64)
+    )
     assert (verdict.status, verdict.reason) == ("killed", "output")
     assert len(verdict.stdout) <= 64 * 1024 and verdict.seconds < 5
 
@@ -192,8 +213,10 @@ def test_writing_outside_the_temp_dir_is_blocked(caps, tmp_path):
     shared.chmod(0o777)  # writable by anyone: only a read-only mount stops the write
     private = tmp_path / "pwned"
     try:
-        source = "".join(f"try:\n    open({str(p)!r}, 'w').write('x')\nexcept OSError as e:\n    print(e)\n"
-                         for p in (private, shared / "pwned"))
+        source = "".join(
+            f"try:\n    open({str(p)!r}, 'w').write('x')\nexcept OSError as e:\n    print(e)\n"
+            for p in (private, shared / "pwned")
+        )
         verdict = run_program(source + "open('inside', 'w').write('fine')\n", QUICK)
         assert verdict.status == "passed", verdict  # its own work dir stays writable
         assert private.exists() is not (caps.filesystem_read_only or caps.separate_uid)
@@ -211,8 +234,10 @@ def test_deleting_files_in_the_working_directory_fails(caps, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     for name in ("keep.txt", "data.csv"):
         (tmp_path / name).write_text("precious")
-    source = (f"import os, shutil\nfor name in os.listdir({str(tmp_path)!r}):\n"
-              f"    os.remove(os.path.join({str(tmp_path)!r}, name))\n")
+    source = (
+        f"import os, shutil\nfor name in os.listdir({str(tmp_path)!r}):\n"
+        f"    os.remove(os.path.join({str(tmp_path)!r}, name))\n"
+    )
     verdict = run_program(source, QUICK)
     protected = caps.filesystem_read_only or caps.separate_uid
     assert sorted(p.name for p in tmp_path.iterdir()) == ([] if not protected else ["data.csv", "keep.txt"])
@@ -226,10 +251,12 @@ def test_parent_environment_is_not_visible(caps, monkeypatch):
     secret = "sandbox-secret-4f1c9e"
     monkeypatch.setenv("DELTATUNE_TEST_SECRET", secret)
     monkeypatch.setenv("PYTHONPATH", "/should/not/matter")
-    source = (f"import os, sys\nprint(dict(os.environ))\nprint(sys.path)\n"
-              f"for pid in ({os.getpid()}, os.getppid(), 1):\n    try:\n"
-              f"        print(open(f'/proc/{{pid}}/environ', 'rb').read())\n"
-              f"    except OSError as e:\n        print('blocked', e)\n")
+    source = (
+        f"import os, sys\nprint(dict(os.environ))\nprint(sys.path)\n"
+        f"for pid in ({os.getpid()}, os.getppid(), 1):\n    try:\n"
+        f"        print(open(f'/proc/{{pid}}/environ', 'rb').read())\n"
+        f"    except OSError as e:\n        print('blocked', e)\n"
+    )
     verdict = run_program(source, QUICK)
     assert verdict.status == "passed", verdict
     environment = eval(verdict.stdout.splitlines()[0])  # the dict the program printed
@@ -265,13 +292,20 @@ def test_socket_to_a_local_listener(caps):
 
 @within(60)
 def test_killing_the_parent_leaves_the_host_alive(caps):
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
-                                 start_new_session=True)  # a host process the attacks must not reach
-    attacks = ["import os\nos.kill(os.getppid(), 9)\n", "import os\nos.killpg(os.getpgid(os.getppid()), 9)\n",
-               "import os\nos.killpg(0, 9)\n"]
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )  # a host process the attacks must not reach
+    attacks = [
+        "import os\nos.kill(os.getppid(), 9)\n",
+        "import os\nos.killpg(os.getpgid(os.getppid()), 9)\n",
+        "import os\nos.killpg(0, 9)\n",
+    ]
     if caps.pid_isolated or caps.separate_uid:  # else same-uid host processes are in reach: don't aim at them
-        attacks += [f"import os\nos.kill({os.getpid()}, 9)\n", f"import os\nos.kill({bystander.pid}, 9)\n",
-                    "import os\nos.kill(-1, 9)\n"]
+        attacks += [
+            f"import os\nos.kill({os.getpid()}, 9)\n",
+            f"import os\nos.kill({bystander.pid}, 9)\n",
+            "import os\nos.kill(-1, 9)\n",
+        ]
     try:
         verdicts = [run_program(attack, QUICK) for attack in attacks]
         assert bystander.poll() is None  # and this test process is alive, since it got here
@@ -283,6 +317,7 @@ def test_killing_the_parent_leaves_the_host_alive(caps):
 
 
 # --- code metrics ------------------------------------------------------------------------------------
+
 
 def test_pass_at_k_hand_computed():
     assert pass_at_k(1, 1, 1) == 1.0 and pass_at_k(5, 0, 3) == 0.0
@@ -321,7 +356,7 @@ def test_extract_code():
     assert extract_code("```\nx = 1\n```") == "x = 1\n"
     assert extract_code("def g():\n    pass") == "def g():\n    pass\n"  # no fence: the raw answer
     assert extract_code("```python\ndef cut_off(") == "def cut_off(\n"  # unclosed fence
-    prompt = "def inc(x):\n    \"\"\"Add one.\"\"\"\n"
+    prompt = 'def inc(x):\n    """Add one."""\n'
     completion = "    return x + 1\n\ndef unrelated():\n    pass\n"
     assert extract_code(completion, "completion", prompt) == prompt + "    return x + 1\n"
     fenced = "```python\ndef inc(x):\n    return x + 1\n```"
@@ -333,9 +368,14 @@ def test_extract_code():
 @within(60)
 def test_programs_that_exit_before_their_tests_do_not_pass(caps):
     task = {"task_id": 1, "test_setup_code": "", "test_list": ["assert f() == 2"]}
-    verdicts = run_tests([mbpp_program("def f():\n    return 2", task),
-                          mbpp_program("import sys\nsys.exit(0)\ndef f():\n    return 2", task),
-                          mbpp_program("def f():\n    return 3", task)], QUICK)
+    verdicts = run_tests(
+        [
+            mbpp_program("def f():\n    return 2", task),
+            mbpp_program("import sys\nsys.exit(0)\ndef f():\n    return 2", task),
+            mbpp_program("def f():\n    return 3", task),
+        ],
+        QUICK,
+    )
     assert [v.status for v in verdicts] == ["passed", "failed", "failed"]
     assert "exited before its tests finished" in verdicts[1].reason
     assert verdicts[2].reason == "AssertionError: assert f() == 2" and verdicts[0].stdout == TESTS_DONE + "\n"
@@ -358,13 +398,16 @@ def test_every_reference_solution_passes_in_the_sandbox(caps):
     humaneval = load_humaneval(DATA / "humaneval" / "HumanEval.jsonl")
     assert [len(mbpp), len(humaneval)] == [500, 164]
     assert {t["task_id"] for t in mbpp} == set(range(11, 511))
-    programs = ([mbpp_program(t["code"], t, mbpp_preamble(t)) for t in mbpp]
-                + [humaneval_program(t["prompt"], t["canonical_solution"], t) for t in humaneval])
+    programs = [mbpp_program(t["code"], t, mbpp_preamble(t)) for t in mbpp] + [
+        humaneval_program(t["prompt"], t["canonical_solution"], t) for t in humaneval
+    ]
     start = time.monotonic()
     verdicts = run_tests(programs)
     seconds = time.monotonic() - start
-    print(f"\n{len(programs)} reference solutions through the sandbox in {seconds:.1f} s "
-          f"on {os.cpu_count()} cores ({len(programs) / seconds:.1f} samples/s)")
+    print(
+        f"\n{len(programs)} reference solutions through the sandbox in {seconds:.1f} s "
+        f"on {os.cpu_count()} cores ({len(programs) / seconds:.1f} samples/s)"
+    )
     names = [f"MBPP/{t['task_id']}" for t in mbpp] + [t["task_id"] for t in humaneval]
     failing = {name: (v.status, v.reason) for name, v in zip(names, verdicts) if not v.passed}
     assert failing == {}
@@ -380,8 +423,10 @@ def test_without_namespaces_runs_still_end_and_leave_nothing(caps):
     bare = sandbox.SandboxCapabilities(namespaces=(), separate_uid=False)
     assert sandbox._run("print('hi')", QUICK, bare).stdout == "hi\n"
     assert sandbox._run("while True:\n    pass\n", SandboxLimits(timeout_s=1), bare).status == "timeout"
-    escapee = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-               "        time.sleep(30)\n    os._exit(0)\ntime.sleep(0.2)\nprint('parent done')\n")
+    escapee = (
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        "        time.sleep(30)\n    os._exit(0)\ntime.sleep(0.2)\nprint('parent done')\n"
+    )
     verdict = sandbox._run(escapee, QUICK, bare)
     assert (verdict.status, verdict.stdout) == ("passed", "parent done\n") and verdict.seconds < 3
     deadline = time.monotonic() + 5

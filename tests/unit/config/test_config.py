@@ -15,8 +15,9 @@ def write(tmp_path, text):
 
 def test_defaults_and_overrides(tmp_path):
     p = write(tmp_path, "data: {train: t.jsonl}\nmethod: {name: lora, r: 8}\n")
-    cfg = load_config(p, ["train.learning_rate=3e-4", "method.target_modules=[query, value]",
-                          "train.group_by_length=false"])
+    cfg = load_config(
+        p, ["train.learning_rate=3e-4", "method.target_modules=[query, value]", "train.group_by_length=false"]
+    )
     assert cfg.train.learning_rate == 3e-4
     assert cfg.method["r"] == 8 and cfg.method["target_modules"] == ["query", "value"]
     assert cfg.method["alpha"] == 32  # method default filled in
@@ -69,8 +70,14 @@ def test_bad_yaml_and_missing_file(tmp_path):
 
 def test_reference_documents_every_key():
     ref = config_reference()
-    for key in ("train.learning_rate", "data.text_field", "model.name", "train.grad_accum",
-                "data.validation_split", "train.precision"):
+    for key in (
+        "train.learning_rate",
+        "data.text_field",
+        "model.name",
+        "train.grad_accum",
+        "data.validation_split",
+        "train.precision",
+    ):
         assert key in ref
 
 
@@ -95,7 +102,9 @@ def test_a_method_may_have_its_own_learning_rate_for_one_task():
     # the pre-flight check measures against the task's own default: 6e-6 is 16.7x below 1e-4, 8.3x below 5e-5
     finding = learning_rate(load_config(None, ["method.name=full", "train.learning_rate=6e-6"]))
     assert finding is not None and "default (0.0001)" in finding.evidence
-    assert learning_rate(load_config(None, ["task=sft", "method.name=full", "train.learning_rate=6e-6"])) is None
+    assert (
+        learning_rate(load_config(None, ["task=sft", "method.name=full", "train.learning_rate=6e-6"])) is None
+    )
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "Auto", "null", "soon", "inf", "true"])
@@ -103,7 +112,9 @@ def test_epochs_is_a_positive_number_or_auto_in_one_line(value):
     with pytest.raises(ConfigError) as err:
         load_config(None, [f"train.epochs={value}"])
     lines = str(err.value).splitlines()[1:]
-    assert len(lines) == 1 and "train.epochs: expected a positive number of passes (1, 2.5) or auto" in lines[0]
+    assert (
+        len(lines) == 1 and "train.epochs: expected a positive number of passes (1, 2.5) or auto" in lines[0]
+    )
     assert load_config(None, ["train.epochs=2.5"]).train.epochs == 2.5
     assert load_config(None, []).train.epochs == "auto"
 

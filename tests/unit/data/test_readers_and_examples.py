@@ -7,9 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from deltatune.tasks.classify.examples import Example, LabelSet, load_classification_data, rows_to_examples, stratified_sample, stratified_split
 from deltatune.data.readers import read_rows
 from deltatune.errors import ConfigError, DataError, UserError
+from deltatune.tasks.classify.examples import (
+    Example,
+    LabelSet,
+    load_classification_data,
+    rows_to_examples,
+    stratified_sample,
+    stratified_split,
+)
 from helpers.paths import ROOT
 
 SST2_DEV = ROOT / "src" / "deltatune" / "demo_data" / "sst2_dev.tsv"
@@ -34,6 +41,7 @@ def data_error(path: Path, fmt: str | None = None) -> DataError:
 
 
 # ---------------------------------------------------------------- readers: happy paths
+
 
 def test_jsonl_rows_carry_line_numbers_and_skip_blank_lines(tmp_path):
     path = write(tmp_path, "d.jsonl", '{"text": "a", "label": 1}\n\n  \n{"text": "b", "label": 0}\n')
@@ -60,10 +68,9 @@ def test_csv_handles_quoted_commas_and_multiline_fields(tmp_path):
 
 
 def test_tsv_keeps_double_quotes_as_plain_characters(tmp_path):
-    path = write(tmp_path, "d.tsv",
-                 'sentence\tlabel\nthe " director \'s cut\t1\n"quoted start\t0\n')
+    path = write(tmp_path, "d.tsv", 'sentence\tlabel\nthe " director \'s cut\t1\n"quoted start\t0\n')
     rows = read_rows(path)
-    assert [r["sentence"] for r in rows] == ['the " director \'s cut', '"quoted start']
+    assert [r["sentence"] for r in rows] == ["the \" director 's cut", '"quoted start']
     assert [r.line for r in rows] == [2, 3]
 
 
@@ -79,6 +86,7 @@ def test_format_argument_overrides_the_extension(tmp_path):
 
 
 # ---------------------------------------------------------------- readers: errors
+
 
 def test_missing_file(tmp_path):
     error = data_error(tmp_path / "nope.jsonl")
@@ -166,7 +174,9 @@ def test_csv_duplicate_header_names_the_column(tmp_path):
 
 
 def test_unknown_extension_lists_formats_and_format_key(tmp_path):
-    error = data_error(write(tmp_path, "d.xlsx", "x"))  # (.parquet was the example here until it was supported)
+    error = data_error(
+        write(tmp_path, "d.xlsx", "x")
+    )  # (.parquet was the example here until it was supported)
     message = str(error)
     assert ".xlsx" in message and "jsonl, json, csv, tsv" in message and "format:" in message
 
@@ -177,6 +187,7 @@ def test_unknown_format_argument(tmp_path):
 
 
 # ---------------------------------------------------------------- labels
+
 
 def rows_of(tmp_path, name, content):
     return read_rows(write(tmp_path, name, content))
@@ -244,6 +255,7 @@ def test_empty_label_is_an_error(tmp_path):
 
 # ---------------------------------------------------------------- rows to examples
 
+
 def test_missing_text_field_suggests_the_closest_field(tmp_path):
     path = write(tmp_path, "t.tsv", "sentence\tlabel\na\t1\n")
     with pytest.raises(DataError) as info:
@@ -285,6 +297,7 @@ def test_prediction_file_without_labels(tmp_path):
 
 
 # ---------------------------------------------------------------- splits and samples
+
 
 def make_examples(counts: dict[int, int]) -> list[Example]:
     examples = []
@@ -343,8 +356,7 @@ def test_validation_file_and_split_together_is_a_config_error(tmp_path):
 def test_real_sst2_dev_file():
     rows = read_rows(SST2_DEV)
     assert len(rows) == 872 and set(rows[0]) == {"sentence", "label"}
-    data = load_classification_data(SST2_DEV, text_field="sentence",
-                                    label_names=["negative", "positive"])
+    data = load_classification_data(SST2_DEV, text_field="sentence", label_names=["negative", "positive"])
     assert len(data.train) == 872 and data.labels.values == [0, 1]
     assert data.labels.id2label == {0: "negative", 1: "positive"}
     assert {ex.label for ex in data.train} == {0, 1}

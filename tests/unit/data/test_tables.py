@@ -9,8 +9,15 @@ from deltatune.data.readers import read_rows
 from deltatune.errors import DataError
 from deltatune.models import make_tiny_model_dir
 
-ROWS = [{"text": t, "label": "pos" if i % 2 else "neg"} for i, t in enumerate(
-    "a great film|a dull mess|wonderful acting|terrible acting|i loved it|i hated it|superb|awful".split("|") * 4)]
+ROWS = [
+    {"text": t, "label": "pos" if i % 2 else "neg"}
+    for i, t in enumerate(
+        "a great film|a dull mess|wonderful acting|terrible acting|i loved it|i hated it|superb|awful".split(
+            "|"
+        )
+        * 4
+    )
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +32,8 @@ def tables(tmp_path_factory):
     ds.select(range(16, 32)).to_parquet(str(root / "shards" / "train-00001.parquet"))
     ds.save_to_disk(str(root / "saved"))
     datasets.Dataset.from_list([{"text": "fine", "label": "pos"}, {"text": "", "label": "neg"}]).to_parquet(
-        str(root / "bad.parquet"))
+        str(root / "bad.parquet")
+    )
     return root
 
 
@@ -55,7 +63,18 @@ def test_errors_name_the_row_and_hub_ids_fail_clearly_offline(tables, monkeypatc
 
 def test_training_from_parquet_through_the_cli(tables, tmp_path, capsys):
     model = make_tiny_model_dir("bert", tmp_path / "bert", task="classify")
-    code = main(["train", f"model.name={model}", f"data.train={tables / 'shards'}",
-                 f"data.validation={tables / 'train.parquet'}", "train.max_steps=2", "train.progress=false",
-                 "train.precision=fp32", "--output-dir", str(tmp_path / "run"), "--json"])
+    code = main(
+        [
+            "train",
+            f"model.name={model}",
+            f"data.train={tables / 'shards'}",
+            f"data.validation={tables / 'train.parquet'}",
+            "train.max_steps=2",
+            "train.progress=false",
+            "train.precision=fp32",
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--json",
+        ]
+    )
     assert code == 0 and json.loads(capsys.readouterr().out)["steps"] == 2

@@ -1,17 +1,16 @@
 """SFT data: layouts, templates, token-exact response masks, truncation, packing."""
 
-
 import pytest
 
+from deltatune.data.batching import sft_collate
 from deltatune.data.conversations import FieldMap, rows_to_conversations
+from deltatune.data.masks import encode_conversations, encode_segments, prompt_ids
 from deltatune.data.readers import Row, read_rows
 from deltatune.data.templates import AlpacaTemplate, ChatTemplate, RawTemplate, bos_to_add, make_template
-from deltatune.data.masks import encode_conversations, encode_segments, prompt_ids
-from deltatune.tasks.sft.packing import pack
-from deltatune.data.batching import sft_collate
 from deltatune.errors import ConfigError, DataError
 from deltatune.losses.lm import IGNORE_INDEX
 from deltatune.models.tiny import make_tiny_model_dir
+from deltatune.tasks.sft.packing import pack
 from helpers.paths import ASSETS
 
 LIMA = ASSETS / "lima_sample.json"
@@ -51,14 +50,20 @@ def sentencepiece_style_tok():
     texts = [m["content"] for c in rows_to_conversations(read_rows(LIMA))[:200] for m in c.messages]
     tk = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
     tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
-    tk.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                    decoders.Strip(" ", 1, 0)])
-    tk.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=2000, special_tokens=["<unk>", "<s>", "</s>"]))
+    tk.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    tk.train_from_iterator(
+        texts, trainers.BpeTrainer(vocab_size=2000, special_tokens=["<unk>", "<s>", "</s>"])
+    )
     tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                  pad_token="</s>")
-    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
-                         "{% elif m['role'] == 'assistant' %} {{ m['content'] }}</s>{% endif %}{% endfor %}")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    )
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+        "{% elif m['role'] == 'assistant' %} {{ m['content'] }}</s>{% endif %}{% endfor %}"
+    )
     return tok
 
 
@@ -66,16 +71,22 @@ def sentencepiece_style_tok():
 
 
 def test_alpaca_with_history_and_input():
-    [c] = rows_to_conversations(rows({"instruction": "Add", "input": "2 and 3", "output": "5",
-                                      "history": [["hi", "hello"]]}))
+    [c] = rows_to_conversations(
+        rows({"instruction": "Add", "input": "2 and 3", "output": "5", "history": [["hi", "hello"]]})
+    )
     assert [m["role"] for m in c.messages] == ["user", "assistant", "user", "assistant"]
     assert c.messages[2]["content"] == "Add\n\n2 and 3"
     assert c.reference == "5" and c.prompt_messages[-1]["content"] == "Add\n\n2 and 3"
 
 
 def test_layout_detection_and_field_mapping():
-    msgs = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
-                         {"role": "assistant", "content": "a"}]}
+    msgs = {
+        "messages": [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "content": "a"},
+        ]
+    }
     assert rows_to_conversations(rows(msgs))[0].messages[0]["role"] == "system"
     share = {"conversations": [{"from": "human", "value": "u"}, {"from": "gpt", "value": "a"}]}
     assert [m["role"] for m in rows_to_conversations(rows(share))[0].messages] == ["user", "assistant"]
@@ -83,36 +94,57 @@ def test_layout_detection_and_field_mapping():
     assert pc.raw and pc.reference == "c"
     [t] = rows_to_conversations(rows({"text": "plain"}))
     assert t.raw and t.messages == [{"role": "assistant", "content": "plain"}]
-    [m] = rows_to_conversations(rows({"q": "Q", "a": "A"}), "alpaca",
-                                FieldMap({"instruction": "q", "output": "a"}))
+    [m] = rows_to_conversations(
+        rows({"q": "Q", "a": "A"}), "alpaca", FieldMap({"instruction": "q", "output": "a"})
+    )
     assert m.messages[0]["content"] == "Q" and m.reference == "A"
     [s] = rows_to_conversations(rows({"instruction": "i", "output": "o"}), system_prompt="be brief")
     assert s.messages[0] == {"role": "system", "content": "be brief"}
 
 
-@pytest.mark.parametrize("row, layout, fields, message", [
-    ({"instrction": "x", "output": "y"}, "alpaca", None, "did you mean 'instrction'"),
-    ({"question": "x"}, "auto", None, "cannot tell the layout"),
-    ({"messages": [{"role": "robot", "content": "x"}]}, "messages", None, "unknown role 'robot'"),
-    ({"messages": [{"role": "user", "content": "x"}]}, "messages", None, "no assistant message"),
-    ({"instruction": "x", "output": None}, "alpaca", None, "expected text"),
-    ({"instruction": "x", "output": "y", "history": ["a"]}, "alpaca", None, "history must be"),
-    ({"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "user", "content": "c"}]},
-     "prompt_completion", None, "completion has no assistant message"),
-])
+@pytest.mark.parametrize(
+    "row, layout, fields, message",
+    [
+        ({"instrction": "x", "output": "y"}, "alpaca", None, "did you mean 'instrction'"),
+        ({"question": "x"}, "auto", None, "cannot tell the layout"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages", None, "unknown role 'robot'"),
+        ({"messages": [{"role": "user", "content": "x"}]}, "messages", None, "no assistant message"),
+        ({"instruction": "x", "output": None}, "alpaca", None, "expected text"),
+        ({"instruction": "x", "output": "y", "history": ["a"]}, "alpaca", None, "history must be"),
+        (
+            {"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "user", "content": "c"}]},
+            "prompt_completion",
+            None,
+            "completion has no assistant message",
+        ),
+    ],
+)
 def test_bad_rows_name_file_line_and_field(row, layout, fields, message):
     with pytest.raises(DataError, match=message) as err:
-        rows_to_conversations(rows({"instruction": "ok", "output": "ok"}, row, path="d.json")
-                              if layout == "alpaca" else rows(row, row, path="d.json"), layout, fields)
+        rows_to_conversations(
+            rows({"instruction": "ok", "output": "ok"}, row, path="d.json")
+            if layout == "alpaca"
+            else rows(row, row, path="d.json"),
+            layout,
+            fields,
+        )
     assert "d.json, line" in str(err.value)
 
 
 def test_prompt_only_rows_for_generation():
     convs = rows_to_conversations(rows({"instruction": "Add", "input": "2, 3"}), require_response=False)
-    convs += rows_to_conversations(rows({"messages": [{"role": "user", "content": "q1"},
-                                                      {"role": "assistant", "content": "a1"},
-                                                      {"role": "user", "content": "q2"}]}),
-                                   require_response=False)
+    convs += rows_to_conversations(
+        rows(
+            {
+                "messages": [
+                    {"role": "user", "content": "q1"},
+                    {"role": "assistant", "content": "a1"},
+                    {"role": "user", "content": "q2"},
+                ]
+            }
+        ),
+        require_response=False,
+    )
     assert convs[0].prompt_messages[-1]["content"] == "Add\n\n2, 3" and convs[0].reference is None
     assert [m["content"] for m in convs[1].prompt_messages] == ["q1", "a1", "q2"]
     with pytest.raises(DataError, match="no assistant message"):  # training still needs answers
@@ -145,7 +177,7 @@ def _check_exact(tok, template, convs):
             j = i
             while j < len(ids) and labels[j] != IGNORE_INDEX:
                 j += 1
-            trained_text += tok.decode(ids[start:j])[len(tok.decode(ids[start:i])):]
+            trained_text += tok.decode(ids[start:j])[len(tok.decode(ids[start:i])) :]
             i = j
         assert trained_text == expected
         # token by token: a label is either -100 or the id itself
@@ -188,8 +220,14 @@ def test_batched_segment_encoding_equals_one_by_one(sentencepiece_style_tok, gpt
 
     convs = _lima_sample() + rows_to_conversations(read_rows(ALPACA))[:20]
     for tok in (sentencepiece_style_tok, gpt2_tok, llama_tok):
-        for template in (AlpacaTemplate(tok), RawTemplate(tok)) + ((ChatTemplate(tok),) if tok.chat_template else ()):
-            picked = [c for c in convs if c.messages[0]["role"] != "system"] if tok is sentencepiece_style_tok else convs
+        for template in (AlpacaTemplate(tok), RawTemplate(tok)) + (
+            (ChatTemplate(tok),) if tok.chat_template else ()
+        ):
+            picked = (
+                [c for c in convs if c.messages[0]["role"] != "system"]
+                if tok is sentencepiece_style_tok
+                else convs
+            )
             many = [template.segments(c) for c in picked] + [[]]
             assert encode_segments_many(tok, many) == [encode_segments(tok, s) for s in many]
 
@@ -221,15 +259,22 @@ def test_alpaca_template_text(gpt2_tok):
     [c] = rows_to_conversations(rows({"instruction": "Add", "input": "2, 3", "output": "5"}))
     segs = AlpacaTemplate(gpt2_tok).segments(c)
     eos = gpt2_tok.eos_token
-    assert segs == [("Below is an instruction that describes a task, paired with an input that provides "
-                     "further context. Write a response that appropriately completes the request.\n\n"
-                     "### Instruction:\nAdd\n\n### Input:\n2, 3\n\n### Response:\n", False),
-                    ("5" + eos, True)]
+    assert segs == [
+        (
+            "Below is an instruction that describes a task, paired with an input that provides "
+            "further context. Write a response that appropriately completes the request.\n\n"
+            "### Instruction:\nAdd\n\n### Input:\n2, 3\n\n### Response:\n",
+            False,
+        ),
+        ("5" + eos, True),
+    ]
 
 
 def test_user_jinja_template_and_auto_choice(llama_tok, gpt2_tok, tmp_path):
-    jinja = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}"
-             "{% if add_generation_prompt %}<assistant>{% endif %}")
+    jinja = (
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
     t = make_template(jinja, llama_tok)
     [c] = rows_to_conversations(rows({"instruction": "q", "output": "a"}))
     assert t.segments(c) == [("<user>q</user><assistant>", False), ("a</assistant>", True)]
@@ -254,9 +299,13 @@ def test_template_that_rewrites_history_is_refused(llama_tok):
 
 
 def test_truncation_policy_counts(gpt2_tok):
-    convs = rows_to_conversations(rows({"instruction": "short", "output": "ok"},
-                                       {"instruction": "long " * 50, "output": "answer " * 50},
-                                       {"instruction": "prompt " * 200, "output": "lost"}))
+    convs = rows_to_conversations(
+        rows(
+            {"instruction": "short", "output": "ok"},
+            {"instruction": "long " * 50, "output": "answer " * 50},
+            {"instruction": "prompt " * 200, "output": "lost"},
+        )
+    )
     t = AlpacaTemplate(gpt2_tok)
     feats, stats = encode_conversations(convs, t, gpt2_tok, 120, "truncate")
     assert (stats.truncated, stats.dropped_too_long, stats.dropped_no_target, stats.kept) == (2, 0, 1, 2)

@@ -9,15 +9,17 @@ import pytest
 import torch
 
 from deltatune.data.batching import LengthGroupedBatchSampler, pad_collate
-from deltatune.tasks.classify.options import ClassifyData
-from deltatune.tasks.classify.tokens import ClassificationInputs
 from deltatune.data.readers import iter_rows, read_rows
 from deltatune.data.token_cache import TokenCache, feature_lengths
 from deltatune.errors import DataError
 from deltatune.models import make_tiny_model_dir
 from deltatune.models.loading import load_tokenizer
+from deltatune.tasks.classify.options import ClassifyData
+from deltatune.tasks.classify.tokens import ClassificationInputs
 
-WORDS = "a great film dull mess wonderful acting terrible story i loved hated it truly bad boring warm".split()
+WORDS = (
+    "a great film dull mess wonderful acting terrible story i loved hated it truly bad boring warm".split()
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +39,14 @@ def home(tmp_path, monkeypatch):
 
 def rows(n, seed=0):
     rng = random.Random(seed)
-    return [{"text": " ".join(rng.choices(WORDS, k=rng.randint(1, 30))), "pair": rng.choice(WORDS),
-             "label": rng.choice(["neg", "pos", "meh"])} for _ in range(n)]
+    return [
+        {
+            "text": " ".join(rng.choices(WORDS, k=rng.randint(1, 30))),
+            "pair": rng.choice(WORDS),
+            "label": rng.choice(["neg", "pos", "meh"]),
+        }
+        for _ in range(n)
+    ]
 
 
 def write(path, items):
@@ -46,8 +54,14 @@ def write(path, items):
         path.write_text("".join(json.dumps(r) + "\n" for r in items))
     else:
         sep = "\t" if path.suffix == ".tsv" else ","
-        path.write_text("text" + sep + "pair" + sep + "label\n" +
-                        "".join(sep.join([r["text"], r["pair"], r["label"]]) + "\n" for r in items))
+        path.write_text(
+            "text"
+            + sep
+            + "pair"
+            + sep
+            + "label\n"
+            + "".join(sep.join([r["text"], r["pair"], r["label"]]) + "\n" for r in items)
+        )
     return path
 
 
@@ -71,14 +85,28 @@ def assert_same(a, b, pad_id):
                 assert torch.equal(x[k], y[k]), (split, k)
 
 
-@pytest.mark.parametrize("suffix,options", [
-    (".jsonl", {}),
-    (".csv", {"text_pair_field": "pair", "validation_split": 0.2, "max_train_samples": 50}),
-    (".tsv", {"test_split": 0.25, "validation_split": 0.1, "label_names": {"neg": "N", "pos": "P", "meh": "M"}}),
-])
+@pytest.mark.parametrize(
+    "suffix,options",
+    [
+        (".jsonl", {}),
+        (".csv", {"text_pair_field": "pair", "validation_split": 0.2, "max_train_samples": 50}),
+        (
+            ".tsv",
+            {
+                "test_split": 0.25,
+                "validation_split": 0.1,
+                "label_names": {"neg": "N", "pos": "P", "meh": "M"},
+            },
+        ),
+    ],
+)
 def test_same_batches_with_and_without_the_cache(bert_tok, tmp_path, suffix, options):
     train = write(tmp_path / f"train{suffix}", rows(120))
-    extra = {} if "validation_split" in options else {"validation": str(write(tmp_path / f"val{suffix}", rows(30, 1)))}
+    extra = (
+        {}
+        if "validation_split" in options
+        else {"validation": str(write(tmp_path / f"val{suffix}", rows(30, 1)))}
+    )
     cached = ClassifyData(train=str(train), cache=True, **options, **extra)
     memory = ClassifyData(train=str(train), cache=False, **options, **extra)
     (a, fa), (b, fb) = inputs(cached, bert_tok, TokenCache(tmp_path / "c")), inputs(memory, bert_tok)
@@ -111,7 +139,9 @@ def test_a_second_run_reuses_the_cache_and_changes_miss_it(bert_tok, gpt2_tok, t
         else:
             write(train, rows(81))
         inputs(d, tok, cache, max_length=max_length)
-        assert cache.built == expected, change  # tokens of train and test; a new train file: its labels and tokens
+        assert cache.built == expected, (
+            change
+        )  # tokens of train and test; a new train file: its labels and tokens
 
 
 def test_a_damaged_entry_is_rebuilt(bert_tok, tmp_path, capsys):
@@ -122,7 +152,7 @@ def test_a_damaged_entry_is_rebuilt(bert_tok, tmp_path, capsys):
     assert len(entries) == 1
     data = entries[0] / "data.arrow"
     raw = bytearray(data.read_bytes())
-    raw[len(raw) // 2:] = b"\xff" * (len(raw) - len(raw) // 2)  # same size, garbage offsets and ids
+    raw[len(raw) // 2 :] = b"\xff" * (len(raw) - len(raw) // 2)  # same size, garbage offsets and ids
     data.write_bytes(bytes(raw))
     cache = TokenCache(tmp_path / "c")
     _, again = inputs(d, bert_tok, cache)
@@ -158,18 +188,26 @@ def test_bad_rows_give_the_in_memory_error(bert_tok, tmp_path):
     train = write(tmp_path / "train.jsonl", rows(40))
     for cache in (True, False):
         with pytest.raises(DataError) as exc:
-            inputs(ClassifyData(train=str(train), validation=str(val), cache=cache), bert_tok, TokenCache(tmp_path / "c"))
+            inputs(
+                ClassifyData(train=str(train), validation=str(val), cache=cache),
+                bert_tok,
+                TokenCache(tmp_path / "c"),
+            )
         messages.append(str(exc.value))
     assert messages[2] == messages[3] and "unseen" in messages[2]
 
 
 def test_streamed_rows_are_the_rows_read_in_memory(tmp_path):
-    (tmp_path / "a.csv").write_bytes(b'\xef\xbb\xbf text , label\r\n"two\r\nlines, quoted",1\r\n\r\nplain,0\r\n')
+    (tmp_path / "a.csv").write_bytes(
+        b'\xef\xbb\xbf text , label\r\n"two\r\nlines, quoted",1\r\n\r\nplain,0\r\n'
+    )
     (tmp_path / "b.jsonl").write_text('{"text": "x", "label": 1}\n\n  \n{"text": "y\\u00e9", "label": 0}\r\n')
     (tmp_path / "c.tsv").write_text('text\tlabel\n"un"balanced\t1\n\nlast\t0')
     import datasets
 
-    datasets.Dataset.from_list([{"text": "p", "label": 1}, {"text": "q", "label": None}]).to_parquet(tmp_path / "d.parquet")
+    datasets.Dataset.from_list([{"text": "p", "label": 1}, {"text": "q", "label": None}]).to_parquet(
+        tmp_path / "d.parquet"
+    )
     for name in ("a.csv", "b.jsonl", "c.tsv", "d.parquet"):
         streamed, read = list(iter_rows(tmp_path / name)), read_rows(tmp_path / name)
         assert [(dict(r), r.line) for r in streamed] == [(dict(r), r.line) for r in read], name
@@ -181,8 +219,18 @@ def test_train_then_eval_through_the_cli(tmp_path, capsys):
     model = make_tiny_model_dir("bert", tmp_path / "bert")
     train, val = write(tmp_path / "train.jsonl", rows(48)), write(tmp_path / "val.jsonl", rows(16, 1))
     out = tmp_path / "run"
-    args = ["train", f"model.name={model}", f"data.train={train}", f"data.validation={val}", "data.cache=true",
-            "train.epochs=1", "train.batch_size=8", "train.progress=false", "--output-dir", str(out)]
+    args = [
+        "train",
+        f"model.name={model}",
+        f"data.train={train}",
+        f"data.validation={val}",
+        "data.cache=true",
+        "train.epochs=1",
+        "train.batch_size=8",
+        "train.progress=false",
+        "--output-dir",
+        str(out),
+    ]
     assert main(args) == 0
     assert "3 entries built" in capsys.readouterr().err
     assert list((tmp_path / "home" / "tokens").glob("tokens-*"))
@@ -195,14 +243,21 @@ def test_train_then_eval_through_the_cli(tmp_path, capsys):
 def test_untruncated_ids_read_from_the_rust_encodings_are_the_tokenizers(bert_tok, gpt2_tok, split_special):
     from deltatune.data.masks import encode_untruncated
 
-    texts = ["a great film", "dull [SEP] mess <|endoftext|> it", "  wonderful\tacting  ", "naïve café 😀 " * 40]
+    texts = [
+        "a great film",
+        "dull [SEP] mess <|endoftext|> it",
+        "  wonderful\tacting  ",
+        "naïve café 😀 " * 40,
+    ]
     pairs = ["truly bad", "[CLS]", "warm", "boring"]
     for tok in (bert_tok, gpt2_tok):
         tok.split_special_tokens = split_special
         try:
             tok(texts[:1], truncation=True, max_length=4)  # leave truncation switched on in the backend
             for p in (None, pairs):
-                want = tok(texts, p, truncation=False, return_attention_mask=False, return_token_type_ids=True)
+                want = tok(
+                    texts, p, truncation=False, return_attention_mask=False, return_token_type_ids=True
+                )
                 ids, types = encode_untruncated(tok, texts, p)
                 assert ids == want["input_ids"] and types == want["token_type_ids"]
                 assert max(len(x) for x in ids) > 100

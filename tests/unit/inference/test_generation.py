@@ -9,12 +9,19 @@ import torch
 from rouge_score import rouge_scorer
 
 from deltatune.config import GenerateConfig
-from deltatune.inference.generation import _StopScanner, chat_loop, cut_at_stop, end_token_ids, generate_texts, stream_text
-from deltatune.metrics.text import bleu, exact_match, normalize_answer, rouge_l, text_generation_metrics
+from deltatune.inference.generation import (
+    _StopScanner,
+    chat_loop,
+    cut_at_stop,
+    end_token_ids,
+    generate_texts,
+    stream_text,
+)
 from deltatune.methods.prompt_tuning import PROMPT_TUNING
-from deltatune.methods.prompt_tuning.options import PromptOptions
 from deltatune.methods.prompt_tuning.model import set_prompt_enabled
+from deltatune.methods.prompt_tuning.options import PromptOptions
 from deltatune.methods.registry import ModelContext
+from deltatune.metrics.text import bleu, exact_match, normalize_answer, rouge_l, text_generation_metrics
 from deltatune.models.loading import load_for_causal_lm
 from deltatune.models.tiny import make_tiny_model_dir
 
@@ -59,12 +66,17 @@ def reference_ids(model, tokenizer, ids, max_new_tokens=NEW):
     """New token ids of one unbatched, unpadded greedy ``model.generate``, up to the first end token."""
     x = torch.tensor([ids])
     with torch.no_grad():
-        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=end_token_ids(tokenizer))
-    new = out[0, len(ids):].tolist()
+        out = model.generate(
+            x,
+            attention_mask=torch.ones_like(x),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=end_token_ids(tokenizer),
+        )
+    new = out[0, len(ids) :].tolist()
     ends = [i for i, t in enumerate(new) if t in end_token_ids(tokenizer)]
-    return new[:ends[0]] if ends else new
+    return new[: ends[0]] if ends else new
 
 
 def reference_text(model, tokenizer, ids, max_new_tokens=NEW):
@@ -95,8 +107,9 @@ def test_end_token_ids_add_end_of_turn_special_tokens(lm):
 def test_end_of_turn_text_that_is_no_special_token_is_ignored(llama):
     _, tokenizer = llama
     assert "<|eot_id|>" not in tokenizer.get_vocab()
-    assert all(tokenizer.convert_ids_to_tokens(i) in tokenizer.all_special_tokens
-               for i in end_token_ids(tokenizer))
+    assert all(
+        tokenizer.convert_ids_to_tokens(i) in tokenizer.all_special_tokens for i in end_token_ids(tokenizer)
+    )
 
 
 # --------------------------------------------------------------------------- generate_texts
@@ -131,11 +144,12 @@ def test_stop_strings_cut_the_answer_and_end_generation_early(llama):
     calls = []
     hook = model.register_forward_hook(lambda *args: calls.append(1))
     try:
-        got = generate_texts(model, tokenizer, prompt,
-                             GenerateConfig(max_new_tokens=20, stop=["#never#", stop]))
+        got = generate_texts(
+            model, tokenizer, prompt, GenerateConfig(max_new_tokens=20, stop=["#never#", stop])
+        )
     finally:
         hook.remove()
-    assert got == [full[:full.index(stop)]]
+    assert got == [full[: full.index(stop)]]
     assert len(calls) <= 6  # transformers' stop_strings ended generation, not max_new_tokens
 
 
@@ -171,8 +185,11 @@ def test_generation_restores_train_mode_and_rejects_empty_prompts(llama):
 def test_prompt_tuned_model_generates_through_its_hook(model_dirs):
     model, tokenizer = load(model_dirs, "llama")
     torch.manual_seed(1)
-    PROMPT_TUNING.apply(model, PromptOptions(num_virtual_tokens=4, init="random", placement="start"),
-                        ModelContext("tiny", "CAUSAL_LM"))
+    PROMPT_TUNING.apply(
+        model,
+        PromptOptions(num_virtual_tokens=4, init="random", placement="start"),
+        ModelContext("tiny", "CAUSAL_LM"),
+    )
     prompts = encode(tokenizer, TEXTS)
     settings = GenerateConfig(max_new_tokens=NEW, batch_size=4)
     tuned = generate_texts(model, tokenizer, prompts, settings)
@@ -259,12 +276,20 @@ def test_chat_loop_streams_answers_keeps_history_and_resets(llama):
             raise EOFError  # like input() at the end of a closed stdin
         return line
 
-    final = chat_loop(model, tokenizer, encode_conversation, settings, system_prompt="Be brief.",
-                      input_fn=scripted, write=lambda *a, **k: written.append("".join(a)))
+    final = chat_loop(
+        model,
+        tokenizer,
+        encode_conversation,
+        settings,
+        system_prompt="Be brief.",
+        input_fn=scripted,
+        write=lambda *a, **k: written.append("".join(a)),
+    )
     assert [len(m) for m in seen] == [2, 4, 2]  # the history grows, and /reset empties it
     assert [m["role"] for m in seen[1]] == ["system", "user", "assistant", "user"]
-    assert seen[1][2]["content"] == generate_texts(model, tokenizer, [encode_conversation(seen[0])],
-                                                   settings)[0]
+    assert (
+        seen[1][2]["content"] == generate_texts(model, tokenizer, [encode_conversation(seen[0])], settings)[0]
+    )
     assert [m["role"] for m in final] == ["system", "user", "assistant"]
     assert final[1]["content"] == "again"
     assert final[2]["content"] in "".join(written)
@@ -281,8 +306,14 @@ def test_chat_loop_exits_on_command_and_interrupt(llama):
                 raise line
             return line
 
-        final = chat_loop(model, tokenizer, lambda m: [5, 6, 7], GenerateConfig(max_new_tokens=3),
-                          input_fn=input_fn, write=lambda *a, **k: None)
+        final = chat_loop(
+            model,
+            tokenizer,
+            lambda m: [5, 6, 7],
+            GenerateConfig(max_new_tokens=3),
+            input_fn=input_fn,
+            write=lambda *a, **k: None,
+        )
         assert [m["role"] for m in final] == ["user", "assistant"]
 
 
@@ -302,9 +333,16 @@ def test_chat_loop_drops_oldest_exchanges_to_fit_context(llama):
             raise EOFError
         return line
 
-    final = chat_loop(model, tokenizer, encode, GenerateConfig(max_new_tokens=3), system_prompt="S",
-                      input_fn=input_fn, write=lambda *a, **k: written.append("".join(map(str, a))),
-                      max_context=4 * 4 + 3)  # room for 4 messages plus the answer
+    final = chat_loop(
+        model,
+        tokenizer,
+        encode,
+        GenerateConfig(max_new_tokens=3),
+        system_prompt="S",
+        input_fn=input_fn,
+        write=lambda *a, **k: written.append("".join(map(str, a))),
+        max_context=4 * 4 + 3,
+    )  # room for 4 messages plus the answer
     prompts = [m for m in seen if m[-1] in ("a", "b", "c", "d")]  # every rendering tried, in order
     assert [len(m) for m in prompts] == [2, 4, 6, 4, 6, 4]
     assert prompts[3][:2] == ["S", "b"] and prompts[5][:2] == ["S", "c"]  # oldest exchange gone, system kept
@@ -320,10 +358,12 @@ def test_chat_loop_drops_oldest_exchanges_to_fit_context(llama):
 def test_identical_texts_score_perfectly_and_disjoint_texts_score_zero():
     same = ["the cat sat on the mat today", "a quick brown fox jumps over it"]
     assert text_generation_metrics(same, same) == pytest.approx(
-        {"rouge_l": 1.0, "bleu": 100.0, "exact_match": 1.0, "mean_words": 7.0})
+        {"rouge_l": 1.0, "bleu": 100.0, "exact_match": 1.0, "mean_words": 7.0}
+    )
     other = ["zebra yak walrus", "piano violin cello"]
     assert text_generation_metrics(other, same) == pytest.approx(
-        {"rouge_l": 0.0, "bleu": 0.0, "exact_match": 0.0, "mean_words": 3.0})
+        {"rouge_l": 0.0, "bleu": 0.0, "exact_match": 0.0, "mean_words": 3.0}
+    )
 
 
 def test_metrics_match_the_libraries():
@@ -332,7 +372,8 @@ def test_metrics_match_the_libraries():
     assert rouge_l([pred], [ref]) == pytest.approx(scorer.score(ref, pred)["rougeL"].fmeasure)
     assert 0 < rouge_l([pred], [ref]) < 1
     assert bleu([pred, ref], [ref, ref]) == pytest.approx(
-        sacrebleu.corpus_bleu([pred, ref], [[ref, ref]]).score)
+        sacrebleu.corpus_bleu([pred, ref], [[ref, ref]]).score
+    )
 
 
 def test_exact_match_normalises_case_space_and_trailing_punctuation():

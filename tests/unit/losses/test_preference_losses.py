@@ -1,12 +1,18 @@
 """Preference losses: hand-computed values and brute force (the TRL references are in
 ``tests/parity/test_trl_preference_losses.py``)."""
 
-
 import pytest
 import torch
 
-from deltatune.losses.preference import DPO_LOSSES, bradley_terry, dpo_rewards, mean_logps, preference_metrics, sequence_logps, sequence_logps_from_hidden
-
+from deltatune.losses.preference import (
+    DPO_LOSSES,
+    bradley_terry,
+    dpo_rewards,
+    mean_logps,
+    preference_metrics,
+    sequence_logps,
+    sequence_logps_from_hidden,
+)
 
 # chosen/rejected log-probs of two pairs: Δ = [1, -1]
 PC, PR = torch.tensor([-1.0, -2.0]), torch.tensor([-2.0, -1.0])
@@ -14,6 +20,7 @@ RC, RR = torch.tensor([-1.5, -1.5]), torch.tensor([-1.5, -1.5])
 
 
 # ---------------------------------------------------------------- reward model (Bradley–Terry)
+
 
 def test_bradley_terry_hand_values():
     chosen, rejected = torch.tensor([2.0, 0.5]), torch.tensor([1.0, 1.5])
@@ -29,6 +36,7 @@ def test_bradley_terry_hand_values():
 
 
 # ---------------------------------------------------------------- DPO family, by hand
+
 
 def test_dpo_sigmoid_hand_values():
     # β = 0.5: βΔ = [0.5, -0.5]; -log σ(0.5) = 0.47407698, -log σ(-0.5) = 0.97407698
@@ -51,14 +59,23 @@ def test_dpo_ipo_and_hinge_hand_values():
 
 
 def test_mean_logps_and_rewards_hand_values():
-    torch.testing.assert_close(mean_logps(torch.tensor([-4.0, -6.0, 0.0]), torch.tensor([2, 3, 0])),
-                               torch.tensor([-2.0, -2.0, 0.0]))
+    torch.testing.assert_close(
+        mean_logps(torch.tensor([-4.0, -6.0, 0.0]), torch.tensor([2, 3, 0])), torch.tensor([-2.0, -2.0, 0.0])
+    )
     chosen, rejected = dpo_rewards(PC, PR, RC, RR, beta=0.5)
     torch.testing.assert_close(chosen, torch.tensor([0.25, -0.25]))
     torch.testing.assert_close(rejected, torch.tensor([-0.25, 0.25]))
     metrics = preference_metrics(chosen, rejected)
-    assert metrics == pytest.approx({"accuracy": 0.5, "margin_mean": 0.0, "chosen_mean": 0.0,
-                                     "rejected_mean": 0.0, "reward_mean": 0.0, "reward_std": 0.25})
+    assert metrics == pytest.approx(
+        {
+            "accuracy": 0.5,
+            "margin_mean": 0.0,
+            "chosen_mean": 0.0,
+            "rejected_mean": 0.0,
+            "reward_mean": 0.0,
+            "reward_std": 0.25,
+        }
+    )
 
 
 def test_dpo_gradient_direction():
@@ -73,6 +90,7 @@ def test_dpo_gradient_direction():
 
 
 # ---------------------------------------------------------------- sequence log-probs
+
 
 def _brute_force_logps(logits, labels):
     logps, counts = [], []
@@ -92,10 +110,10 @@ def _labelled_batch(seed=0, b=4, t=9, v=13):
     logits = torch.randn(b, t, v, generator=g) * 3
     labels = torch.randint(0, v, (b, t), generator=g)
     prompt = [2, 3, 1, 8]  # last row: all prompt, nothing to score
-    end = [9, 7, 5, 9]     # right padding
+    end = [9, 7, 5, 9]  # right padding
     for i in range(b):
-        labels[i, :prompt[i]] = -100
-        labels[i, end[i]:] = -100
+        labels[i, : prompt[i]] = -100
+        labels[i, end[i] :] = -100
     return logits, labels
 
 
@@ -122,5 +140,3 @@ def test_sequence_logps_from_hidden_equals_from_logits():
 
 
 # ---------------------------------------------------------------- accuracy with a confidence interval
-
-

@@ -8,14 +8,25 @@ import math
 import pytest
 import torch
 
-from deltatune.losses.rl import (KL_ESTIMATORS, AdaptiveKLController, FixedKLController,
-                                 explained_variance, gae, gather_logprobs,
-                                 group_advantages, grpo_loss, per_token_rewards, ppo_policy_loss,
-                                 ppo_value_loss, shifted_logprobs, whiten)
+from deltatune.losses.rl import (
+    KL_ESTIMATORS,
+    AdaptiveKLController,
+    FixedKLController,
+    explained_variance,
+    gae,
+    gather_logprobs,
+    group_advantages,
+    grpo_loss,
+    per_token_rewards,
+    ppo_policy_loss,
+    ppo_value_loss,
+    shifted_logprobs,
+    whiten,
+)
 from helpers.rl_losses import _grpo_batch
 
-
 # ---------------------------------------------------------------- GAE
+
 
 def _gae_loop(rewards, values, mask, gamma, lam):
     """Textbook GAE, one sequence at a time, on the response tokens only (masked positions removed)."""
@@ -34,12 +45,12 @@ def _gae_loop(rewards, values, mask, gamma, lam):
 
 def _masks(t=12):
     rows = [
-        [0] * 3 + [1] * 9,                        # prompt, then response to the end
-        [0] * 2 + [1] * 4 + [0] * 6,              # right padding
-        [0] * 5 + [1] * 1 + [0] * 6,              # one response token
-        [0] * t,                                  # nothing generated
+        [0] * 3 + [1] * 9,  # prompt, then response to the end
+        [0] * 2 + [1] * 4 + [0] * 6,  # right padding
+        [0] * 5 + [1] * 1 + [0] * 6,  # one response token
+        [0] * t,  # nothing generated
         [0] * 1 + [1] * 3 + [0] * 2 + [1] * 4 + [0] * 2,  # a gap (e.g. tool output) inside the response
-        [1] * t,                                  # all response
+        [1] * t,  # all response
     ]
     return torch.tensor(rows, dtype=torch.bool)
 
@@ -70,6 +81,7 @@ def test_gae_special_cases_by_hand():
 
 # ---------------------------------------------------------------- log-prob alignment
 
+
 def test_shifted_logprobs_known_model():
     """A "model" that puts all its mass on (current token + 1) mod V: every token of a counting
     sequence has log-prob 0 when read from the previous position, and about -100 otherwise."""
@@ -87,6 +99,7 @@ def test_shifted_logprobs_known_model():
 
 # ---------------------------------------------------------------- KL, rewards, whitening
 
+
 def test_kl_estimators_by_hand_and_zero_at_equality():
     logp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-2.0, -1.0])
     torch.testing.assert_close(KL_ESTIMATORS["k1"](logp, ref), torch.tensor([1.0, -1.0]))
@@ -102,9 +115,12 @@ def test_per_token_rewards_by_hand():
     mask = torch.tensor([[0, 1, 1, 1, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0]])
     kl = torch.full((3, 5), 0.5)
     rewards = per_token_rewards(torch.tensor([2.0, -1.0, 7.0]), kl, beta=0.1, mask=mask)
-    torch.testing.assert_close(rewards, torch.tensor([[0.0, -0.05, -0.05, 1.95, 0.0],
-                                                      [0.0, 0.0, -1.05, 0.0, 0.0],
-                                                      [0.0, 0.0, 0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(
+        rewards,
+        torch.tensor(
+            [[0.0, -0.05, -0.05, 1.95, 0.0], [0.0, 0.0, -1.05, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]]
+        ),
+    )
 
 
 def test_whiten_masked_moments():
@@ -122,6 +138,7 @@ def test_whiten_masked_moments():
 
 
 # ---------------------------------------------------------------- PPO losses
+
 
 def test_ppo_identities_when_policy_equals_old():
     g = torch.Generator().manual_seed(7)
@@ -185,11 +202,24 @@ def test_kl_controllers():
 
 # ---------------------------------------------------------------- GRPO
 
+
 def test_group_advantages_by_hand():
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0, 0.0, 1.0, 2.0, 3.0])
     # groups of 4: mean 0.5, sample std sqrt(1/3) -> ±√3/2; constant -> 0; mean 1.5, std sqrt(5/3)
-    expected = [0.8660254, -0.8660254, -0.8660254, 0.8660254, 0, 0, 0, 0,
-                -1.1618950, -0.3872983, 0.3872983, 1.1618950]
+    expected = [
+        0.8660254,
+        -0.8660254,
+        -0.8660254,
+        0.8660254,
+        0,
+        0,
+        0,
+        0,
+        -1.1618950,
+        -0.3872983,
+        0.3872983,
+        1.1618950,
+    ]
     torch.testing.assert_close(group_advantages(rewards, 4, eps=0.0).nan_to_num(0.0), torch.tensor(expected))
     torch.testing.assert_close(group_advantages(rewards, 4)[4:8], torch.zeros(4))
     with pytest.raises(ValueError, match="group_size"):

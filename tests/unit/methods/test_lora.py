@@ -6,13 +6,19 @@ import pytest
 import torch
 
 from deltatune.errors import ConfigError
-from deltatune.methods.lora.model import LoraLinear, apply_lora, lora_layers, merge_lora, set_lora_enabled, unmerge_lora
+from deltatune.methods.lora.model import (
+    LoraLinear,
+    apply_lora,
+    lora_layers,
+    merge_lora,
+    set_lora_enabled,
+    unmerge_lora,
+)
 from deltatune.methods.lora.options import LoraOptions
 from deltatune.methods.registry import ModelContext, trainable_report
 from deltatune.models.targets import find_targets
-
-from helpers.tiny import inputs
 from helpers.lora import randomize_b, tiny
+from helpers.tiny import inputs
 
 
 @pytest.mark.parametrize("kind", ["bert", "llama", "gpt2"])
@@ -25,7 +31,7 @@ def test_lora_starts_as_identity_and_counts_parameters(kind):
     assert torch.allclose(model(**inputs()).logits, before, atol=1e-6)
     layers = lora_layers(model)
     assert layers, "no layer wrapped"
-    expected = sum(4 * (l.lora_A.in_features + l.lora_B.out_features) for l in layers.values())
+    expected = sum(4 * (layer.lora_A.in_features + layer.lora_B.out_features) for layer in layers.values())
     expected += sum(p.numel() for h in heads for p in model.get_submodule(h).parameters())
     assert trainable_report(model)["trainable"] == expected
 
@@ -36,14 +42,22 @@ def test_default_targets_per_architecture():
     assert leaves == {"query", "key", "value", "dense"}
     llama, _ = tiny("llama")
     assert {n.rsplit(".", 1)[-1] for n in find_targets(llama, "auto")} == {
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     gpt2, _ = tiny("gpt2")
     assert {n.rsplit(".", 1)[-1] for n in find_targets(gpt2, "auto")} == {"c_attn", "c_proj", "c_fc"}
     # heads are never targets, even with all-linear
     assert not any(n.startswith("score") for n in find_targets(llama, "all-linear"))
     # regex over full names
     assert find_targets(bert, r".*layer\.0\.attention\.self\.query") == [
-        "bert.encoder.layer.0.attention.self.query"]
+        "bert.encoder.layer.0.attention.self.query"
+    ]
 
 
 def test_no_match_lists_existing_names():
@@ -82,5 +96,3 @@ def test_lora_formula_on_one_layer():
     assert torch.allclose(layer(x), expected, atol=1e-6)
     rs = LoraLinear(copy.deepcopy(base), r=4, alpha=8, dropout=0.0, use_rslora=True)
     assert rs.scaling == pytest.approx(8 / 2)
-
-

@@ -6,20 +6,19 @@ import torch
 
 from deltatune.errors import ConfigError, UserError
 from deltatune.methods.adapters import ADAPTERS
-from deltatune.methods.adapters.options import AdaptersOptions
 from deltatune.methods.adapters.model import adapter_layers, options_from_saved
+from deltatune.methods.adapters.options import AdaptersOptions
 from deltatune.methods.ia3 import IA3
 from deltatune.methods.ia3.model import merge_ia3, unmerge_ia3
 from deltatune.methods.lora import LORA
-from deltatune.methods.lora.options import LoraOptions
 from deltatune.methods.lora.model import lora_layers, merge_lora, unmerge_lora
+from deltatune.methods.lora.options import LoraOptions
 from deltatune.methods.registry import ModelContext, trainable_report, validate_method_config
 from deltatune.training.optim import build_optimizer
-
+from helpers.methods import FF, H, L, R, adapted, perturb, tiny
 from helpers.tiny import inputs
-from helpers.methods import H, I, L, R, adapted, perturb, tiny
 
-KV = 16                            # tiny Llama: 2 key/value heads x head_dim 8
+KV = 16  # tiny Llama: 2 key/value heads x head_dim 8
 LABELS = torch.tensor([0, 1, 2])
 
 
@@ -32,25 +31,26 @@ def head_count(kind):
 
 def lora_shapes(kind):
     """(in, out) of every 'auto' LoRA target."""
-    per_layer = {"bert": [(H, H)] * 4 + [(H, I), (I, H)],
-                 "llama": [(H, H), (H, KV), (H, KV), (H, H), (H, I), (H, I), (I, H)],
-                 "gpt2": [(H, 3 * H), (H, H), (H, 4 * H), (4 * H, H)]}[kind] * L
+    per_layer = {
+        "bert": [(H, H)] * 4 + [(H, FF), (FF, H)],
+        "llama": [(H, H), (H, KV), (H, KV), (H, H), (H, FF), (H, FF), (FF, H)],
+        "gpt2": [(H, 3 * H), (H, H), (H, 4 * H), (4 * H, H)],
+    }[kind] * L
     return per_layer + ([(H, H)] if kind == "bert" else [])  # BERT's pooler.dense
 
 
 def expected_trainable(name, kind):
     if name == "ia3":  # keys + values (out) and feed-forward inputs (in)
-        per_layer = {"bert": 2 * H + H + I, "llama": 2 * KV + I, "gpt2": 3 * H + 4 * H}[kind]
+        per_layer = {"bert": 2 * H + H + FF, "llama": 2 * KV + FF, "gpt2": 3 * H + 4 * H}[kind]
         return L * per_layer + head_count(kind)
     if name == "bitfit":  # BERT: q,k,v,attn-out,LN1,intermediate,out,LN2 + embeddings LN + pooler
-        per_layer, extra = {"bert": (7 * H + I, 2 * H), "gpt2": (11 * H, H)}[kind]
+        per_layer, extra = {"bert": (7 * H + FF, 2 * H), "gpt2": (11 * H, H)}[kind]
         return L * per_layer + extra + head_count(kind)
     if name in ("houlsby", "pfeiffer"):
         b = H // 16
         sites = L * (2 if name == "houlsby" else 1)
         norms = {"bert": (2 * L + 1) * 2 * H, "llama": (2 * L + 1) * H, "gpt2": (2 * L + 1) * 2 * H}
-        return (sites * (2 * H * b + b + H) + (norms[kind] if name == "houlsby" else 0)
-                + head_count(kind))
+        return sites * (2 * H * b + b + H) + (norms[kind] if name == "houlsby" else 0) + head_count(kind)
     return sum(R * (i + o) + o for i, o in lora_shapes(kind)) + head_count(kind)  # DoRA
 
 
@@ -58,8 +58,11 @@ def loss_of(model):
     return torch.nn.functional.cross_entropy(model(**inputs()).logits, LABELS)
 
 
-CASES = ([("ia3", k) for k in ("bert", "llama", "gpt2")] + [("bitfit", k) for k in ("bert", "gpt2")]
-         + [(v, k) for v in ("houlsby", "pfeiffer", "dora") for k in ("bert", "llama", "gpt2")])
+CASES = (
+    [("ia3", k) for k in ("bert", "llama", "gpt2")]
+    + [("bitfit", k) for k in ("bert", "gpt2")]
+    + [(v, k) for v in ("houlsby", "pfeiffer", "dora") for k in ("bert", "llama", "gpt2")]
+)
 
 
 @pytest.mark.parametrize("name,kind", CASES)
@@ -82,8 +85,13 @@ def test_trains_saves_reloads_and_counts(name, kind, tmp_path):
     for n, p in model.named_parameters():
         if not p.requires_grad:
             assert torch.equal(p, frozen[n]), f"frozen weight {n} changed"
-    moved = [n for n, p in model.named_parameters() if p.requires_grad
-             and not any(n.startswith(h + ".") for h in ctx.head_modules) and not torch.equal(p, start[n])]
+    moved = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad
+        and not any(n.startswith(h + ".") for h in ctx.head_modules)
+        and not torch.equal(p, start[n])
+    ]
     assert moved, "only the head trained"
 
     spec.save(model, opts, ctx, tmp_path / "adapter")
@@ -95,8 +103,17 @@ def test_trains_saves_reloads_and_counts(name, kind, tmp_path):
         assert torch.allclose(fresh(**inputs()).logits, model(**inputs()).logits, atol=1e-6)
 
 
-@pytest.mark.parametrize("name,kind", [("ia3", "bert"), ("ia3", "gpt2"), ("ia3", "llama"),
-                                       ("dora", "bert"), ("dora", "gpt2"), ("dora", "llama")])
+@pytest.mark.parametrize(
+    "name,kind",
+    [
+        ("ia3", "bert"),
+        ("ia3", "gpt2"),
+        ("ia3", "llama"),
+        ("dora", "bert"),
+        ("dora", "gpt2"),
+        ("dora", "llama"),
+    ],
+)
 def test_merge_gives_same_outputs(name, kind):
     model, *_ = adapted(name, kind)
     perturb(model)
@@ -128,8 +145,9 @@ def test_loraplus_gives_b_its_own_learning_rate():
     layers = lora_layers(model).values()
     assert set(lrs) == {id(layer.lora_B.weight) for layer in layers}
     assert all(lr == pytest.approx(1.6e-2) for lr in lrs.values())
-    group_lr = {id(p): g["lr"] for g in build_optimizer(model, 1e-3, 0.0, lrs).param_groups
-                for p in g["params"]}
+    group_lr = {
+        id(p): g["lr"] for g in build_optimizer(model, 1e-3, 0.0, lrs).param_groups for p in g["params"]
+    }
     layer = next(iter(layers))
     assert group_lr[id(layer.lora_B.weight)] == pytest.approx(1.6e-2)
     assert group_lr[id(layer.lora_A.weight)] == pytest.approx(1e-3)
@@ -139,7 +157,8 @@ def test_loraplus_gives_b_its_own_learning_rate():
 def test_adapters_wrap_the_right_sublayers():
     model, *_ = adapted("houlsby", "bert")
     assert sorted(adapter_layers(model)) == sorted(
-        f"bert.encoder.layer.{i}.{s}" for i in range(L) for s in ("attention.output.dense", "output.dense"))
+        f"bert.encoder.layer.{i}.{s}" for i in range(L) for s in ("attention.output.dense", "output.dense")
+    )
     model, *_ = adapted("pfeiffer", "llama")
     assert sorted(adapter_layers(model)) == [f"model.layers.{i}.mlp.down_proj" for i in range(L)]
     model, *_ = adapted("houlsby", "gpt2")

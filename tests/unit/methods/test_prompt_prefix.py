@@ -10,17 +10,22 @@ from transformers import AutoModelForCausalLM
 
 from deltatune.errors import UserError
 from deltatune.methods.prefix_tuning import PREFIX_TUNING
-from deltatune.methods.prefix_tuning.options import PrefixOptions
 from deltatune.methods.prefix_tuning.model import fold_prefix_projection, prefix_of, set_prefix_enabled
+from deltatune.methods.prefix_tuning.options import PrefixOptions
 from deltatune.methods.prompt_tuning import PROMPT_TUNING
-from deltatune.methods.prompt_tuning.options import PromptOptions
 from deltatune.methods.prompt_tuning.model import set_prompt_enabled, soft_prompt_of
+from deltatune.methods.prompt_tuning.options import PromptOptions
 from deltatune.methods.registry import ModelContext, trainable_report
 from deltatune.models.tiny import tiny_config
-from helpers.prompt_prefix import HEADS, N, SPECS, adapt, batch, ctx, logits, randomize, tiny
+from helpers.prompt_prefix import HEADS, SPECS, N, adapt, batch, ctx, logits, randomize, tiny
 
-CASES = [("bert", "SEQ_CLS"), ("llama", "SEQ_CLS"), ("gpt2", "SEQ_CLS"), ("llama", "CAUSAL_LM"),
-         ("gpt2", "CAUSAL_LM")]
+CASES = [
+    ("bert", "SEQ_CLS"),
+    ("llama", "SEQ_CLS"),
+    ("gpt2", "SEQ_CLS"),
+    ("llama", "CAUSAL_LM"),
+    ("gpt2", "CAUSAL_LM"),
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,8 +37,9 @@ def test_trains_and_leaves_base_weights_alone(method, kind, task):
     model, _ = adapt(method, kind, task)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     x = batch(kind, task)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                            lr=SPECS[method][0].default_lr)
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=SPECS[method][0].default_lr
+    )
     model.train()
     losses = []
     for _ in range(20):
@@ -68,8 +74,9 @@ def test_trainable_parameter_counts(kind, task):
     assert trainable_report(model)["trainable"] == layers * 2 * N * kv + head
 
 
-@pytest.mark.parametrize("method,extra", [("prompt", {}), ("prefix", {}),
-                                          ("prefix", {"prefix_projection": True})])
+@pytest.mark.parametrize(
+    "method,extra", [("prompt", {}), ("prefix", {}), ("prefix", {"prefix_projection": True})]
+)
 @pytest.mark.parametrize("kind,task", [("bert", "SEQ_CLS"), ("llama", "CAUSAL_LM"), ("gpt2", "SEQ_CLS")])
 def test_save_then_load_gives_identical_outputs(method, extra, kind, task, tmp_path):
     model, opts = adapt(method, kind, task, **extra)
@@ -116,16 +123,17 @@ def test_bert_placement(placement):
     model, _ = adapt("prompt", "bert", placement=placement)
     seen = {}
     model.bert.embeddings.register_forward_hook(
-        lambda mod, args, kwargs, out: seen.update(kwargs), with_kwargs=True)
+        lambda mod, args, kwargs, out: seen.update(kwargs), with_kwargs=True
+    )
     x = batch("bert")
     logits(model, x)
     embeds, prompt = seen["inputs_embeds"], soft_prompt_of(model).prompt
     cls = model.get_input_embeddings()(x["input_ids"][:, :1])
     at = 1 if placement == "after_cls" else 0
-    assert torch.equal(embeds[:, at:at + N], prompt.expand(3, -1, -1))
+    assert torch.equal(embeds[:, at : at + N], prompt.expand(3, -1, -1))
     if placement == "after_cls":  # [CLS] stays first, where the pooler reads it
         assert torch.equal(embeds[:, :1], cls)
-    assert torch.equal(seen["token_type_ids"][:, at:at + N], torch.zeros(3, N, dtype=torch.long))
+    assert torch.equal(seen["token_type_ids"][:, at : at + N], torch.zeros(3, N, dtype=torch.long))
 
 
 def test_text_init_and_option_errors(tmp_path):
@@ -182,8 +190,9 @@ def test_generation_with_cache_matches_full_recompute(method, kind):
     mask = torch.ones_like(ids)
     mask[1, :2] = 0
     out = model.generate(padded, attention_mask=mask, max_new_tokens=6, do_sample=False)
-    alone = model.generate(ids[1:, 2:], attention_mask=torch.ones_like(ids[1:, 2:]), max_new_tokens=6,
-                           do_sample=False)
+    alone = model.generate(
+        ids[1:, 2:], attention_mask=torch.ones_like(ids[1:, 2:]), max_new_tokens=6, do_sample=False
+    )
     assert torch.equal(out[1, 2:], alone[0])
 
 

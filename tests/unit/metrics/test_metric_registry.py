@@ -26,7 +26,9 @@ def registered():
 
 
 def test_a_registered_text_metric_joins_the_generation_metrics(registered):
-    registered("ends_with_period", "text", lambda preds, refs: sum(p.endswith(".") for p in preds) / len(preds))
+    registered(
+        "ends_with_period", "text", lambda preds, refs: sum(p.endswith(".") for p in preds) / len(preds)
+    )
     out = text_generation_metrics(["It is blue.", "red"], ["blue", "red"])
     assert list(out)[:4] == ["rouge_l", "bleu", "exact_match", "mean_words"]
     assert out["ends_with_period"] == 0.5 and out["exact_match"] == 0.5
@@ -41,8 +43,9 @@ def test_unknown_kind_is_refused():
         register_metric("x", "image")
 
 
-def test_a_registered_classification_metric_is_reported_and_selects_the_best_checkpoint(registered, tmp_path,
-                                                                                        capsys):
+def test_a_registered_classification_metric_is_reported_and_selects_the_best_checkpoint(
+    registered, tmp_path, capsys
+):
     def error_rate(y_true, y_pred):
         return sum(t != p for t, p in zip(y_true, y_pred)) / len(y_true)
 
@@ -52,9 +55,25 @@ def test_a_registered_classification_metric_is_reported_and_selects_the_best_che
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
-    assert main(["train", f"model.name={model}", f"data.train={data}", f"data.validation={data}",
-                 "train.max_steps=4", "train.eval_every=2", "train.batch_size=8", "train.progress=false",
-                 "train.precision=fp32", "train.metric_for_best=error_rate", "--output-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                f"model.name={model}",
+                f"data.train={data}",
+                f"data.validation={data}",
+                "train.max_steps=4",
+                "train.eval_every=2",
+                "train.batch_size=8",
+                "train.progress=false",
+                "train.precision=fp32",
+                "train.metric_for_best=error_rate",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["train"]["metric_for_best"] == "error_rate" and cfg["train"]["greater_is_better"] is False
     report = json.loads((out / "eval_report.json").read_text())

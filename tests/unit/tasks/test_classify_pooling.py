@@ -17,8 +17,10 @@ from deltatune.tasks.classify.pooling import install_pooling, mean_pool
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("pool")
-    return {"bert": make_tiny_model_dir("bert", root / "bert", task="classify"),
-            "llama": make_tiny_model_dir("llama", root / "llama", task="classify")}
+    return {
+        "bert": make_tiny_model_dir("bert", root / "bert", task="classify"),
+        "llama": make_tiny_model_dir("llama", root / "llama", task="classify"),
+    }
 
 
 def _classifier(path):
@@ -51,7 +53,11 @@ def test_mean_pooling_with_prompt_tuning_ignores_padding(models):
     model = _classifier(models["bert"])
     install_pooling(model, "mean")
     spec = get_method("prompt_tuning")
-    spec.apply(model, spec.options(name="prompt_tuning", num_virtual_tokens=3), ModelContext("x", "SEQ_CLS", ["classifier"]))
+    spec.apply(
+        model,
+        spec.options(name="prompt_tuning", num_virtual_tokens=3),
+        ModelContext("x", "SEQ_CLS", ["classifier"]),
+    )
     model.eval()
     ids = torch.tensor([[2, 5, 6, 7, 3], [2, 8, 3, 0, 0]])
     mask = (ids != 0).long()
@@ -75,24 +81,44 @@ def test_a_run_records_its_pooling_and_eval_reloads_it(models, tmp_path, capsys)
     data.write_text("".join(json.dumps(r) + "\n" for r in rows[:36]))
     val.write_text("".join(json.dumps(r) + "\n" for r in rows[36:]))
     out = tmp_path / "run"
-    assert main(["train", f"model.name={models['bert']}", f"data.train={data}", f"data.validation={val}",
-                 "classify.pooling=mean", "train.batch_size=8", "train.progress=false", "train.precision=fp32", "--output-dir", str(out),
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                f"model.name={models['bert']}",
+                f"data.train={data}",
+                f"data.validation={val}",
+                "classify.pooling=mean",
+                "train.batch_size=8",
+                "train.progress=false",
+                "train.precision=fp32",
+                "--output-dir",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert yaml.safe_load((out / "config.yaml").read_text())["classify"]["pooling"] == "mean"
     assert main(["eval", str(out), "--data", str(val), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(summary["validation_accuracy"])
-    from deltatune.tasks.classify.pooling import MeanPooler
     from deltatune.runs.loaded import load_run
+    from deltatune.tasks.classify.pooling import MeanPooler
 
     assert isinstance(load_run(out).model.base_model.pooler, MeanPooler)
 
 
 def _as_sentence_transformer(path, **modes):
     """Add the sentence-transformers files that name the checkpoint's pooling."""
-    (path / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (path / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ]
+        )
+    )
     (path / "1_Pooling").mkdir(exist_ok=True)
     (path / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **modes}))
 
@@ -131,8 +157,21 @@ def test_auto_pooling_is_recorded_as_what_ran(models, tmp_path, capsys):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     for model, want in ((st, "mean"), (models["bert"], "cls")):
         out = tmp_path / f"run-{want}"
-        assert main(["train", f"model.name={model}", f"data.train={data}", "train.max_steps=1", "train.progress=false",
-                     "train.precision=fp32", "--output-dir", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    f"model.name={model}",
+                    f"data.train={data}",
+                    "train.max_steps=1",
+                    "train.progress=false",
+                    "train.precision=fp32",
+                    "--output-dir",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         assert yaml.safe_load((out / "config.yaml").read_text())["classify"]["pooling"] == want
     # a mean-pooled LoRA run in PEFT: the same logits once the base pools the same way (README)
     peft = pytest.importorskip("peft")
@@ -149,7 +188,8 @@ def test_auto_pooling_is_recorded_as_what_ran(models, tmp_path, capsys):
         assert not torch.allclose(ours, theirs, atol=1e-4)  # [CLS] pooling: not what was trained
         install_pooling(plain.get_base_model(), "mean")
         torch.testing.assert_close(plain(**batch).logits, ours, atol=1e-5, rtol=1e-5)
-    # the adapter folder alone: pools as recorded beside it; a PEFT adapter without the record pools as PEFT does
+    # the adapter folder alone: pools as recorded beside it;
+    # a PEFT adapter without the record pools as PEFT does
     from deltatune.runs.loaded import load_adapter
 
     alone = load_adapter(tmp_path / "run-mean" / "adapter", str(st), command="eval")
@@ -169,11 +209,16 @@ def test_reuse_settles_auto_options_as_the_run_did(models, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     cfg = load_config(None, ["model.name=minilm-l6"])
-    assert resolved(cfg, run) == {"classify.pooling": "mean", "classify.class_weights": "unknown"}  # no report
+    assert resolved(cfg, run) == {
+        "classify.pooling": "mean",
+        "classify.class_weights": "unknown",
+    }  # no report
     (run / "eval_report.json").write_text(json.dumps({"label_counts": {"fair": 50, "unfair": 5}}))
     assert resolved(cfg, run)["classify.class_weights"] == {"fair": 0.55, "unfair": 5.5}
     (run / "eval_report.json").write_text(json.dumps({"label_counts": {"fair": 5, "unfair": 4}}))
     assert resolved(cfg, run)["classify.class_weights"] == "none"
-    plain = load_config(None, [f"model.name={models['bert']}", "classify.pooling=cls", "classify.class_weights=none"])
+    plain = load_config(
+        None, [f"model.name={models['bert']}", "classify.pooling=cls", "classify.class_weights=none"]
+    )
     assert resolved(plain, run) == {}  # nothing left to settle
     assert resolved(load_config(None, [f"model.name={models['bert']}"]), run)["classify.pooling"] == "cls"

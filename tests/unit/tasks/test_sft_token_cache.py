@@ -45,12 +45,20 @@ def write_jsonl(path, rows):
 
 def job_data(job):
     feats = {s: [dict(f) for f in rows] for s, rows in job.feats.items()}
-    return (job.template.name, feats, {s: vars(v) for s, v in job.stats.items()},
-            [(c.line, c.messages) for c in job.samples])
+    return (
+        job.template.name,
+        feats,
+        {s: vars(v) for s, v in job.stats.items()},
+        [(c.line, c.messages) for c in job.samples],
+    )
 
 
 CASES = {
-    "split-sample-truncate": ["data.validation_split=0.25", "data.max_train_samples=20", "data.truncation=truncate"],
+    "split-sample-truncate": [
+        "data.validation_split=0.25",
+        "data.max_train_samples=20",
+        "data.truncation=truncate",
+    ],
     "files-drop-alpaca": ["data.truncation=drop", "data.template=alpaca", "VALIDATION", "TEST"],
 }
 
@@ -61,9 +69,20 @@ def config(tmp_path, llama, case, cache, *extra):
         opts.append(f"data.validation={write_jsonl(tmp_path / 'val.jsonl', alpaca_rows(12, 40))}")
     if "TEST" in CASES[case]:
         opts.append(f"data.test={write_jsonl(tmp_path / 'test.jsonl', alpaca_rows(10, 60))}")
-    return load_config(None, ["task=sft", f"model.name={llama}", f"data.train={tmp_path / 'train.jsonl'}",
-                              "data.max_length=200", "data.empty_answers=drop", "generate.eval_samples=4",
-                              f"data.cache={cache}", *opts, *extra])
+    return load_config(
+        None,
+        [
+            "task=sft",
+            f"model.name={llama}",
+            f"data.train={tmp_path / 'train.jsonl'}",
+            "data.max_length=200",
+            "data.empty_answers=drop",
+            "generate.eval_samples=4",
+            f"data.cache={cache}",
+            *opts,
+            *extra,
+        ],
+    )
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -73,7 +92,10 @@ def test_streamed_examples_are_the_in_memory_ones(tmp_path, llama, case, monkeyp
     streamed_cfg = config(tmp_path, llama, case, "true")
     streamed = job_data(SftJob(streamed_cfg))
     assert streamed == memory
-    counts = {k: sum(st[k] for st in memory[2].values()) for k in ("truncated", "dropped_too_long", "dropped_no_target")}
+    counts = {
+        k: sum(st[k] for st in memory[2].values())
+        for k in ("truncated", "dropped_too_long", "dropped_no_target")
+    }
     assert counts["truncated"] + counts["dropped_too_long"] >= 1 and counts["dropped_no_target"] >= 1
     assert list((tmp_path / "home" / "tokens").glob("sft-*"))
     # a second run reads the tables back: building anything now fails the test
@@ -83,8 +105,10 @@ def test_streamed_examples_are_the_in_memory_ones(tmp_path, llama, case, monkeyp
     assert job_data(SftJob(config(tmp_path, llama, case, "true"))) == memory
     # the pre-flight checks read the same tables and find what the in-memory route finds
     found = {f.check: (f.title, f.evidence) for f in run_checks(streamed_cfg, slow=False).findings}
-    assert found == {f.check: (f.title, f.evidence) for f in
-                     run_checks(config(tmp_path, llama, case, "false"), slow=False).findings}
+    assert found == {
+        f.check: (f.title, f.evidence)
+        for f in run_checks(config(tmp_path, llama, case, "false"), slow=False).findings
+    }
     assert "duplicates" in found
 
 
@@ -103,10 +127,28 @@ def test_a_bad_row_gives_the_in_memory_error(tmp_path, llama):
 def test_train_on_the_streamed_route_through_the_cli(tmp_path, llama, capsys):
     train = write_jsonl(tmp_path / "train.jsonl", alpaca_rows(40))
     out = tmp_path / "run"
-    assert main(["train", "task=sft", f"model.name={llama}", f"data.train={train}", "data.cache=true",
-                 "data.validation_split=0.2", "data.max_length=96", "data.empty_answers=drop",
-                 "train.batch_size=4", "train.max_steps=3", "train.progress=false", "generate.eval_samples=2",
-                 "generate.max_new_tokens=4", "--output-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "task=sft",
+                f"model.name={llama}",
+                f"data.train={train}",
+                "data.cache=true",
+                "data.validation_split=0.2",
+                "data.max_length=96",
+                "data.empty_answers=drop",
+                "train.batch_size=4",
+                "train.max_steps=3",
+                "train.progress=false",
+                "generate.eval_samples=2",
+                "generate.max_new_tokens=4",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr()
     assert "entries built" in err.out + err.err
     summary = json.loads((out / "summary.json").read_text())

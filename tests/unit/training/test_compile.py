@@ -18,8 +18,16 @@ ALPACA = ASSETS / "alpaca_sample.json"
 def test_repeated_blocks_and_errors():
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    llama = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=3,
-                                         num_attention_heads=2, num_key_value_heads=1, vocab_size=50))
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            vocab_size=50,
+        )
+    )
     assert [type(b).__name__ for b in repeated_blocks(llama)] == ["LlamaDecoderLayer"] * 3
     gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=50))
     assert [type(b).__name__ for b in repeated_blocks(gpt2)] == ["GPT2Block"] * 2
@@ -43,11 +51,26 @@ def test_compiled_training_matches_eager(tmp_path, one_thread):
     torch._dynamo.utils.counters.clear()
     for compile_ in ("false", "true"):
         run = tmp_path / f"run-{compile_}"
-        code = main(["train", "task=sft", f"model.name={model_dir}", f"data.train={tmp_path / 'train.json'}",
-                     "data.validation_split=0.2", "data.max_length=64", "train.batch_size=4",
-                     "train.max_steps=2", "train.warmup_ratio=0", "train.progress=false", "train.precision=fp32",
-                     "method.name=lora", "generate.eval_samples=0", f"train.compile={compile_}",
-                     "--output-dir", str(run)])
+        code = main(
+            [
+                "train",
+                "task=sft",
+                f"model.name={model_dir}",
+                f"data.train={tmp_path / 'train.json'}",
+                "data.validation_split=0.2",
+                "data.max_length=64",
+                "train.batch_size=4",
+                "train.max_steps=2",
+                "train.warmup_ratio=0",
+                "train.progress=false",
+                "train.precision=fp32",
+                "method.name=lora",
+                "generate.eval_samples=0",
+                f"train.compile={compile_}",
+                "--output-dir",
+                str(run),
+            ]
+        )
         assert code == 0
         if compile_ == "true":  # the layers really ran compiled
             assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0

@@ -8,11 +8,17 @@ import torch.nn as nn
 
 from deltatune.cli import main
 from deltatune.errors import ConfigError
-from deltatune.methods.lora.options import LoraOptions
 from deltatune.methods.lora.model import apply_lora, lora_layers, merge_lora
+from deltatune.methods.lora.options import LoraOptions
 from deltatune.methods.registry import ModelContext
-from deltatune.training.int8 import (Int8TrainLinear, int8_base_blocker, int8_matmul_available,
-                                     restore_float_linears, setup_int8_base, use_int8_linears)
+from deltatune.training.int8 import (
+    Int8TrainLinear,
+    int8_base_blocker,
+    int8_matmul_available,
+    restore_float_linears,
+    setup_int8_base,
+    use_int8_linears,
+)
 
 pytestmark = pytest.mark.skipif(not int8_matmul_available(), reason="this torch has no CPU torch._int_mm")
 
@@ -80,10 +86,21 @@ def test_lora_model_swaps_only_frozen_linears_and_restores_them(tmp_path):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
-    apply_lora(model, LoraOptions(), ModelContext(base_model="x", task_type="SEQ_CLS", head_modules=["classifier"]))
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            num_labels=3,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    )
+    apply_lora(
+        model, LoraOptions(), ModelContext(base_model="x", task_type="SEQ_CLS", head_modules=["classifier"])
+    )
     ids = torch.randint(1, 100, (4, 9))
     model.train()
     with torch.no_grad():
@@ -109,8 +126,10 @@ def test_lora_model_swaps_only_frozen_linears_and_restores_them(tmp_path):
     query = model.bert.encoder.layer[0].attention.self.query
     merge_lora(model)  # the plain layers merge as before
     assert type(query.base_layer) is nn.Linear
-    assert torch.allclose(query.base_layer.weight, state["bert.encoder.layer.0.attention.self.query.base_layer.weight"]
-                          + query.delta_weight())
+    assert torch.allclose(
+        query.base_layer.weight,
+        state["bert.encoder.layer.0.attention.self.query.base_layer.weight"] + query.delta_weight(),
+    )
 
 
 def test_settings_and_where_the_int8_path_cannot_run(monkeypatch):
@@ -130,15 +149,21 @@ def test_settings_and_where_the_int8_path_cannot_run(monkeypatch):
     model[0].weight.requires_grad_(False)
     assert setup_int8_base(model, "off", "on", "cpu", "no") == "off"
     assert setup_int8_base(model, "auto", "off", "cpu", "no") == "off"  # auto, but not measured here
-    assert setup_int8_base(model, "auto", "backward", "cuda", "no") == "off"  # auto quietly stays off on a GPU
+    assert (
+        setup_int8_base(model, "auto", "backward", "cuda", "no") == "off"
+    )  # auto quietly stays off on a GPU
     assert type(model[0]) is nn.Linear
-    with pytest.raises(ConfigError, match="train.int8_base: on, but it runs on CPU only and this run is on cuda"):
+    with pytest.raises(
+        ConfigError, match="train.int8_base: on, but it runs on CPU only and this run is on cuda"
+    ):
         setup_int8_base(model, "on", "off", "cuda", "no")
     with pytest.raises(ConfigError, match=r"computes in bf16 \(train.precision\)"):
         setup_int8_base(model, "backward", "off", "cpu", "bf16")
     assert "bfloat16 (model.dtype)" in int8_base_blocker("cpu", "no", torch.bfloat16)
     assert setup_int8_base(model, "auto", "backward", "cpu", "no", compiled=True) == "off"
-    with pytest.raises(ConfigError, match="train.compile is on"):  # torch.compile cannot trace the int8 layers
+    with pytest.raises(
+        ConfigError, match="train.compile is on"
+    ):  # torch.compile cannot trace the int8 layers
         setup_int8_base(model, "on", "off", "cpu", "no", compiled=True)
     assert setup_int8_base(model, "auto", "backward", "cpu", "no") == "backward"
     assert type(model[0]) is Int8TrainLinear and model[0].mode == "backward"
@@ -155,28 +180,53 @@ def test_cli_lora_classifier_trains_in_int8_and_saves_a_float_adapter(tmp_path, 
     monkeypatch.setattr(int8, "int8_fast_cpu", lambda: None)  # as on the x86 AVX2 CPU measured
 
     model_dir = make_tiny_model_dir("bert", tmp_path / "bert", task="classify")
-    rows = [{"text": t, "label": lab} for t, lab in [("a great film", "pos"), ("i loved it", "pos"),
-                                                       ("a dull mess", "neg"), ("i hated it", "neg")] * 8]
+    rows = [
+        {"text": t, "label": lab}
+        for t, lab in [
+            ("a great film", "pos"),
+            ("i loved it", "pos"),
+            ("a dull mess", "neg"),
+            ("i hated it", "neg"),
+        ]
+        * 8
+    ]
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    args = ["train", f"model.name={model_dir}", f"data.train={train}", f"data.validation={train}",
-            "train.epochs=4", "train.batch_size=8", "train.learning_rate=5e-3", "train.progress=false",
-            "train.precision=fp32", "--json"]
+    args = [
+        "train",
+        f"model.name={model_dir}",
+        f"data.train={train}",
+        f"data.validation={train}",
+        "train.epochs=4",
+        "train.batch_size=8",
+        "train.learning_rate=5e-3",
+        "train.progress=false",
+        "train.precision=fp32",
+        "--json",
+    ]
     assert main([*args, "--output-dir", str(tmp_path / "auto")]) == 0
     captured = capsys.readouterr()
     auto = json.loads(captured.out)
-    assert auto["int8_base"] == "backward" and "run their training input-gradient matmuls in int8" in captured.err
+    assert (
+        auto["int8_base"] == "backward"
+        and "run their training input-gradient matmuls in int8" in captured.err
+    )
     assert auto["validation_accuracy"] == 1.0  # a learnable toy task still learns
     for value, mode in (("off", "off"), ("false", "off"), ("on", "on")):  # YAML's on/off/false are booleans
         assert main([*args, f"train.int8_base={value}", "--output-dir", str(tmp_path / value)]) == 0
         assert json.loads(capsys.readouterr().out)["int8_base"] == mode
     assert main([*args, "method.name=full", "--output-dir", str(tmp_path / "full")]) == 0  # auto: off
     assert json.loads(capsys.readouterr().out)["int8_base"] == "off"
-    assert main([*args, "method.name=full", "train.int8_base=on", "--output-dir", str(tmp_path / "full-on")]) == 2
+    assert (
+        main([*args, "method.name=full", "train.int8_base=on", "--output-dir", str(tmp_path / "full-on")])
+        == 2
+    )
     assert "train.int8_base: on, but the model has no frozen linear layer" in capsys.readouterr().err
     assert main([*args, "train.int8_base=fast", "--output-dir", str(tmp_path / "bad")]) == 2
     assert "train.int8_base" in capsys.readouterr().err
-    assert main([*args, "train.int8_base=on", "train.compile=true", "--output-dir", str(tmp_path / "bad")]) == 2
+    assert (
+        main([*args, "train.int8_base=on", "train.compile=true", "--output-dir", str(tmp_path / "bad")]) == 2
+    )
     assert "train.int8_base: on and train.compile: true do not combine" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()  # refused before anything was written
 

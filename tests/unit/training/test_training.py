@@ -9,21 +9,28 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from deltatune.config import TrainConfig
 from deltatune.data.batching import LengthGroupedBatchSampler, pad_collate
-from deltatune.methods.lora.options import LoraOptions
-from deltatune.methods.lora.model import apply_lora
-from deltatune.methods.registry import ModelContext
 from deltatune.losses.classification import classifier_batch_loss as loss_fn
+from deltatune.methods.lora.model import apply_lora
+from deltatune.methods.lora.options import LoraOptions
+from deltatune.methods.registry import ModelContext
 from deltatune.results import BatchLoss
 from deltatune.training.accelerator import make_accelerator
-from deltatune.training.loop import train
+from deltatune.training.loop import LoopPlan, train
 from deltatune.training.optim import lr_factor
 
 
 def tiny_model():
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=32, num_labels=2, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0)
+    cfg = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     model = BertForSequenceClassification(cfg)
     apply_lora(model, LoraOptions(r=2, alpha=4, dropout=0.0), ModelContext("x", "SEQ_CLS", ["classifier"]))
     return model
@@ -41,12 +48,20 @@ def features(n=32):
 def run(tmp_path, batch_size, grad_accum, steps=4, **kw):
     model = tiny_model()
     feats = features()
-    sampler = LengthGroupedBatchSampler([len(f["input_ids"]) for f in feats], batch_size,
-                                        group_by_length=False, seed=1)
+    sampler = LengthGroupedBatchSampler(
+        [len(f["input_ids"]) for f in feats], batch_size, group_by_length=False, seed=1
+    )
     loader = DataLoader(feats, batch_sampler=sampler, collate_fn=partial(pad_collate, pad_token_id=0))
-    cfg = TrainConfig(batch_size=batch_size, grad_accum=grad_accum, max_steps=steps, precision="fp32",
-                      progress=False, warmup_ratio=0.0, **kw)
-    res = train(model, loader, loss_fn, cfg, 1e-2, tmp_path, make_accelerator("fp32"))
+    cfg = TrainConfig(
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        max_steps=steps,
+        precision="fp32",
+        progress=False,
+        warmup_ratio=0.0,
+        **kw,
+    )
+    res = train(model, loader, loss_fn, cfg, LoopPlan(1e-2), tmp_path, make_accelerator("fp32"))
     return model, res
 
 
@@ -85,16 +100,20 @@ def test_nan_steps_are_skipped_then_stop(tmp_path, monkeypatch):
     before = trainable(model)
     feats = features(8)
     loader = DataLoader(feats, batch_size=4, collate_fn=partial(pad_collate, pad_token_id=0))
-    nan_loss = lambda m, b: BatchLoss(loss_fn(m, b).loss * float("nan"), 4, 10)
+
+    def nan_loss(m, b):
+        return BatchLoss(loss_fn(m, b).loss * float("nan"), 4, 10)
+
     cfg = TrainConfig(batch_size=4, max_steps=3, precision="fp32", progress=False)
-    res = train(model, loader, nan_loss, cfg, 1e-2, tmp_path, make_accelerator("fp32"))
+    res = train(model, loader, nan_loss, cfg, LoopPlan(1e-2), tmp_path, make_accelerator("fp32"))
     assert res.skipped_steps == 3
     for n, p in trainable(model).items():
         assert torch.equal(p, before[n])  # no update from a NaN step
     monkeypatch.setattr(loop, "MAX_CONSECUTIVE_BAD_STEPS", 2)
     from deltatune.errors import UserError
+
     with pytest.raises(UserError, match="NaN"):
-        train(tiny_model(), loader, nan_loss, cfg, 1e-2, tmp_path, make_accelerator("fp32"))
+        train(tiny_model(), loader, nan_loss, cfg, LoopPlan(1e-2), tmp_path, make_accelerator("fp32"))
 
 
 def test_schedule_shapes():
@@ -110,7 +129,10 @@ def test_length_grouped_batches_cover_everything_and_reduce_padding():
     grouped = list(LengthGroupedBatchSampler(lengths, 16, seed=0))
     plain = list(LengthGroupedBatchSampler(lengths, 16, seed=0, group_by_length=False))
     assert sorted(i for b in grouped for i in b) == list(range(1000))
-    pad = lambda batches: sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    def pad(batches):
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
     assert pad(grouped) < 0.7 * pad(plain)
     s = LengthGroupedBatchSampler(lengths, 16, seed=0)
     s.set_epoch(1)
@@ -163,8 +185,15 @@ def test_accumulation_is_exact_for_token_level_lm_loss(tmp_path):
 
     def lm_model():
         torch.manual_seed(0)
-        cfg = LlamaConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                          num_key_value_heads=1, intermediate_size=32, pad_token_id=0)
+        cfg = LlamaConfig(
+            vocab_size=60,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=32,
+            pad_token_id=0,
+        )
         model = LlamaForCausalLM(cfg)
         apply_lora(model, LoraOptions(r=2, alpha=4, dropout=0.0), ModelContext("x", "CAUSAL_LM", []))
         return model
@@ -192,12 +221,20 @@ def test_accumulation_is_exact_for_token_level_lm_loss(tmp_path):
 
     def go(out, bs, accum):
         model = lm_model()
-        sampler = LengthGroupedBatchSampler([len(f["input_ids"]) for f in feats], bs,
-                                            group_by_length=False, seed=1)
+        sampler = LengthGroupedBatchSampler(
+            [len(f["input_ids"]) for f in feats], bs, group_by_length=False, seed=1
+        )
         loader = DataLoader(feats, batch_sampler=sampler, collate_fn=collate)
-        cfg = TrainConfig(batch_size=bs, grad_accum=accum, max_steps=2, precision="fp32",
-                          progress=False, warmup_ratio=0.0, checkpoint_every=None)
-        train(model, loader, lm_loss, cfg, 1e-2, out, make_accelerator("fp32"))
+        cfg = TrainConfig(
+            batch_size=bs,
+            grad_accum=accum,
+            max_steps=2,
+            precision="fp32",
+            progress=False,
+            warmup_ratio=0.0,
+            checkpoint_every=None,
+        )
+        train(model, loader, lm_loss, cfg, LoopPlan(1e-2), out, make_accelerator("fp32"))
         return trainable(model)
 
     a, b = go(tmp_path / "a", 8, 1), go(tmp_path / "b", 2, 4)

@@ -34,12 +34,17 @@ import torch.nn as nn
 
 from deltatune.errors import ConfigError, UserError
 from deltatune.io import load_safetensors, save_safetensors_atomic, write_json_atomic
-from deltatune.methods.adapters.options import AdaptersOptions, TAG
+from deltatune.methods.adapters.options import TAG, AdaptersOptions
 from deltatune.methods.registry import ModelContext
-from deltatune.methods.saving import PEFT_PREFIX, check_tag, head_state, load_head_and_layers, set_trainable_heads
+from deltatune.methods.saving import (
+    PEFT_PREFIX,
+    check_tag,
+    head_state,
+    load_head_and_layers,
+    set_trainable_heads,
+)
 from deltatune.methods.switch import layers_switched_off, originals_restored, remember_originals
 from deltatune.models.targets import find_targets, get_submodule_parent, linear_features
-
 
 # model_type -> (attention output projection, feed-forward output projection), regexes over full names
 SITES: dict[str, tuple[str, str]] = {
@@ -96,15 +101,21 @@ def adapter_layers(model: nn.Module) -> dict[str, AdapterWrapped]:
 
 def is_norm(module: nn.Module) -> bool:
     """LayerNorm / RMSNorm modules, including model-specific classes such as ``LlamaRMSNorm``."""
-    return (isinstance(module, (nn.LayerNorm, nn.RMSNorm))
-            or type(module).__name__.endswith(("LayerNorm", "RMSNorm")))
+    return isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or type(module).__name__.endswith(
+        ("LayerNorm", "RMSNorm")
+    )
 
 
 def norm_params(model: nn.Module, head_modules: list[str]) -> dict[str, nn.Parameter]:
     """Parameters of every norm layer outside the task head, by full name."""
     head_ids = {id(p) for h in head_modules for p in model.get_submodule(h).parameters()}
-    return {f"{mname}.{pname}": p for mname, m in model.named_modules() if is_norm(m)
-            for pname, p in m.named_parameters(recurse=False) if id(p) not in head_ids}
+    return {
+        f"{mname}.{pname}": p
+        for mname, m in model.named_modules()
+        if is_norm(m)
+        for pname, p in m.named_parameters(recurse=False)
+        if id(p) not in head_ids
+    }
 
 
 def adapter_sites(model: nn.Module, opts: AdaptersOptions) -> list[str]:
@@ -117,7 +128,8 @@ def adapter_sites(model: nn.Module, opts: AdaptersOptions) -> list[str]:
                 raise ConfigError(
                     f"method.{key}: bottleneck adapters have no default insertion points for model "
                     f"type '{model_type}' (known: {', '.join(sorted(SITES))}). Set method."
-                    "attention_output and method.ffn_output to regexes over full module names.")
+                    "attention_output and method.ffn_output to regexes over full module names."
+                )
             specs[key] = SITES[model_type][0 if key == "attention_output" else 1]
     wanted = ["ffn_output"] if opts.variant == "pfeiffer" else ["attention_output", "ffn_output"]
     names: list[str] = []
@@ -153,22 +165,28 @@ def apply_adapters(model: nn.Module, opts: AdaptersOptions, ctx: ModelContext) -
 
 def save_adapters(model: nn.Module, opts: AdaptersOptions, ctx: ModelContext, out_dir: Path) -> None:
     layers = adapter_layers(model)
-    state = {f"{PEFT_PREFIX}{name}.adapter.{pname}": p
-             for name, layer in layers.items() for pname, p in layer.adapter.named_parameters()}
+    state = {
+        f"{PEFT_PREFIX}{name}.adapter.{pname}": p
+        for name, layer in layers.items()
+        for pname, p in layer.adapter.named_parameters()
+    }
     if opts.trains_norms():
         state.update({PEFT_PREFIX + n: p for n, p in norm_params(model, ctx.head_modules).items()})
     state.update(head_state(model, ctx.head_modules))
     out_dir.mkdir(parents=True, exist_ok=True)
     save_safetensors_atomic(state, out_dir / "adapter_model.safetensors")
-    write_json_atomic({
-        "method": TAG,
-        "library": "deltatune",
-        "task_type": ctx.task_type,
-        "base_model_name_or_path": ctx.base_model,
-        "modules_to_save": ctx.head_modules or None,
-        "options": opts.model_dump(),
-        "adapter_modules": list(layers),
-    }, out_dir / "adapter_config.json")
+    write_json_atomic(
+        {
+            "method": TAG,
+            "library": "deltatune",
+            "task_type": ctx.task_type,
+            "base_model_name_or_path": ctx.base_model,
+            "modules_to_save": ctx.head_modules or None,
+            "options": opts.model_dump(),
+            "adapter_modules": list(layers),
+        },
+        out_dir / "adapter_config.json",
+    )
 
 
 def _read_config(adapter_dir: Path) -> dict:
@@ -188,7 +206,8 @@ def load_adapters(model: nn.Module, adapter_dir: Path) -> None:
         variant = cfg.get("options", {}).get("variant")
         raise UserError(
             f"{adapter_dir}: adapters were saved at {len(saved)} places ({variant} variant), this "
-            f"model has them at {len(have)}; apply the saved options (options_from_saved) first")
+            f"model has them at {len(have)}; apply the saved options (options_from_saved) first"
+        )
     state = load_safetensors(adapter_dir / "adapter_model.safetensors", "adapter weights")
     load_head_and_layers(model, state, adapter_dir)
 

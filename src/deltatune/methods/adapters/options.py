@@ -15,18 +15,25 @@ DEFAULT_REDUCTION_FACTOR = 16
 class AdaptersOptions(MethodOptions):
     name: Literal["adapters"] = "adapters"
     variant: Literal["houlsby", "pfeiffer"] = Field(
-        "houlsby", description="houlsby: after attention and feed-forward; pfeiffer: feed-forward only")
+        "houlsby", description="houlsby: after attention and feed-forward; pfeiffer: feed-forward only"
+    )
     bottleneck: int | None = Field(None, gt=0, description="bottleneck width b (or reduction_factor)")
     reduction_factor: float | None = Field(
-        None, gt=0, description=f"b = hidden // reduction_factor (default {DEFAULT_REDUCTION_FACTOR}); "
-                                "smaller = more capacity and parameters")
+        None,
+        gt=0,
+        description=f"b = hidden // reduction_factor (default {DEFAULT_REDUCTION_FACTOR}); "
+        "smaller = more capacity and parameters",
+    )
     activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
     train_layer_norms: bool | None = Field(
-        None, description="also train every norm layer; default: true for houlsby, false for pfeiffer")
+        None, description="also train every norm layer; default: true for houlsby, false for pfeiffer"
+    )
     attention_output: str = Field(
-        "auto", description="regex over full names of the attention output projections")
+        "auto", description="regex over full names of the attention output projections"
+    )
     ffn_output: str = Field(
-        "auto", description="regex over full names of the feed-forward output projections")
+        "auto", description="regex over full names of the feed-forward output projections"
+    )
 
     @model_validator(mode="after")
     def _one_size(self):

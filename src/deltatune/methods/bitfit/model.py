@@ -21,10 +21,15 @@ import torch.nn as nn
 
 from deltatune.errors import ConfigError
 from deltatune.io import load_safetensors, save_safetensors_atomic, write_json_atomic
-from deltatune.methods.bitfit.options import BitFitOptions, TAG
+from deltatune.methods.bitfit.options import TAG, BitFitOptions
 from deltatune.methods.registry import ModelContext
-from deltatune.methods.saving import (PEFT_PREFIX, check_tag, head_state, load_head_and_layers,
-                                      set_trainable_heads)
+from deltatune.methods.saving import (
+    PEFT_PREFIX,
+    check_tag,
+    head_state,
+    load_head_and_layers,
+    set_trainable_heads,
+)
 from deltatune.methods.switch import remember_originals
 
 
@@ -46,7 +51,8 @@ def apply_bitfit(model: nn.Module, opts: BitFitOptions, ctx: ModelContext) -> nn
         model_type = getattr(getattr(model, "config", None), "model_type", "unknown")
         raise ConfigError(
             f"method.name: BitFit needs bias terms, but model type '{model_type}' "
-            f"({type(model).__name__}) has none outside the task head. Use lora, ia3 or adapters.")
+            f"({type(model).__name__}) has none outside the task head. Use lora, ia3 or adapters."
+        )
     model.requires_grad_(False)
     remember_originals(model, biases)  # to switch BitFit off: the base model's own biases
     for p in biases.values():
@@ -60,14 +66,17 @@ def save_bitfit(model: nn.Module, opts: BitFitOptions, ctx: ModelContext, out_di
     state.update(head_state(model, ctx.head_modules))
     out_dir.mkdir(parents=True, exist_ok=True)
     save_safetensors_atomic(state, out_dir / "adapter_model.safetensors")
-    write_json_atomic({
-        "method": TAG,
-        "library": "deltatune",
-        "task_type": ctx.task_type,
-        "base_model_name_or_path": ctx.base_model,
-        "modules_to_save": ctx.head_modules or None,
-        "num_bias_tensors": len(state) - len(head_state(model, ctx.head_modules)),
-    }, out_dir / "adapter_config.json")
+    write_json_atomic(
+        {
+            "method": TAG,
+            "library": "deltatune",
+            "task_type": ctx.task_type,
+            "base_model_name_or_path": ctx.base_model,
+            "modules_to_save": ctx.head_modules or None,
+            "num_bias_tensors": len(state) - len(head_state(model, ctx.head_modules)),
+        },
+        out_dir / "adapter_config.json",
+    )
 
 
 def load_bitfit(model: nn.Module, adapter_dir: Path) -> None:

@@ -6,5 +6,6 @@ from typing import Literal
 
 from deltatune.methods.registry import MethodOptions
 
+
 class FullOptions(MethodOptions):
     name: Literal["full"] = "full"

@@ -34,11 +34,9 @@ from deltatune.errors import ConfigError, UserError
 from deltatune.io import load_safetensors, read_json, save_safetensors_atomic, write_json_atomic
 from deltatune.methods.ia3.options import IA3Options
 from deltatune.methods.registry import ModelContext
-from deltatune.methods.saving import (head_state, load_head_and_layers, set_trainable_heads,
-                                      unwrap_layers)
+from deltatune.methods.saving import head_state, load_head_and_layers, set_trainable_heads, unwrap_layers
 from deltatune.methods.switch import layers_switched_off
-from deltatune.models.targets import (compact_target_list, find_targets, get_submodule_parent,
-                                      linear_features)
+from deltatune.models.targets import compact_target_list, find_targets, get_submodule_parent, linear_features
 
 # PEFT's defaults (peft.utils.constants), per model_type: targets, and which of them scale the input.
 IA3_TARGETS: dict[str, list[str]] = {
@@ -148,13 +146,15 @@ def resolve_specs(model: nn.Module, opts: IA3Options) -> tuple[str | list[str], 
             raise ConfigError(
                 f"method.target_modules: IA3 has no default targets for model type '{model_type}' "
                 f"(known: {', '.join(sorted(IA3_TARGETS))}). Set method.target_modules to the key, "
-                "value and feed-forward down-projection layer names, and method.feedforward_modules.")
+                "value and feed-forward down-projection layer names, and method.feedforward_modules."
+            )
         targets = IA3_TARGETS[model_type]
     if ff == "auto":
         if model_type not in IA3_FEEDFORWARD:
             raise ConfigError(
                 f"method.feedforward_modules: no default for model type '{model_type}'. Set it to "
-                "the feed-forward down-projection names (or [] to scale every target's output).")
+                "the feed-forward down-projection names (or [] to scale every target's output)."
+            )
         ff = IA3_FEEDFORWARD[model_type]
     return targets, ff
 
@@ -166,8 +166,10 @@ def apply_ia3(model: nn.Module, opts: IA3Options, ctx: ModelContext) -> nn.Modul
     if isinstance(ff, list):
         unused = [s for s in ff if not any(is_feedforward(n, [s]) for n in names)]
         if unused:
-            raise ConfigError(f"method.feedforward_modules: {unused} match no targeted layer; "
-                              "feed-forward modules must be among method.target_modules")
+            raise ConfigError(
+                f"method.feedforward_modules: {unused} match no targeted layer; "
+                "feed-forward modules must be among method.target_modules"
+            )
     model.requires_grad_(False)
     for name in names:
         parent, child = get_submodule_parent(model, name)
@@ -199,8 +201,7 @@ def _peft_config(model: nn.Module, opts: IA3Options, ctx: ModelContext) -> dict:
 
 def save_ia3(model: nn.Module, opts: IA3Options, ctx: ModelContext, out_dir: Path) -> None:
     """PEFT layout: ``base_model.model.<module>.ia3_l`` and the head's weights."""
-    state = {f"base_model.model.{name}.ia3_l": layer.ia3_l
-             for name, layer in ia3_layers(model).items()}
+    state = {f"base_model.model.{name}.ia3_l": layer.ia3_l for name, layer in ia3_layers(model).items()}
     state.update(head_state(model, ctx.head_modules))
     out_dir.mkdir(parents=True, exist_ok=True)
     save_safetensors_atomic(state, out_dir / "adapter_model.safetensors")
@@ -214,8 +215,9 @@ def _read_config(adapter_dir: Path) -> dict:
     cfg = read_json(path, "adapter config")
     if cfg.get("peft_type") != "IA3":
         found = cfg.get("peft_type") or cfg.get("method")
-        raise UserError(f"{path}: this is a '{found}' adapter, not IA3; "
-                        f"use method '{str(found).lower()}' to load it")
+        raise UserError(
+            f"{path}: this is a '{found}' adapter, not IA3; use method '{str(found).lower()}' to load it"
+        )
     return cfg
 
 
@@ -230,8 +232,7 @@ def options_from_peft(adapter_dir: Path) -> IA3Options:
     """Read a PEFT IA3 ``adapter_config.json`` (ours or PEFT's) into IA3 options."""
     cfg = _read_config(adapter_dir)
     ff = cfg.get("feedforward_modules")
-    return IA3Options(target_modules=cfg["target_modules"],
-                      feedforward_modules=[] if ff is None else ff)
+    return IA3Options(target_modules=cfg["target_modules"], feedforward_modules=[] if ff is None else ff)
 
 
 def ia3_switched_off(model: nn.Module):

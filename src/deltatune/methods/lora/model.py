@@ -35,24 +35,29 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from transformers.pytorch_utils import Conv1D
 
 from deltatune.io import load_safetensors, read_json, save_safetensors_atomic, write_json_atomic
 from deltatune.methods.lora.options import LoraOptions
 from deltatune.methods.registry import ModelContext
-from deltatune.methods.saving import (head_state, load_head_and_layers, set_trainable_heads,
-                                      unwrap_layers)
+from deltatune.methods.saving import head_state, load_head_and_layers, set_trainable_heads, unwrap_layers
 from deltatune.methods.switch import layers_switched_off
-from deltatune.models.targets import (compact_target_list, find_targets, get_submodule_parent,
-                                      linear_features)
-from transformers.pytorch_utils import Conv1D
+from deltatune.models.targets import compact_target_list, find_targets, get_submodule_parent, linear_features
 
 
 class LoraLinear(nn.Module):
     """Wraps an ``nn.Linear`` or ``Conv1D`` with a LoRA update. Parameters: ``lora_A``, ``lora_B``
     and, with DoRA, ``lora_magnitude_vector`` (out,)."""
 
-    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float, use_rslora: bool = False,
-                 use_dora: bool = False):
+    def __init__(
+        self,
+        base: nn.Module,
+        r: int,
+        alpha: float,
+        dropout: float,
+        use_rslora: bool = False,
+        use_dora: bool = False,
+    ):
         super().__init__()
         in_features, out_features = linear_features(base)
         self.base_layer = base
@@ -83,7 +88,11 @@ class LoraLinear(nn.Module):
             return out
         x = x.to(self.lora_A.weight.dtype)
         dropped = self.lora_dropout(x)
-        if self.lora_magnitude_vector is None and out.dtype == x.dtype and not torch.is_autocast_enabled(x.device.type):
+        if (
+            self.lora_magnitude_vector is None
+            and out.dtype == x.dtype
+            and not torch.is_autocast_enabled(x.device.type)
+        ):
             # out + s * (x A^T) B^T as one GEMM with accumulation: no (N, out) temporaries for the
             # scaled update and the sum (measured ~5% of a SmolLM2 LoRA step on CPU)
             h = self.lora_A(dropped).reshape(-1, self.r)
@@ -103,8 +112,7 @@ class LoraLinear(nn.Module):
         delta = delta.T if self.fan_in_fan_out else delta
         return torch.linalg.norm(self._base_weight_out_in().float() + delta.float(), dim=1)
 
-    def _dora_update(self, dropped: torch.Tensor, out: torch.Tensor,
-                     update: torch.Tensor) -> torch.Tensor:
+    def _dora_update(self, dropped: torch.Tensor, out: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
         """What DoRA adds to the base output ``out`` (PEFT's formulation)::
 
             (m/n - 1) ⊙ W x' + m/n ⊙ s B A x',   n = ||W + s B A||_row, detached (DoRA §4.3)
@@ -153,8 +161,7 @@ class LoraLinear(nn.Module):
         if self.lora_magnitude_vector is None:
             w.sub_(self.delta_weight().to(w.dtype))
         else:
-            w.copy_((w.float() / self._dora_factor(self._merged_norm)
-                     - self.delta_weight()).to(w.dtype))
+            w.copy_((w.float() / self._dora_factor(self._merged_norm) - self.delta_weight()).to(w.dtype))
             self._merged_norm = None
         self.merged = False
 
@@ -236,9 +243,14 @@ def load_lora(model: nn.Module, adapter_dir: Path) -> None:
 def options_from_peft(adapter_dir: Path) -> LoraOptions:
     """Read a PEFT ``adapter_config.json`` (ours or PEFT's) into LoRA options."""
     cfg = read_json(adapter_dir / "adapter_config.json", "adapter config")
-    return LoraOptions(r=cfg["r"], alpha=cfg["lora_alpha"], dropout=cfg.get("lora_dropout", 0.0),
-                       target_modules=cfg["target_modules"], use_rslora=cfg.get("use_rslora", False),
-                       use_dora=cfg.get("use_dora", False))
+    return LoraOptions(
+        r=cfg["r"],
+        alpha=cfg["lora_alpha"],
+        dropout=cfg.get("lora_dropout", 0.0),
+        target_modules=cfg["target_modules"],
+        use_rslora=cfg.get("use_rslora", False),
+        use_dora=cfg.get("use_dora", False),
+    )
 
 
 def lora_param_lr(model: nn.Module, opts: LoraOptions, base_lr: float) -> dict[int, float]:
@@ -249,8 +261,9 @@ def lora_param_lr(model: nn.Module, opts: LoraOptions, base_lr: float) -> dict[i
     """
     if not opts.loraplus_lr_ratio:
         return {}
-    return {id(layer.lora_B.weight): base_lr * opts.loraplus_lr_ratio
-            for layer in lora_layers(model).values()}
+    return {
+        id(layer.lora_B.weight): base_lr * opts.loraplus_lr_ratio for layer in lora_layers(model).values()
+    }
 
 
 def lora_switched_off(model: nn.Module):

@@ -44,14 +44,21 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from deltatune.errors import ConfigError, UserError
 from deltatune.io import load_safetensors, save_safetensors_atomic, write_json_atomic
-from deltatune.methods.virtual_tokens import (backbone_of, bound_kwargs, cached_length, input_length,
-                                              load_prompt_learning_state, parameter_name,
-                                              prompt_learning_head_state, read_adapter_config)
-from deltatune.models.loading import is_encoder
 from deltatune.methods.prefix_tuning.options import PrefixOptions
 from deltatune.methods.registry import ModelContext
 from deltatune.methods.saving import set_trainable_heads
 from deltatune.methods.switch import insertion_off
+from deltatune.methods.virtual_tokens import (
+    backbone_of,
+    bound_kwargs,
+    cached_length,
+    input_length,
+    load_prompt_learning_state,
+    parameter_name,
+    prompt_learning_head_state,
+    read_adapter_config,
+)
+from deltatune.models.loading import is_encoder
 
 ATTENTION_NAME = "deltatune_prefix"
 
@@ -68,28 +75,40 @@ class KVPrefix(nn.Module):
     """Per-layer key/value prefixes in PEFT's flat layout (n x layers*2*kv_dim), optionally through
     an MLP. During a backbone call the per-layer view is computed once (``pre_hook``)."""
 
-    def __init__(self, n: int, layers: int, kv_heads: int, head_dim: int, projection_hidden: int | None,
-                 delegate: str, shift_positions: bool):
+    def __init__(
+        self,
+        n: int,
+        layers: int,
+        kv_heads: int,
+        head_dim: int,
+        projection_hidden: int | None,
+        delegate: str,
+        shift_positions: bool,
+    ):
         super().__init__()
         self.n, self.layers, self.kv_heads, self.head_dim = n, layers, kv_heads, head_dim
         kv_dim = kv_heads * head_dim
         if projection_hidden:
             self.embedding = nn.Parameter(torch.randn(n, kv_dim))
-            self.transform = nn.Sequential(nn.Linear(kv_dim, projection_hidden), nn.Tanh(),
-                                           nn.Linear(projection_hidden, layers * 2 * kv_dim))
+            self.transform = nn.Sequential(
+                nn.Linear(kv_dim, projection_hidden),
+                nn.Tanh(),
+                nn.Linear(projection_hidden, layers * 2 * kv_dim),
+            )
             self.register_parameter("prefix", None)
         else:
             self.prefix = nn.Parameter(torch.randn(n, layers * 2 * kv_dim))
             self.embedding, self.transform = None, None
-        self.delegate = delegate          # attention implementation the prefix is put in front of
+        self.delegate = delegate  # attention implementation the prefix is put in front of
         self.shift_positions = shift_positions
         self.enabled = True
         self.capture: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._current: torch.Tensor | None = None
 
     def adapter_params(self) -> list[nn.Parameter]:
-        return [p for p in (self.prefix, self.embedding) if p is not None] + \
-            (list(self.transform.parameters()) if self.transform is not None else [])
+        return [p for p in (self.prefix, self.embedding) if p is not None] + (
+            list(self.transform.parameters()) if self.transform is not None else []
+        )
 
     def flat(self) -> torch.Tensor:
         """(n, layers*2*kv_dim): the prefixes (through the MLP if there is one)."""
@@ -169,8 +188,14 @@ def _eager_function(module: nn.Module):
     return getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
 
 
-def prefix_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     attention_mask: torch.Tensor | None, **kwargs):
+def prefix_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs,
+):
     """Attention over ``[prefix ; key]`` for layers tagged by :func:`apply_prefix_tuning`.
 
     Shapes: query (B, heads, q, D); key/value (B, kv_heads, kv, D) including cached tokens.
@@ -192,8 +217,9 @@ def prefix_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
     if eager is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if attention_mask is not None and attention_mask.dtype == torch.bool:  # eager adds the mask
-        attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device) \
-            .masked_fill(~attention_mask, torch.finfo(query.dtype).min)
+        attention_mask = torch.zeros(
+            attention_mask.shape, dtype=query.dtype, device=query.device
+        ).masked_fill(~attention_mask, torch.finfo(query.dtype).min)
     return eager(module, query, key, value, attention_mask, **kwargs)
 
 
@@ -208,13 +234,19 @@ def self_attention_modules(backbone: nn.Module, layers: int) -> dict[int, list[n
     found: dict[int, list[nn.Module]] = {}
     for module in backbone.modules():
         index, cls = getattr(module, "layer_idx", None), type(module).__name__.lower()
-        if isinstance(index, int) and "attention" in cls and "cross" not in cls \
-                and not getattr(module, "is_cross_attention", False):
+        if (
+            isinstance(index, int)
+            and "attention" in cls
+            and "cross" not in cls
+            and not getattr(module, "is_cross_attention", False)
+        ):
             found.setdefault(index, []).append(module)
     if sorted(found) != list(range(layers)):
-        raise ConfigError(f"method.name: prefix tuning found attention layers {sorted(found)} in this "
-                          f"{type(backbone).__name__}, expected 0..{layers - 1}; this architecture is not "
-                          "supported (try prompt_tuning or lora)")
+        raise ConfigError(
+            f"method.name: prefix tuning found attention layers {sorted(found)} in this "
+            f"{type(backbone).__name__}, expected 0..{layers - 1}; this architecture is not "
+            "supported (try prompt_tuning or lora)"
+        )
     return found
 
 
@@ -250,8 +282,15 @@ def apply_prefix_tuning(model: nn.Module, opts: PrefixOptions, ctx: ModelContext
     hidden = (opts.encoder_hidden_size or kv_heads * head_dim) if opts.prefix_projection else None
     delegate = "eager" if model.config._attn_implementation == "eager" else "sdpa"
     embedding = model.get_input_embeddings()
-    store = KVPrefix(opts.num_virtual_tokens, layers, kv_heads, head_dim, hidden, delegate,
-                     shift_positions=not is_encoder(model.config)).to(embedding.weight.device)
+    store = KVPrefix(
+        opts.num_virtual_tokens,
+        layers,
+        kv_heads,
+        head_dim,
+        hidden,
+        delegate,
+        shift_positions=not is_encoder(model.config),
+    ).to(embedding.weight.device)
     backbone.prefix_tuning = store
     for index, modules in attention.items():
         for module in modules:
@@ -259,8 +298,10 @@ def apply_prefix_tuning(model: nn.Module, opts: PrefixOptions, ctx: ModelContext
     _register_attention()
     model.set_attn_implementation(ATTENTION_NAME)
     if model.config._attn_implementation != ATTENTION_NAME:
-        raise ConfigError(f"method.name: {type(model).__name__} does not let transformers switch its "
-                          "attention implementation, which prefix tuning needs; try prompt_tuning or lora")
+        raise ConfigError(
+            f"method.name: {type(model).__name__} does not let transformers switch its "
+            "attention implementation, which prefix tuning needs; try prompt_tuning or lora"
+        )
     backbone.register_forward_pre_hook(store.pre_hook, with_kwargs=True)
     backbone.register_forward_hook(store.post_hook)
     if opts.init == "vocab":
@@ -277,12 +318,12 @@ def _peft_config(model: nn.Module, opts: PrefixOptions, ctx: ModelContext) -> di
         "task_type": ctx.task_type,
         "base_model_name_or_path": ctx.base_model,
         "num_virtual_tokens": store.n,
-        "token_dim": kv_dim,                       # PEFT's token_dim is the key/value width
-        "num_attention_heads": store.kv_heads,     # ... and this the number of key/value heads
+        "token_dim": kv_dim,  # PEFT's token_dim is the key/value width
+        "num_attention_heads": store.kv_heads,  # ... and this the number of key/value heads
         "num_layers": store.layers,
         "num_transformer_submodules": 1,
         "encoder_hidden_size": opts.encoder_hidden_size or kv_dim,
-        "prefix_projection": False,                # the file holds the computed prefixes
+        "prefix_projection": False,  # the file holds the computed prefixes
         "modules_to_save": ctx.head_modules or None,
         "inference_mode": True,
     }

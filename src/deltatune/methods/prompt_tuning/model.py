@@ -39,12 +39,19 @@ from deltatune.errors import ConfigError, UserError
 from deltatune.io import load_safetensors, save_safetensors_atomic, write_json_atomic
 from deltatune.methods.prompt_tuning.options import PromptOptions
 from deltatune.methods.registry import ModelContext
-from deltatune.models.loading import is_encoder
-from deltatune.methods.saving import (set_trainable_heads)
+from deltatune.methods.saving import set_trainable_heads
 from deltatune.methods.switch import insertion_off
-from deltatune.methods.virtual_tokens import (backbone_of, bound_kwargs, cached_length,
-                                              input_length, load_prompt_learning_state, parameter_name,
-                                              prompt_learning_head_state, read_adapter_config)
+from deltatune.methods.virtual_tokens import (
+    backbone_of,
+    bound_kwargs,
+    cached_length,
+    input_length,
+    load_prompt_learning_state,
+    parameter_name,
+    prompt_learning_head_state,
+    read_adapter_config,
+)
+from deltatune.models.loading import is_encoder
 
 _PEFT_INIT = {"random": "RANDOM", "vocab": "SAMPLE_VOCAB", "text": "TEXT"}
 
@@ -85,8 +92,10 @@ class SoftPrompt(nn.Module):
         kw = bound_kwargs(backbone, args, kwargs)
         mask = kw.get("attention_mask")
         if mask is not None and mask.ndim != 2:
-            raise UserError("prompt tuning needs a 2D attention_mask (batch x tokens); 4D masks and "
-                            "static KV caches are not supported")
+            raise UserError(
+                "prompt tuning needs a 2D attention_mask (batch x tokens); 4D masks and "
+                "static KV caches are not supported"
+            )
         n, at = self.num_virtual_tokens, self.at
         past = cached_length(kw)
         if past:  # a later generation step: the prompt is already in the cache
@@ -108,7 +117,7 @@ class SoftPrompt(nn.Module):
             kw["token_type_ids"] = _insert(types, types.new_zeros(types.shape[0], n), at)
         if kw.get("position_ids") is not None:
             pos = kw["position_ids"]
-            start = pos[:, at - 1:at] + 1 if at else torch.zeros_like(pos[:, :1])
+            start = pos[:, at - 1 : at] + 1 if at else torch.zeros_like(pos[:, :1])
             virtual = start + torch.arange(n, device=pos.device, dtype=pos.dtype)
             kw["position_ids"] = torch.cat([pos[:, :at], virtual, pos[:, at:] + n], dim=1)
         self._inserted = True
@@ -121,7 +130,7 @@ class SoftPrompt(nn.Module):
         n, at = self.num_virtual_tokens, self.at
 
         def strip(h: torch.Tensor) -> torch.Tensor:
-            return torch.cat([h[:, :at], h[:, at + n:]], dim=1)
+            return torch.cat([h[:, :at], h[:, at + n :]], dim=1)
 
         if isinstance(output, ModelOutput):
             output.last_hidden_state = strip(output.last_hidden_state)
@@ -218,8 +227,10 @@ def load_prompt_tuning(model: nn.Module, adapter_dir: Path) -> None:
     saved_at = 1 if cfg.get("deltatune_placement") == "after_cls" else 0
     if saved_at != prompt.at:
         saved, ours = ("after_cls", "start") if saved_at else ("start", "after_cls")
-        raise UserError(f"{adapter_dir}: the prompt was trained with placement {saved}, the model uses "
-                        f"{ours}; set method.placement: {saved}")
+        raise UserError(
+            f"{adapter_dir}: the prompt was trained with placement {saved}, the model uses "
+            f"{ours}; set method.placement: {saved}"
+        )
     state = load_safetensors(adapter_dir / "adapter_model.safetensors", "adapter weights")
     if "prompt_embeddings" not in state:
         raise UserError(f"{adapter_dir}: no 'prompt_embeddings' tensor; not a prompt-tuning adapter")
@@ -231,9 +242,12 @@ def options_from_peft(adapter_dir: Path) -> PromptOptions:
     """Read a PEFT ``adapter_config.json`` (ours or PEFT's) into prompt-tuning options."""
     cfg = read_adapter_config(adapter_dir, "PROMPT_TUNING")
     init = {v: k for k, v in _PEFT_INIT.items()}.get(cfg.get("prompt_tuning_init"), "random")
-    return PromptOptions(num_virtual_tokens=cfg["num_virtual_tokens"], init=init,
-                         init_text=cfg.get("prompt_tuning_init_text") if init == "text" else None,
-                         placement=cfg.get("deltatune_placement", "start"))
+    return PromptOptions(
+        num_virtual_tokens=cfg["num_virtual_tokens"],
+        init=init,
+        init_text=cfg.get("prompt_tuning_init_text") if init == "text" else None,
+        placement=cfg.get("deltatune_placement", "start"),
+    )
 
 
 def prompt_switched_off(model: nn.Module):

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import torch
 
 from deltatune.data.batching import pad_collate
-from deltatune.tasks.classify.examples import Example, examples_from_file
-from deltatune.tasks.classify.windows import encode_examples
-from deltatune.tasks.classify.report import classify_markdown
 from deltatune.metrics.classification import classification_metrics, multilabel_metrics, tune_thresholds
+from deltatune.tasks.classify.examples import Example, examples_from_file
+from deltatune.tasks.classify.report import classify_markdown
+from deltatune.tasks.classify.windows import encode_examples
 
 
 @torch.no_grad()
@@ -24,7 +24,7 @@ def predict_logits(model, feats: list[dict], pad_id: int, batch_size: int = 64) 
     order = sorted(range(len(feats)), key=lambda i: len(feats[i]["input_ids"]))
     out = [None] * len(feats)
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         batch = pad_collate([{**feats[i], "label": None} for i in idx], pad_id)
         inputs = {k: v.to(device) for k, v in batch.items() if k != "num_units"}
         logits = model(**inputs).logits.float().cpu()
@@ -119,11 +119,24 @@ class Scorer:
             probabilities = {n: round(float(x), 6) for n, x in zip(self.names, p)}
             if self.multi_label:
                 chosen = [n for n, d in zip(self.names, decision) if d]
-                out.append({"text": text, "labels": chosen, "label": ",".join(chosen),
-                            "probability": round(float(p.max()), 6), "probabilities": probabilities})
+                out.append(
+                    {
+                        "text": text,
+                        "labels": chosen,
+                        "label": ",".join(chosen),
+                        "probability": round(float(p.max()), 6),
+                        "probabilities": probabilities,
+                    }
+                )
             else:
-                out.append({"text": text, "label": self.names[decision],
-                            "probability": round(float(p[decision]), 6), "probabilities": probabilities})
+                out.append(
+                    {
+                        "text": text,
+                        "label": self.names[decision],
+                        "probability": round(float(p[decision]), 6),
+                        "probabilities": probabilities,
+                    }
+                )
         return out
 
 
@@ -139,8 +152,9 @@ def prediction_rows(texts: list[str], probs: torch.Tensor, names: list[str]) -> 
 
 def _features(run, examples: list[Example]) -> list[dict]:
     d = run.cfg.data
-    return encode_examples(run.tokenizer, examples, d.max_length, getattr(d, "windows", None),
-                           len(run.extras["labels"]))
+    return encode_examples(
+        run.tokenizer, examples, d.max_length, getattr(d, "windows", None), len(run.extras["labels"])
+    )
 
 
 def evaluate_file(run, data_path: str, samples: int | None = None) -> dict:
@@ -152,7 +166,9 @@ def predict(run, texts: list[str] | None = None, data_path: str | None = None) -
     if data_path is not None:
         examples = examples_from_file(data_path, run.cfg.data, None)
     else:
-        examples = [Example(text=t, text_pair=None, label=None, line=i + 1) for i, t in enumerate(texts or [])]
+        examples = [
+            Example(text=t, text_pair=None, label=None, line=i + 1) for i, t in enumerate(texts or [])
+        ]
     scorer = run.extras["scorer"]
     probs = scorer.probs(run.model, _features(run, examples), run.tokenizer.pad_token_id)
     return scorer.rows([e.text for e in examples], probs)

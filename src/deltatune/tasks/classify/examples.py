@@ -14,14 +14,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from deltatune.tasks.classify.labels import LabelSet, get_field
 from deltatune.data.readers import Row, read_rows
 from deltatune.errors import ConfigError, DataError
+from deltatune.tasks.classify.labels import LabelSet, get_field
 
-__all__ = ["ClassificationData", "Example", "LabelSet", "check_split_options", "encode_texts",
-           "examples_from_file", "get_field", "has_field", "load_classification_data", "rows_to_examples",
-           "sample_positions", "split_off_positions", "split_positions", "stratified_sample",
-           "stratified_split", "tokenize"]
+__all__ = [
+    "ClassificationData",
+    "Example",
+    "LabelSet",
+    "check_split_options",
+    "encode_texts",
+    "examples_from_file",
+    "get_field",
+    "has_field",
+    "load_classification_data",
+    "rows_to_examples",
+    "sample_positions",
+    "split_off_positions",
+    "split_positions",
+    "stratified_sample",
+    "stratified_split",
+    "tokenize",
+]
 
 
 @dataclass
@@ -40,8 +54,9 @@ def _text(value, path: str, line: int, field: str) -> str:
     if isinstance(value, str):
         if value.strip():
             return value
-        raise DataError("the text is empty; every example needs some text.",
-                        path=path, line=line, field=field)
+        raise DataError(
+            "the text is empty; every example needs some text.", path=path, line=line, field=field
+        )
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     shown = "null" if value is None else f"{type(value).__name__} {value!r}"[:80]
@@ -53,10 +68,15 @@ def has_field(rows: Sequence[Row], field: str) -> bool:
     return any(field in row for row in rows)
 
 
-def rows_to_examples(rows: Sequence[Row], text_field: str = "text",
-                     text_pair_field: str | None = None, label_field: str | None = "label",
-                     labels: LabelSet | None = None, path: str | None = None,
-                     label_separator: str | None = None) -> list[Example]:
+def rows_to_examples(
+    rows: Sequence[Row],
+    text_field: str = "text",
+    text_pair_field: str | None = None,
+    label_field: str | None = "label",
+    labels: LabelSet | None = None,
+    path: str | None = None,
+    label_separator: str | None = None,
+) -> list[Example]:
     """Convert rows to examples; ``labels=None`` (or ``label_field=None``) leaves labels None.
 
     Every row needs ``text_field`` (and ``text_pair_field`` when set) with non-empty text; when
@@ -81,8 +101,11 @@ def rows_to_examples(rows: Sequence[Row], text_field: str = "text",
         label = None
         if labels is not None and label_field is not None:
             raw = get_field(row, label_field, where, "label_field")
-            label = (labels.encode(raw, where, row.line, label_field) if label_separator is None else
-                     encode_label_set(raw, labels, label_separator, where, row.line, label_field))
+            label = (
+                labels.encode(raw, where, row.line, label_field)
+                if label_separator is None
+                else encode_label_set(raw, labels, label_separator, where, row.line, label_field)
+            )
         examples.append(Example(text, pair, label, row.line))
     return examples
 
@@ -127,11 +150,13 @@ def _pick(labels: Sequence, seed: int, how_many) -> set[int]:
 def split_positions(labels: Sequence, fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
     """:func:`stratified_split` of the examples with these ``labels``, as (train, validation) positions."""
     if not 0 < fraction < 1:
-        raise ConfigError(f"validation_split must be between 0 and 1 (e.g. 0.1 for 10%), "
-                          f"got {fraction}.")
+        raise ConfigError(f"validation_split must be between 0 and 1 (e.g. 0.1 for 10%), got {fraction}.")
     total = round(len(labels) * fraction)
-    chosen = _pick(labels, seed, lambda counts: _allocate(
-        counts, total, [0] * len(counts), [max(c - 1, 0) for c in counts]))
+    chosen = _pick(
+        labels,
+        seed,
+        lambda counts: _allocate(counts, total, [0] * len(counts), [max(c - 1, 0) for c in counts]),
+    )
     return [i for i in range(len(labels)) if i not in chosen], sorted(chosen)
 
 
@@ -139,12 +164,18 @@ def sample_positions(labels: Sequence, size: int, seed: int = 0) -> list[int]:
     """:func:`stratified_sample` of the examples with these ``labels``, as positions."""
     if size >= len(labels):
         return list(range(len(labels)))
-    return sorted(_pick(labels, seed, lambda counts: _allocate(
-        counts, size, [1 if size >= len(counts) else 0] * len(counts), counts)))
+    return sorted(
+        _pick(
+            labels,
+            seed,
+            lambda counts: _allocate(counts, size, [1 if size >= len(counts) else 0] * len(counts), counts),
+        )
+    )
 
 
-def stratified_split(examples: Sequence[Example], fraction: float,
-                     seed: int = 0) -> tuple[list[Example], list[Example]]:
+def stratified_split(
+    examples: Sequence[Example], fraction: float, seed: int = 0
+) -> tuple[list[Example], list[Example]]:
     """Split into (train, validation) with about ``fraction`` of each class in validation.
 
     Seeded and deterministic; both parts keep the input order. A class with at least two examples
@@ -181,24 +212,34 @@ TEST_SPLIT_SEED = 0
 def check_split_options(validation_path, validation_split, test_path, test_split, max_train_samples) -> None:
     """ConfigErrors for split options that contradict each other."""
     if validation_path is not None and validation_split:
-        raise ConfigError("both validation_path and validation_split are set; choose one "
-                          "(a validation file, or a fraction of the training file).")
+        raise ConfigError(
+            "both validation_path and validation_split are set; choose one "
+            "(a validation file, or a fraction of the training file)."
+        )
     if test_path is not None and test_split:
-        raise ConfigError("data.test and data.test_split are both set; choose one (a test file, or a "
-                          "fraction of the training file).")
+        raise ConfigError(
+            "data.test and data.test_split are both set; choose one (a test file, or a "
+            "fraction of the training file)."
+        )
     if max_train_samples is not None and max_train_samples < 1:
-        raise ConfigError(f"max_train_samples must be a positive integer, got "
-                          f"{max_train_samples}.")
+        raise ConfigError(f"max_train_samples must be a positive integer, got {max_train_samples}.")
 
 
-def load_classification_data(train_path: str | Path, validation_path: str | Path | None = None,
-                             test_path: str | Path | None = None,
-                             validation_split: float | None = None, text_field: str = "text",
-                             text_pair_field: str | None = None, label_field: str = "label",
-                             label_names: Sequence[str] | Mapping | None = None, seed: int = 0,
-                             max_train_samples: int | None = None,
-                             fmt: str | None = None, test_split: float | None = None,
-                             label_separator: str | None = None) -> ClassificationData:
+def load_classification_data(  # noqa: PLR0913 - one argument per key of the data: section it reads
+    train_path: str | Path,
+    validation_path: str | Path | None = None,
+    test_path: str | Path | None = None,
+    validation_split: float | None = None,
+    text_field: str = "text",
+    text_pair_field: str | None = None,
+    label_field: str = "label",
+    label_names: Sequence[str] | Mapping | None = None,
+    seed: int = 0,
+    max_train_samples: int | None = None,
+    fmt: str | None = None,
+    test_split: float | None = None,
+    label_separator: str | None = None,
+) -> ClassificationData:
     """Read, validate and split the files of a classification task.
 
     The label set comes from the whole training file. ``test_split`` first holds out a stratified
@@ -211,13 +252,19 @@ def load_classification_data(train_path: str | Path, validation_path: str | Path
     multi-label rows (:mod:`deltatune.tasks.classify.multilabel`).
     """
     check_split_options(validation_path, validation_split, test_path, test_split, max_train_samples)
-    read = dict(fmt=fmt, text_field=text_field, text_pair_field=text_pair_field,
-                label_field=label_field, label_separator=label_separator)
+    read = dict(
+        fmt=fmt,
+        text_field=text_field,
+        text_pair_field=text_pair_field,
+        label_field=label_field,
+        label_separator=label_separator,
+    )
     train_path = str(train_path)
     train_rows = read_rows(train_path, fmt)
     labels = _label_set(train_rows, label_field, label_names, train_path, label_separator)
-    train = rows_to_examples(train_rows, text_field, text_pair_field, label_field, labels,
-                             train_path, label_separator)
+    train = rows_to_examples(
+        train_rows, text_field, text_pair_field, label_field, labels, train_path, label_separator
+    )
     test = None
     if test_split:
         train, test = _split_off(train, test_split, TEST_SPLIT_SEED, "test", train_path)
@@ -241,32 +288,46 @@ def _label_set(rows, label_field, label_names, path, label_separator) -> LabelSe
     return multilabel_set(rows, label_field, label_separator, label_names, path)
 
 
-def _split_off(train: list[Example], fraction: float, seed: int, what: str,
-               path: str) -> tuple[list[Example], list[Example]]:
+def _split_off(
+    train: list[Example], fraction: float, seed: int, what: str, path: str
+) -> tuple[list[Example], list[Example]]:
     """(rest, held out): a stratified ``fraction`` of ``train`` held out as the ``what`` set."""
     rest, held = split_off_positions([e.label for e in train], fraction, seed, what, path)
     return [train[i] for i in rest], [train[i] for i in held]
 
 
-def split_off_positions(labels: Sequence, fraction: float, seed: int, what: str,
-                        path: str) -> tuple[list[int], list[int]]:
+def split_off_positions(
+    labels: Sequence, fraction: float, seed: int, what: str, path: str
+) -> tuple[list[int], list[int]]:
     """(rest, held out) positions of :func:`split_positions`; a DataError when nothing is held out."""
     rest, held = split_positions(labels, fraction, seed)
     if not held:
-        raise DataError(f"{what}_split={fraction} of {len(labels)} training examples leaves no {what} "
-                        f"examples; use a larger data.{what}_split or give a data.{what} file.", path=path)
+        raise DataError(
+            f"{what}_split={fraction} of {len(labels)} training examples leaves no {what} "
+            f"examples; use a larger data.{what}_split or give a data.{what} file.",
+            path=path,
+        )
     return rest, held
 
 
-def _read_examples(path, labels: LabelSet, fmt, text_field, text_pair_field, label_field,
-                   label_separator=None, optional_labels: bool = False) -> list[Example]:
+def _read_examples(
+    path,
+    labels: LabelSet,
+    fmt,
+    text_field,
+    text_pair_field,
+    label_field,
+    label_separator=None,
+    optional_labels: bool = False,
+) -> list[Example]:
     """Read an evaluation file with the training label set (``optional_labels``: a file without the
     label column is prediction-only)."""
     rows = read_rows(str(path), fmt)
     if optional_labels and not has_field(rows, label_field):
         labels = None
-    return rows_to_examples(rows, text_field, text_pair_field, label_field, labels, str(path),
-                            label_separator)
+    return rows_to_examples(
+        rows, text_field, text_pair_field, label_field, labels, str(path), label_separator
+    )
 
 
 def encode_texts(tokenizer, examples: list[Example], max_length: int):
@@ -294,5 +355,6 @@ def examples_from_file(path: str, data, labels: LabelSet | None) -> list[Example
     (``labels=None``: the label column is not read)."""
     rows = read_rows(path, data.format)
     separator = data.label_separator if getattr(data, "multi_label", False) else None
-    return rows_to_examples(rows, data.text_field, data.text_pair_field, data.label_field, labels, path,
-                            separator)
+    return rows_to_examples(
+        rows, data.text_field, data.text_pair_field, data.label_field, labels, path, separator
+    )

@@ -48,11 +48,16 @@ def _as_str(raw) -> str:
 def _check_raw_label(raw, path: str, line: int, field: str) -> None:
     """A label must be a non-empty string or a number."""
     if raw is None or (isinstance(raw, str) and not raw.strip()):
-        raise DataError("the label is empty; every labelled example needs a label.",
-                        path=path, line=line, field=field)
+        raise DataError(
+            "the label is empty; every labelled example needs a label.", path=path, line=line, field=field
+        )
     if not isinstance(raw, (str, int, float)):
-        raise DataError(f"a label must be a string or an integer, got {type(raw).__name__} "
-                        f"{raw!r}.", path=path, line=line, field=field)
+        raise DataError(
+            f"a label must be a string or an integer, got {type(raw).__name__} {raw!r}.",
+            path=path,
+            line=line,
+            field=field,
+        )
 
 
 class LabelSet:
@@ -73,9 +78,13 @@ class LabelSet:
         self._fast = {**self._ids, **{str(v): i for i, v in enumerate(self.values)}}
 
     @classmethod
-    def from_rows(cls, rows: Sequence[Row], label_field: str = "label",
-                  label_names: Sequence[str] | Mapping | None = None,
-                  path: str | None = None) -> LabelSet:
+    def from_rows(
+        cls,
+        rows: Sequence[Row],
+        label_field: str = "label",
+        label_names: Sequence[str] | Mapping | None = None,
+        path: str | None = None,
+    ) -> LabelSet:
         """Collect the label values of training ``rows``.
 
         ``label_names`` is a list indexed by the integer label (``["negative", "positive"]``) or a
@@ -143,9 +152,14 @@ class LabelSet:
         if value in self._ids:
             return self._ids[value]
         known = ", ".join(repr(v) if isinstance(v, str) else str(v) for v in self.values)
-        raise DataError(f"label {raw!r} was never seen in training; training labels are: "
-                        f"{known} (from {self.source}). Fix the label, or add examples of it to "
-                        f"the training file.", path=path, line=line, field=field)
+        raise DataError(
+            f"label {raw!r} was never seen in training; training labels are: "
+            f"{known} (from {self.source}). Fix the label, or add examples of it to "
+            f"the training file.",
+            path=path,
+            line=line,
+            field=field,
+        )
 
 
 def _refuse_mixed_labels(first_line: dict, path: str, field: str) -> None:
@@ -153,21 +167,33 @@ def _refuse_mixed_labels(first_line: dict, path: str, field: str) -> None:
     would silently become extra classes: refuse, showing one of each."""
     ints = {raw: line for raw, line in first_line.items() if _as_int(raw) is not None}
     others = {raw: line for raw, line in first_line.items() if _as_int(raw) is None}
-    numbers = {raw: line for raw, line in others.items()
-               if isinstance(raw, float) or (isinstance(raw, str) and _is_number(raw))}
+    numbers = {
+        raw: line
+        for raw, line in others.items()
+        if isinstance(raw, float) or (isinstance(raw, str) and _is_number(raw))
+    }
     if not ints and not numbers:
         return  # all names: a string label set
     if not ints:  # e.g. 0.5 and 1.5: numbers that are not class ids
         raw, line = next(iter(numbers.items()))
-        raise DataError(f"label {raw!r} is a number but not an integer; class labels are integers "
-                        "(0, 1, ...) or names. Fix the label, or give label_names as a dict "
-                        "{label: name} covering it.", path=path, line=line, field=field)
+        raise DataError(
+            f"label {raw!r} is a number but not an integer; class labels are integers "
+            "(0, 1, ...) or names. Fix the label, or give label_names as a dict "
+            "{label: name} covering it.",
+            path=path,
+            line=line,
+            field=field,
+        )
     raw, line = next(iter(others.items()))
     int_raw, int_line = next(iter(ints.items()))
-    raise DataError(f"labels mix integers ({int_raw!r} on line {int_line}) with {raw!r}, which is not an "
-                    f"integer; they would silently become separate classes. Use one kind of label, "
-                    "or map every value with label_names as a dict, e.g. {0: neg, neg: neg}.",
-                    path=path, line=line, field=field)
+    raise DataError(
+        f"labels mix integers ({int_raw!r} on line {int_line}) with {raw!r}, which is not an "
+        f"integer; they would silently become separate classes. Use one kind of label, "
+        "or map every value with label_names as a dict, e.g. {0: neg, neg: neg}.",
+        path=path,
+        line=line,
+        field=field,
+    )
 
 
 def _is_number(text: str) -> bool:
@@ -178,8 +204,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _named_classes(seen: dict, label_names, integer: bool, path: str,
-                   field: str) -> tuple[list, list[str]]:
+def _named_classes(seen: dict, label_names, integer: bool, path: str, field: str) -> tuple[list, list[str]]:
     """Classes and names when the config gives ``label_names`` (list or dict)."""
     if isinstance(label_names, Mapping):
         convert = _as_int if integer else _as_str
@@ -187,30 +212,38 @@ def _named_classes(seen: dict, label_names, integer: bool, path: str,
         for key, name in label_names.items():
             value = convert(key)
             if value is None:
-                raise ConfigError(f"label_names key {key!r} is not an integer, but the labels "
-                                  f"in {path} are integers; use the integer labels as keys.")
+                raise ConfigError(
+                    f"label_names key {key!r} is not an integer, but the labels "
+                    f"in {path} are integers; use the integer labels as keys."
+                )
             named[value] = str(name)
     elif isinstance(label_names, (list, tuple)):
         if not integer:
-            raise ConfigError(f"label_names is a list, which names integer labels 0, 1, ..., "
-                              f"but the labels in {path} are strings; give a dict "
-                              f"{{label: name}} instead, or leave label_names out.")
+            raise ConfigError(
+                f"label_names is a list, which names integer labels 0, 1, ..., "
+                f"but the labels in {path} are strings; give a dict "
+                f"{{label: name}} instead, or leave label_names out."
+            )
         named = {i: str(name) for i, name in enumerate(label_names)}
     else:
-        raise ConfigError(f"label_names must be a list or a dict, got "
-                          f"{type(label_names).__name__}.")
+        raise ConfigError(f"label_names must be a list or a dict, got {type(label_names).__name__}.")
     for value, line in seen.items():
         if value not in named:
-            hint = (f"label_names has {len(named)} entries, for labels 0-{len(named) - 1}"
-                    if isinstance(label_names, (list, tuple))
-                    else f"label_names names only {', '.join(map(repr, named))}")
-            raise DataError(f"label {value!r} has no name: {hint}. Add a name for it to "
-                            f"label_names.", path=path, line=line, field=field)
+            hint = (
+                f"label_names has {len(named)} entries, for labels 0-{len(named) - 1}"
+                if isinstance(label_names, (list, tuple))
+                else f"label_names names only {', '.join(map(repr, named))}"
+            )
+            raise DataError(
+                f"label {value!r} has no name: {hint}. Add a name for it to label_names.",
+                path=path,
+                line=line,
+                field=field,
+            )
     names = list(named.values())
     duplicate = next((n for i, n in enumerate(names) if n in names[:i]), None)
     if duplicate is not None:
-        raise ConfigError(f"label_names gives the name '{duplicate}' to two labels; names must "
-                          f"be unique.")
+        raise ConfigError(f"label_names gives the name '{duplicate}' to two labels; names must be unique.")
     values = sorted(named)
     return values, [named[v] for v in values]
 
@@ -223,10 +256,17 @@ def get_field(row: Row, field: str, path: str | None = None, key: str = "text_fi
         pass
     fields = [str(f) for f in row]
     guess = difflib.get_close_matches(field, fields, n=1, cutoff=0.5)
-    hint = (f" Did you mean '{guess[0]}'? If so, set `data.{key}: {guess[0]}` in the config."
-            if guess else f" Set `data.{key}:` in the config to the field that holds it.")
-    raise DataError(f"missing field '{field}'; this row has fields: {', '.join(fields) or '(none)'}"
-                    f".{hint}", path=path or row.path, line=row.line, field=field)
+    hint = (
+        f" Did you mean '{guess[0]}'? If so, set `data.{key}: {guess[0]}` in the config."
+        if guess
+        else f" Set `data.{key}:` in the config to the field that holds it."
+    )
+    raise DataError(
+        f"missing field '{field}'; this row has fields: {', '.join(fields) or '(none)'}.{hint}",
+        path=path or row.path,
+        line=row.line,
+        field=field,
+    )
 
 
 IMBALANCED_RATIO = 1.5
@@ -238,7 +278,7 @@ def label_counts(examples, num_labels: int) -> list[int]:
     """Training examples per class (single-label) or positives per label (multi-label)."""
     counts = [0] * num_labels
     for ex in examples:
-        for i in (ex.label if isinstance(ex.label, tuple) else (ex.label,)):
+        for i in ex.label if isinstance(ex.label, tuple) else (ex.label,):
             counts[i] += 1
     return counts
 
@@ -254,15 +294,27 @@ def check_learnable(examples, labels: LabelSet, multi_label: bool, path: str, fi
     rows with a label and some without each label it has."""
     if not multi_label:
         if len({e.label for e in examples}) < 2:
-            raise DataError(f"every training example has the same label "
-                            f"({labels.names[examples[0].label]!r}), so the model would learn to "
-                            "predict it always; add examples of the other classes", path=path, field=field)
+            raise DataError(
+                f"every training example has the same label "
+                f"({labels.names[examples[0].label]!r}), so the model would learn to "
+                "predict it always; add examples of the other classes",
+                path=path,
+                field=field,
+            )
         return
     counts = label_counts(examples, len(labels))
     if not any(counts):
-        raise DataError("no training row has any label, so there is nothing to learn; check "
-                        "data.label_field and data.label_separator", path=path, field=field)
+        raise DataError(
+            "no training row has any label, so there is nothing to learn; check "
+            "data.label_field and data.label_separator",
+            path=path,
+            field=field,
+        )
     everywhere = [labels.names[i] for i, c in enumerate(counts) if c == len(examples)]
     if everywhere:
-        raise DataError(f"every training row has label {everywhere[0]!r}, so the model would learn to "
-                        "predict it always; add rows without it", path=path, field=field)
+        raise DataError(
+            f"every training row has label {everywhere[0]!r}, so the model would learn to "
+            "predict it always; add rows without it",
+            path=path,
+            field=field,
+        )

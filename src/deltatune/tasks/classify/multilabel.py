@@ -13,9 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from deltatune.tasks.classify.labels import LabelSet, _as_int, _as_str, _check_raw_label, _named_classes, _refuse_mixed_labels, get_field
 from deltatune.data.readers import Row
 from deltatune.errors import DataError
+from deltatune.tasks.classify.labels import (
+    LabelSet,
+    _as_int,
+    _as_str,
+    _check_raw_label,
+    _named_classes,
+    _refuse_mixed_labels,
+    get_field,
+)
 
 
 def split_labels(raw, separator: str, path: str, line: int, field: str) -> list:
@@ -29,13 +37,22 @@ def split_labels(raw, separator: str, path: str, line: int, field: str) -> list:
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
         return [raw]
     shown = "null" if raw is None else f"{type(raw).__name__} {raw!r}"[:80]
-    raise DataError(f"expected the row's labels as a list (e.g. [\"a\", \"b\"], [] for none) or a "
-                    f"string separated by {separator!r} (data.label_separator), got {shown}.",
-                    path=path, line=line, field=field)
+    raise DataError(
+        f'expected the row\'s labels as a list (e.g. ["a", "b"], [] for none) or a '
+        f"string separated by {separator!r} (data.label_separator), got {shown}.",
+        path=path,
+        line=line,
+        field=field,
+    )
 
 
-def multilabel_set(rows: Sequence[Row], label_field: str, separator: str,
-                   label_names: Sequence[str] | Mapping | None = None, path: str = "") -> LabelSet:
+def multilabel_set(
+    rows: Sequence[Row],
+    label_field: str,
+    separator: str,
+    label_names: Sequence[str] | Mapping | None = None,
+    path: str = "",
+) -> LabelSet:
     """The label set of multi-label training ``rows`` (see the module docstring)."""
     first_line: dict = {}
     for row in rows:
@@ -56,8 +73,9 @@ def multilabel_set(rows: Sequence[Row], label_field: str, separator: str,
     return LabelSet(values, names, path)
 
 
-def encode_label_set(raw, labels: LabelSet, separator: str, path: str, line: int,
-                     field: str) -> tuple[int, ...]:
+def encode_label_set(
+    raw, labels: LabelSet, separator: str, path: str, line: int, field: str
+) -> tuple[int, ...]:
     """The sorted class ids of one row's labels (a DataError for a label training never had)."""
     values = split_labels(raw, separator, path, line, field)
     return tuple(sorted({labels.encode(v, path, line, field) for v in values}))

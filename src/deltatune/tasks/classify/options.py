@@ -37,19 +37,26 @@ class Windows(_Strict):
     """``data.windows``: classify long documents by sliding windows of ``data.max_length`` tokens."""
 
     stride: int | None = Field(
-        None, gt=0, description="text tokens from one window's start to the next (overlap = window text "
-        "tokens - stride); default half a window")
+        None,
+        gt=0,
+        description="text tokens from one window's start to the next (overlap = window text "
+        "tokens - stride); default half a window",
+    )
     aggregate: Literal["mean", "max", "first"] = Field(
-        "mean", description="window logits -> document logits: mean, max (per class), or the first window")
+        "mean", description="window logits -> document logits: mean, max (per class), or the first window"
+    )
     max_train_windows: int | None = Field(
-        None, gt=0, description="train on the first k windows of each document; default every window")
+        None, gt=0, description="train on the first k windows of each document; default every window"
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _length_is_data_max_length(cls, value):
         if isinstance(value, dict) and "max_length" in value:
-            raise ValueError(f"the window length is data.max_length; set data.max_length: "
-                             f"{value['max_length']} and remove data.windows.max_length")
+            raise ValueError(
+                f"the window length is data.max_length; set data.max_length: "
+                f"{value['max_length']} and remove data.windows.max_length"
+            )
         return value
 
 
@@ -58,36 +65,61 @@ class ClassifyData(DataConfig):
     text_pair_field: str | None = Field(None, description="optional second text (sentence pairs)")
     label_field: str = Field("label", description="field holding the label (string or integer)")
     label_names: list[str] | dict[int | str, str] | None = Field(
-        None, description="names for integer labels (list indexed by label, or {value: name})")
-    multi_label: bool = Field(False, description="rows have a set of labels (a list, [] for none, or a string "
-                              "split on label_separator): independent sigmoids, binary cross-entropy")
+        None, description="names for integer labels (list indexed by label, or {value: name})"
+    )
+    multi_label: bool = Field(
+        False,
+        description="rows have a set of labels (a list, [] for none, or a string "
+        "split on label_separator): independent sigmoids, binary cross-entropy",
+    )
     label_separator: str = Field(",", description="multi_label: separator of labels given as one string")
-    test_split: float | None = Field(None, gt=0, lt=1, description="fraction of train held out (stratified, "
-                                     "seed 0) as the test set when no test file; validation_split splits the rest")
-    windows: Windows | None = Field(None, description="long documents as overlapping windows of max_length "
-                                    "tokens: {stride, aggregate: mean|max|first, max_train_windows}")
-    cache: bool | None = Field(None, description="tokenize once: keep the tokenized data on disk (Arrow, memory-mapped, "
-                               "under $DELTATUNE_HOME/tokens) for the next run, eval and --resume; default: for "
-                               "training files of 256 KiB or more (single-label, no windows)")
+    test_split: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="fraction of train held out (stratified, "
+        "seed 0) as the test set when no test file; validation_split splits the rest",
+    )
+    windows: Windows | None = Field(
+        None,
+        description="long documents as overlapping windows of max_length "
+        "tokens: {stride, aggregate: mean|max|first, max_train_windows}",
+    )
+    cache: bool | None = Field(
+        None,
+        description="tokenize once: keep the tokenized data on disk (Arrow, memory-mapped, "
+        "under $DELTATUNE_HOME/tokens) for the next run, eval and --resume; default: for "
+        "training files of 256 KiB or more (single-label, no windows)",
+    )
 
 
 class ClassifyOptions(_Strict):
     loss: Literal[(*SINGLE_LABEL_LOSSES, *MULTI_LABEL_LOSSES)] | None = Field(
-        None, description="cross_entropy or focal (single-label), binary_cross_entropy or binary_focal "
-        "(multi-label); default the first of each")
+        None,
+        description="cross_entropy or focal (single-label), binary_cross_entropy or binary_focal "
+        "(multi-label); default the first of each",
+    )
     class_weights: Literal["auto", "balanced", "none"] | dict[int | str, float] | list[float] | None = Field(
-        "auto", description="loss weight per label: auto (balanced when single-label training labels are "
-        "imbalanced, largest class >= 5x the smallest; else none), balanced (from the training labels: n/(C*n_c); "
-        "multi-label pos_weight negatives/positives), none, {label: weight} or a list; config.yaml gets the "
-        "weights used")
-    gamma: float = Field(2.0, ge=0, description="focal losses: scale each example by (1 - p_true)^gamma (0 = no focusing)")
+        "auto",
+        description="loss weight per label: auto (balanced when single-label training labels are "
+        "imbalanced, largest class >= 5x the smallest; else none), balanced (from the training labels: "
+        "n/(C*n_c); multi-label pos_weight negatives/positives), none, {label: weight} or a list; "
+        "config.yaml gets the weights used",
+    )
+    gamma: float = Field(
+        2.0, ge=0, description="focal losses: scale each example by (1 - p_true)^gamma (0 = no focusing)"
+    )
     pooling: Literal["auto", "cls", "mean"] = Field(
-        "auto", description="what the head reads: cls (the model's own pooler), mean (mean of the real tokens' "
+        "auto",
+        description="what the head reads: cls (the model's own pooler), mean (mean of the real tokens' "
         "hidden states, then the pooler layer; BERT-style encoders) or auto (mean for sentence-embedding "
-        "checkpoints trained with mean pooling, like the bundled MiniLM; else cls)")
+        "checkpoints trained with mean pooling, like the bundled MiniLM; else cls)",
+    )
     threshold: float | Literal["tuned", "per_label"] = Field(
-        0.5, description="multi-label decision threshold: a number, tuned (one, best validation micro-F1) or "
-        "per_label (each label's best validation F1); saved with the run")
+        0.5,
+        description="multi-label decision threshold: a number, tuned (one, best validation micro-F1) or "
+        "per_label (each label's best validation F1); saved with the run",
+    )
 
     @field_validator("class_weights")
     @classmethod
@@ -111,13 +143,17 @@ def check(cfg: Config) -> None:
     o.loss = o.loss or ("binary_cross_entropy" if multi else "cross_entropy")
     if (o.loss in MULTI_LABEL_LOSSES) != multi:
         fits = "binary_cross_entropy or binary_focal" if multi else "cross_entropy or focal"
-        raise ValueError(f"classify.loss: {o.loss} does not fit data.multi_label: {str(multi).lower()}; use {fits}")
+        raise ValueError(
+            f"classify.loss: {o.loss} does not fit data.multi_label: {str(multi).lower()}; use {fits}"
+        )
     if not multi and (o.threshold != 0.5 or cfg.train.metric_for_best in MULTI_ONLY_METRICS):
         key = "classify.threshold" if o.threshold != 0.5 else "train.metric_for_best"
         raise ValueError(f"{key}: for multi-label runs only; set data.multi_label: true or remove it")
     if isinstance(o.threshold, str) and not (d.validation or d.validation_split):
-        raise ValueError(f"classify.threshold: {o.threshold} is tuned on validation data; set data.validation "
-                         "or data.validation_split, or give a number")
+        raise ValueError(
+            f"classify.threshold: {o.threshold} is tuned on validation data; set data.validation "
+            "or data.validation_split, or give a number"
+        )
     if d.windows and d.text_pair_field:
         raise ValueError("data.windows: slides over one text; remove data.text_pair_field or data.windows")
 
@@ -157,7 +193,10 @@ def resolved(cfg: Config, run_dir: Path) -> dict:
         report = run_dir / "eval_report.json"
         counts = read_json(report, "evaluation report").get("label_counts") if report.is_file() else None
         names, n = list(counts or {}), sum((counts or {}).values())
-        weights = resolve_class_weights("auto", names, names, list((counts or {}).values()), n, cfg.data.multi_label)
-        out["classify.class_weights"] = ("unknown" if not counts else dict(zip(names, weights)) if weights
-                                         else "none")
+        weights = resolve_class_weights(
+            "auto", names, names, list((counts or {}).values()), n, cfg.data.multi_label
+        )
+        out["classify.class_weights"] = (
+            "unknown" if not counts else dict(zip(names, weights)) if weights else "none"
+        )
     return out

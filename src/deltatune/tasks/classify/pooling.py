@@ -107,7 +107,9 @@ def saved_pooling(saved: str | Path) -> str:
 
 def _pooler(model) -> nn.Module | None:
     pooler = getattr(getattr(model, "base_model", None), "pooler", None)
-    return pooler if pooler is not None and hasattr(pooler, "dense") and hasattr(pooler, "activation") else None
+    return (
+        pooler if pooler is not None and hasattr(pooler, "dense") and hasattr(pooler, "activation") else None
+    )
 
 
 def install_pooling(model, pooling: str) -> None:
@@ -119,8 +121,10 @@ def install_pooling(model, pooling: str) -> None:
     if pooler is None:
         from deltatune.errors import ConfigError
 
-        raise ConfigError(f"classify.pooling: mean needs a BERT-style encoder with a pooler layer; "
-                         f"{type(model).__name__} has none (use cls)")
+        raise ConfigError(
+            f"classify.pooling: mean needs a BERT-style encoder with a pooler layer; "
+            f"{type(model).__name__} has none (use cls)"
+        )
     if isinstance(pooler, MeanPooler):
         return
     model.base_model.pooler = MeanPooler(pooler)

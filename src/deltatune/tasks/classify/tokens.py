@@ -27,14 +27,30 @@ from pathlib import Path
 
 import numpy as np
 
-from deltatune.tasks.classify.examples import TEST_SPLIT_SEED, Example, check_split_options, load_classification_data, rows_to_examples, sample_positions, split_off_positions
-from deltatune.tasks.classify.labels import LabelSet, label_counts
+from deltatune.data.masks import encode_untruncated
 from deltatune.data.readers import iter_rows
-from deltatune.data.token_cache import (AUTO_CACHE_BYTES, TokenCache, TokenRows, cache_key, data_size,
-                                        row_chunks, tokenizer_fingerprint)
+from deltatune.data.token_cache import (
+    AUTO_CACHE_BYTES,
+    TokenCache,
+    TokenRows,
+    cache_key,
+    data_size,
+    row_chunks,
+    tokenizer_fingerprint,
+)
 from deltatune.errors import ConfigError, DataError
 from deltatune.log import log
-from deltatune.data.masks import encode_untruncated
+from deltatune.tasks.classify.examples import (
+    TEST_SPLIT_SEED,
+    Example,
+    check_split_options,
+    load_classification_data,
+    rows_to_examples,
+    sample_positions,
+    split_off_positions,
+)
+from deltatune.tasks.classify.labels import LabelSet, label_counts
+
 
 def cache_route(d, path: str | None = None) -> bool:
     """Whether ``path`` (default ``d.train``) and the run's other files go through the token cache."""
@@ -74,9 +90,20 @@ class ClassificationInputs:
         """The original route (raises the exact error of bad data)."""
         d = self.d
         data = load_classification_data(
-            d.train, d.validation, d.test, d.validation_split, d.text_field, d.text_pair_field, d.label_field,
-            d.label_names, self.seed, d.max_train_samples, fmt=d.format, test_split=d.test_split,
-            label_separator=d.label_separator if d.multi_label else None)
+            d.train,
+            d.validation,
+            d.test,
+            d.validation_split,
+            d.text_field,
+            d.text_pair_field,
+            d.label_field,
+            d.label_names,
+            self.seed,
+            d.max_train_samples,
+            fmt=d.format,
+            test_split=d.test_split,
+            label_separator=d.label_separator if d.multi_label else None,
+        )
         if stream_error is not None:
             log(f"token cache: the streamed read stopped ({stream_error}); the data was read in memory")
         self.memory, self.streamed, self.labels = data, False, data.labels
@@ -91,7 +118,9 @@ class ClassificationInputs:
         self.train_fp = file_fingerprint(d.train)
         key = cache_key("labels", self.train_fp, d.format, d.label_field, d.label_names)
         meta: dict = {"file": str(d.train)}
-        table, meta = self.cache.get_or_build("labels", key, lambda: _label_batches(d, meta), _LABEL_FEATURES(), meta)
+        table, meta = self.cache.get_or_build(
+            "labels", key, lambda: _label_batches(d, meta), _LABEL_FEATURES(), meta
+        )
         self.labels = LabelSet(meta["values"], meta["names"], str(d.train))
         ids = table.column("label").to_numpy()
         self.positions = _split_positions(ids, d, self.seed)
@@ -110,8 +139,10 @@ class ClassificationInputs:
             try:
                 feats = self._stream_features(tokenizer, max_length, fingerprint)
                 self.seconds += time.perf_counter() - start
-                log(f"token cache {self.cache.root}: {self.cache.built} entries built, the rest reused; "
-                    f"data read and tokenized in {self.seconds:.1f} s")
+                log(
+                    f"token cache {self.cache.root}: {self.cache.built} entries built, the rest reused; "
+                    f"data read and tokenized in {self.seconds:.1f} s"
+                )
                 return feats
             except (DataError, ConfigError, OSError) as exc:
                 self._in_memory(exc)
@@ -121,8 +152,11 @@ class ClassificationInputs:
 
         data, n = self.memory, len(self.labels)
         splits = (("train", data.train), ("validation", data.validation), ("test", data.test))
-        return {s: encode_examples(tokenizer, exs, max_length, windows, n, training=s == "train")
-                for s, exs in splits if exs}
+        return {
+            s: encode_examples(tokenizer, exs, max_length, windows, n, training=s == "train")
+            for s, exs in splits
+            if exs
+        }
 
     def _stream_features(self, tokenizer, max_length: int, fingerprint: str) -> dict:
         d, pos = self.d, self.positions
@@ -130,11 +164,15 @@ class ClassificationInputs:
         train = file_tokens(self.cache, d, d.train, tokenizer, self.labels, encode, self.train_fp)
         feats = {"train": TokenRows(train, pos["train"])}
         if d.validation:
-            feats["validation"] = TokenRows(file_tokens(self.cache, d, d.validation, tokenizer, self.labels, encode))
+            feats["validation"] = TokenRows(
+                file_tokens(self.cache, d, d.validation, tokenizer, self.labels, encode)
+            )
         elif pos["validation"] is not None:
             feats["validation"] = TokenRows(train, pos["validation"])
         if d.test:
-            feats["test"] = TokenRows(file_tokens(self.cache, d, d.test, tokenizer, self.labels, encode, optional=True))
+            feats["test"] = TokenRows(
+                file_tokens(self.cache, d, d.test, tokenizer, self.labels, encode, optional=True)
+            )
         elif pos["test"] is not None:
             feats["test"] = TokenRows(train, pos["test"])
         return feats
@@ -142,8 +180,8 @@ class ClassificationInputs:
 
 def _split_positions(ids: np.ndarray, d, seed: int) -> dict:
     """Rows of the training file in each split (None: every row, for train), as
-    :func:`~deltatune.tasks.classify.examples.load_classification_data` cuts them: the test split (seed 0), the
-    validation split of the rest, then the training sample."""
+    :func:`~deltatune.tasks.classify.examples.load_classification_data` cuts them: the test split (seed 0),
+    the validation split of the rest, then the training sample."""
     out = {"train": None, "validation": None, "test": None}
     if not (d.test_split or (d.validation_split and not d.validation) or d.max_train_samples):
         return out
@@ -152,7 +190,9 @@ def _split_positions(ids: np.ndarray, d, seed: int) -> dict:
     if d.test_split:
         train, out["test"] = split_off_positions(labels, d.test_split, TEST_SPLIT_SEED, "test", d.train)
     if d.validation_split and not d.validation:
-        rest, held = split_off_positions([labels[i] for i in train], d.validation_split, seed, "validation", d.train)
+        rest, held = split_off_positions(
+            [labels[i] for i in train], d.validation_split, seed, "validation", d.train
+        )
         train, out["validation"] = [train[i] for i in rest], [train[i] for i in held]
     if d.max_train_samples is not None:
         train = [train[i] for i in sample_positions([labels[i] for i in train], d.max_train_samples, seed)]
@@ -188,11 +228,19 @@ def _label_batches(d, meta: dict):
     meta.update(values=labels.values, names=labels.names)
     class_ids = ids[np.frombuffer(codes, dtype=np.int64 if codes.itemsize == 8 else np.int32)]
     for start in range(0, len(class_ids), 1 << 16):
-        yield {"label": class_ids[start:start + (1 << 16)].tolist()}
+        yield {"label": class_ids[start : start + (1 << 16)].tolist()}
 
 
-def file_tokens(cache: TokenCache, d, path: str, tokenizer, labels: LabelSet, encode: tuple,
-                fingerprint: dict | None = None, optional: bool = False):
+def file_tokens(
+    cache: TokenCache,
+    d,
+    path: str,
+    tokenizer,
+    labels: LabelSet,
+    encode: tuple,
+    fingerprint: dict | None = None,
+    optional: bool = False,
+):
     """The Arrow table of ``path``'s rows tokenized (``input_ids``, ``token_type_ids`` where the tokenizer
     makes them, ``label``, ``length``), from the cache or built into it. ``optional``: a file without
     the label field is prediction-only (labels null)."""
@@ -230,8 +278,9 @@ def _token_batches(d, path: str, tokenizer, labels: LabelSet | None, max_length:
 
 def _prepare_chunk(rows, d, path, labels):
     """A chunk's rows validated (the in-memory route's function): examples, texts, pairs (or None)."""
-    examples = rows_to_examples(rows, d.text_field, d.text_pair_field, d.label_field if labels else None,
-                                labels, path)
+    examples = rows_to_examples(
+        rows, d.text_field, d.text_pair_field, d.label_field if labels else None, labels, path
+    )
     pairs = [e.text_pair for e in examples] if d.text_pair_field else None
     return examples, [e.text for e in examples], pairs
 
@@ -243,8 +292,13 @@ def _encode_cut(tokenizer, texts, pairs, max_length: int, types: bool):
     full = [len(x) for x in ids]
     long = [i for i, n in enumerate(full) if n > max_length]
     if long:
-        cut = tokenizer([texts[i] for i in long], None if pairs is None else [pairs[i] for i in long],
-                        truncation=True, max_length=max_length, return_attention_mask=False)
+        cut = tokenizer(
+            [texts[i] for i in long],
+            None if pairs is None else [pairs[i] for i in long],
+            truncation=True,
+            max_length=max_length,
+            return_attention_mask=False,
+        )
         for k, i in enumerate(long):
             ids[i] = cut["input_ids"][k]
             if types:
@@ -260,8 +314,15 @@ def _chunk_columns(prepared, encoded) -> dict:
 
     (examples, texts, pairs), (ids, type_ids, full) = prepared, encoded
     shown = texts if pairs is None else [f"{t} || {p}" for t, p in zip(texts, pairs)]
-    batch = {"input_ids": ids, "label": [e.label for e in examples], "length": [len(x) for x in ids],
-             "key": [text_key(t) for t in shown], "line": [e.line for e in examples], "tokens": full, "text": shown}
+    batch = {
+        "input_ids": ids,
+        "label": [e.label for e in examples],
+        "length": [len(x) for x in ids],
+        "key": [text_key(t) for t in shown],
+        "line": [e.line for e in examples],
+        "tokens": full,
+        "text": shown,
+    }
     if type_ids is not None:
         batch["token_type_ids"] = type_ids
     return batch
@@ -284,9 +345,15 @@ def _LABEL_FEATURES():
 def _token_features(types: bool):
     import datasets
 
-    ids = {"input_ids": datasets.List(datasets.Value("int32")), "label": datasets.Value("int64"),
-           "length": datasets.Value("int32"), "key": datasets.Value("int64"), "line": datasets.Value("int64"),
-           "tokens": datasets.Value("int64"), "text": datasets.Value("string")}
+    ids = {
+        "input_ids": datasets.List(datasets.Value("int32")),
+        "label": datasets.Value("int64"),
+        "length": datasets.Value("int32"),
+        "key": datasets.Value("int64"),
+        "line": datasets.Value("int64"),
+        "tokens": datasets.Value("int64"),
+        "text": datasets.Value("string"),
+    }
     if types:
         ids["token_type_ids"] = datasets.List(datasets.Value("int8"))
     return datasets.Features(ids)

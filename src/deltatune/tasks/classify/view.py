@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from deltatune.data.views import DataView, Item, Rows, data_files, model_positions, view_tokenizer
-
 import time
+
 import numpy as np
+
+from deltatune.data.views import DataView, Item, Rows, data_files, model_positions, view_tokenizer
 from deltatune.log import log
 
 
@@ -25,9 +26,20 @@ def classify_view(cfg) -> DataView:
     extra = {"test_split": getattr(d, "test_split", None)} if hasattr(d, "test_split") else {}
     if multi:
         extra["label_separator"] = d.label_separator
-    data = load_classification_data(d.train, d.validation, d.test, d.validation_split, d.text_field,
-                                    d.text_pair_field, d.label_field, d.label_names, cfg.train.seed,
-                                    d.max_train_samples, fmt=d.format, **extra)
+    data = load_classification_data(
+        d.train,
+        d.validation,
+        d.test,
+        d.validation_split,
+        d.text_field,
+        d.text_pair_field,
+        d.label_field,
+        d.label_names,
+        cfg.train.seed,
+        d.max_train_samples,
+        fmt=d.format,
+        **extra,
+    )
     tok, names = view_tokenizer(cfg), list(data.labels.names)
     splits = {}
     for split, examples in (("train", data.train), ("validation", data.validation), ("test", data.test)):
@@ -35,10 +47,22 @@ def classify_view(cfg) -> DataView:
             continue
         pairs = [e.text_pair for e in examples] if examples[0].text_pair is not None else None
         lengths = [len(ids) for ids in tok([e.text for e in examples], pairs, truncation=False)["input_ids"]]
-        splits[split] = [Item(e.text + (f" || {e.text_pair}" if e.text_pair is not None else ""), e.line,
-                              _names(e.label, names), n) for e, n in zip(examples, lengths)]
-    return DataView(splits, d.max_length, data_files(d), "windows" if getattr(d, "windows", None) else "truncate",
-                    model_positions(cfg))
+        splits[split] = [
+            Item(
+                e.text + (f" || {e.text_pair}" if e.text_pair is not None else ""),
+                e.line,
+                _names(e.label, names),
+                n,
+            )
+            for e, n in zip(examples, lengths)
+        ]
+    return DataView(
+        splits,
+        d.max_length,
+        data_files(d),
+        "windows" if getattr(d, "windows", None) else "truncate",
+        model_positions(cfg),
+    )
 
 
 def _streamed_classify_view(cfg) -> DataView | None:
@@ -47,9 +71,9 @@ def _streamed_classify_view(cfg) -> DataView | None:
     functions, tokenized once), whose ``key``, ``line``, ``tokens``, ``label`` and ``text`` columns are
     the checks' columns; splits are the positions training uses. None when the data cannot be streamed
     (a slow tokenizer, a file that fails validation: the in-memory route then raises the exact error)."""
-    from deltatune.tasks.classify.tokens import ClassificationInputs, file_tokens
     from deltatune.data.token_cache import tokenizer_fingerprint
     from deltatune.errors import ConfigError, DataError
+    from deltatune.tasks.classify.tokens import ClassificationInputs, file_tokens
 
     d = cfg.data
     tok = view_tokenizer(cfg)
@@ -77,8 +101,10 @@ def _streamed_classify_view(cfg) -> DataView | None:
                 splits[split] = _table_rows(train, pos[split], sets)
     except (DataError, ConfigError, OSError):
         return None
-    log(f"token cache {inputs.cache.root}: {inputs.cache.built} entries built for the checks, the rest reused; "
-        f"data read and tokenized in {time.perf_counter() - start:.1f} s")
+    log(
+        f"token cache {inputs.cache.root}: {inputs.cache.built} entries built for the checks, the rest "
+        f"reused; data read and tokenized in {time.perf_counter() - start:.1f} s"
+    )
     return DataView(splits, d.max_length, data_files(d), "truncate", model_positions(cfg))
 
 
@@ -89,7 +115,9 @@ def _table_rows(table, positions, label_sets) -> Rows:
     label = table.column("label")
     labels = None if label.null_count == len(label) else label.to_numpy()[idx]
     text = table.column("text")
-    return Rows(cols["key"], cols["line"], cols["tokens"], lambda i: text[int(idx[i])].as_py(), labels, label_sets)
+    return Rows(
+        cols["key"], cols["line"], cols["tokens"], lambda i: text[int(idx[i])].as_py(), labels, label_sets
+    )
 
 
 def _names(label, names: list[str]) -> tuple[str, ...] | None:

@@ -21,10 +21,9 @@ post-processor, whatever the architecture.
 
 from __future__ import annotations
 
-
+from deltatune.errors import ConfigError
 from deltatune.tasks.classify.examples import Example, tokenize
 from deltatune.tasks.classify.multilabel import multi_hot
-from deltatune.errors import ConfigError
 from deltatune.tasks.classify.options import Windows
 
 
@@ -37,24 +36,34 @@ def resolve_stride(windows: Windows, tokenizer, max_length: int) -> int:
     """The stride (filled in when None: half a window), or a ConfigError when it would skip tokens."""
     room = text_tokens_per_window(tokenizer, max_length)
     if room < 1:
-        raise ConfigError(f"data.max_length: {max_length} leaves no room for text in a window after the "
-                          f"tokenizer's special tokens; raise data.max_length")
+        raise ConfigError(
+            f"data.max_length: {max_length} leaves no room for text in a window after the "
+            f"tokenizer's special tokens; raise data.max_length"
+        )
     if windows.stride is None:
         windows.stride = max(room // 2, 1)
     if windows.stride > room:
-        raise ConfigError(f"data.windows.stride: {windows.stride} is more than the {room} text tokens of a "
-                          f"window (data.max_length {max_length} minus special tokens), so the tokens "
-                          f"between windows would never be read; set stride to {room} or less")
+        raise ConfigError(
+            f"data.windows.stride: {windows.stride} is more than the {room} text tokens of a "
+            f"window (data.max_length {max_length} minus special tokens), so the tokens "
+            f"between windows would never be read; set stride to {room} or less"
+        )
     return windows.stride
 
 
-def window_features(tokenizer, examples: list[Example], max_length: int, stride: int,
-                    max_windows: int | None = None) -> list[dict]:
+def window_features(
+    tokenizer, examples: list[Example], max_length: int, stride: int, max_windows: int | None = None
+) -> list[dict]:
     """One feature per window (``input_ids``, ``token_type_ids`` where the tokenizer makes them,
     ``label``, ``doc`` = the example's index), documents in order, windows in order within each."""
     overlap = text_tokens_per_window(tokenizer, max_length) - stride
-    enc = tokenizer([e.text for e in examples], truncation=True, max_length=max_length, stride=overlap,
-                    return_overflowing_tokens=True)
+    enc = tokenizer(
+        [e.text for e in examples],
+        truncation=True,
+        max_length=max_length,
+        stride=overlap,
+        return_overflowing_tokens=True,
+    )
     feats, per_doc = [], {}
     for k, doc in enumerate(enc["overflow_to_sample_mapping"]):
         per_doc[doc] = per_doc.get(doc, 0) + 1
@@ -67,16 +76,23 @@ def window_features(tokenizer, examples: list[Example], max_length: int, stride:
     return feats
 
 
-def encode_examples(tokenizer, examples: list[Example], max_length: int, windows: Windows | None = None,
-                    num_labels: int | None = None, training: bool = False) -> list[dict]:
+def encode_examples(
+    tokenizer,
+    examples: list[Example],
+    max_length: int,
+    windows: Windows | None = None,
+    num_labels: int | None = None,
+    training: bool = False,
+) -> list[dict]:
     """Features of classification examples: truncated (no ``windows``) or windowed; multi-label
     class-id tuples become (C,) 0/1 targets (``num_labels`` = C)."""
     if windows is None:
         feats = tokenize(tokenizer, examples, max_length)
     else:
         stride = resolve_stride(windows, tokenizer, max_length)
-        feats = window_features(tokenizer, examples, max_length, stride,
-                                windows.max_train_windows if training else None)
+        feats = window_features(
+            tokenizer, examples, max_length, stride, windows.max_train_windows if training else None
+        )
     for f in feats:
         if isinstance(f["label"], tuple):
             f["label"] = multi_hot(f["label"], num_labels)

@@ -17,14 +17,10 @@ optional ``margin`` field gives a per-pair margin for the reward model.
 
 from __future__ import annotations
 
-
-
-
 from deltatune.data.conversations import Conversation
-from deltatune.losses.lm import IGNORE_INDEX
 from deltatune.data.pairs import PairStats, PreferencePair
+from deltatune.losses.lm import IGNORE_INDEX
 from deltatune.tasks.preference.options import PreferenceData
-
 
 # ----------------------------------------------------------------------------- rows -> pairs
 
@@ -50,12 +46,19 @@ def special_wrap(tokenizer) -> tuple[list[int], list[int]]:
     """The special tokens a tokenizer puts around a text (BERT: [CLS] … [SEP]; Llama: <s> …)."""
     with_special = tokenizer("x")["input_ids"]
     without = tokenizer("x", add_special_tokens=False)["input_ids"]
-    start = next((i for i in range(len(with_special)) if with_special[i:i + len(without)] == without), 0)
-    return with_special[:start], with_special[start + len(without):]
+    start = next((i for i in range(len(with_special)) if with_special[i : i + len(without)] == without), 0)
+    return with_special[:start], with_special[start + len(without) :]
 
 
-def encode_pair(tokenizer, template, pair: PreferencePair, max_length: int | None,
-                truncation: str, stats: PairStats, wrap: tuple[list[int], list[int]] = ([], [])) -> dict | None:
+def encode_pair(
+    tokenizer,
+    template,
+    pair: PreferencePair,
+    max_length: int | None,
+    truncation: str,
+    stats: PairStats,
+    wrap: tuple[list[int], list[int]] = ([], []),
+) -> dict | None:
     """``{chosen_ids, chosen_labels, rejected_ids, rejected_labels, line, margin}``, or None (dropped).
 
     ``wrap``: the tokenizer's special tokens around a text (:func:`special_wrap`), added when the
@@ -71,7 +74,7 @@ def encode_pair(tokenizer, template, pair: PreferencePair, max_length: int | Non
         stats.dropped_no_answer += 1
         return None
     head, tail = wrap
-    if head and prompt[:len(head)] != head:
+    if head and prompt[: len(head)] != head:
         prompt = head + prompt
     ans_c, ans_r = ans_c + tail, ans_r + tail
     lab_c, lab_r = lab_c + [IGNORE_INDEX] * len(tail), lab_r + [IGNORE_INDEX] * len(tail)
@@ -82,16 +85,21 @@ def encode_pair(tokenizer, template, pair: PreferencePair, max_length: int | Non
             return None
         keep = max(max_length - longest, min(len(prompt), max_length // 2))
         if keep < len(prompt):
-            prompt = head + prompt[len(prompt) - (keep - len(head)):]
+            prompt = head + prompt[len(prompt) - (keep - len(head)) :]
             stats.prompt_truncated += 1
         room = max_length - len(prompt)
         if longest > room:
             (ans_c, lab_c), (ans_r, lab_r) = _cut(ans_c, lab_c, room, tail), _cut(ans_r, lab_r, room, tail)
             stats.answer_truncated += 1
     masked = [IGNORE_INDEX] * len(prompt)
-    return {"chosen_ids": prompt + ans_c, "chosen_labels": masked + lab_c,
-            "rejected_ids": prompt + ans_r, "rejected_labels": masked + lab_r,
-            "line": pair.line, "margin": pair.margin}
+    return {
+        "chosen_ids": prompt + ans_c,
+        "chosen_labels": masked + lab_c,
+        "rejected_ids": prompt + ans_r,
+        "rejected_labels": masked + lab_r,
+        "line": pair.line,
+        "margin": pair.margin,
+    }
 
 
 def _cut(ids: list[int], labels: list[int], room: int, tail: list[int]) -> tuple[list[int], list[int]]:
@@ -102,12 +110,21 @@ def _cut(ids: list[int], labels: list[int], room: int, tail: list[int]) -> tuple
     return ids[:keep] + tail, labels[:keep] + [IGNORE_INDEX] * len(tail)
 
 
-def encode_pairs(pairs: list[PreferencePair], template, tokenizer, max_length: int | None,
-                 truncation: str = "truncate", stats: PairStats | None = None) -> tuple[list[dict], PairStats]:
+def encode_pairs(
+    pairs: list[PreferencePair],
+    template,
+    tokenizer,
+    max_length: int | None,
+    truncation: str = "truncate",
+    stats: PairStats | None = None,
+) -> tuple[list[dict], PairStats]:
     stats = stats or PairStats(rows=len(pairs))
     wrap = special_wrap(tokenizer)
-    feats = [f for pair in pairs
-             if (f := encode_pair(tokenizer, template, pair, max_length, truncation, stats, wrap)) is not None]
+    feats = [
+        f
+        for pair in pairs
+        if (f := encode_pair(tokenizer, template, pair, max_length, truncation, stats, wrap)) is not None
+    ]
     for i, f in enumerate(feats):
         f["index"] = i
     return feats, stats
@@ -115,12 +132,14 @@ def encode_pairs(pairs: list[PreferencePair], template, tokenizer, max_length: i
 
 def pair_rows(features: list[dict]) -> list[dict]:
     """The 2B sequences of a batch of B pairs: every chosen answer, then every rejected one."""
-    return ([{"input_ids": f["chosen_ids"], "labels": f["chosen_labels"]} for f in features]
-            + [{"input_ids": f["rejected_ids"], "labels": f["rejected_labels"]} for f in features])
+    return [{"input_ids": f["chosen_ids"], "labels": f["chosen_labels"]} for f in features] + [
+        {"input_ids": f["rejected_ids"], "labels": f["rejected_labels"]} for f in features
+    ]
 
 
-def pair_collate(features: list[dict], pad_token_id: int, attention_mask: bool = True,
-                 split_parts: bool = True) -> dict:
+def pair_collate(
+    features: list[dict], pad_token_id: int, attention_mask: bool = True, split_parts: bool = True
+) -> dict:
     """A batch of B pairs as its 2B sequences (chosen first), in separately padded parts when that
     saves padding (``split_parts``; off under DDP, which wants one forward per backward).
 
@@ -149,9 +168,12 @@ def _pair_batch(parts: list[dict], features: list[dict]) -> dict:
     ``index`` and, where the pairs have them, ``margin``."""
     import torch
 
-    out = {"parts": parts, "num_units": torch.tensor(len(features)),
-           "num_tokens": torch.tensor(sum(len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features)),
-           "index": torch.tensor([f["index"] for f in features])}
+    out = {
+        "parts": parts,
+        "num_units": torch.tensor(len(features)),
+        "num_tokens": torch.tensor(sum(len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features)),
+        "index": torch.tensor([f["index"] for f in features]),
+    }
     if any(f.get("margin") is not None for f in features):
         out["margin"] = torch.tensor([float(f.get("margin") or 0.0) for f in features])
     return out
@@ -185,7 +207,15 @@ def shared_pair_rows(f: dict) -> dict:
     def place(seq: int, t: int) -> int:  # row place of token t of the chosen (0) / rejected (1) sequence
         return t if seq == 0 or t < n else t + a
 
-    out = {"input_ids": ids, "position_ids": positions, "group": group, "last": [], "src": [], "tokens": [], "seq": []}
+    out = {
+        "input_ids": ids,
+        "position_ids": positions,
+        "group": group,
+        "last": [],
+        "src": [],
+        "tokens": [],
+        "seq": [],
+    }
     for seq, (seq_ids, labels) in enumerate(((c, f["chosen_labels"]), (r, f["rejected_labels"]))):
         out["last"].append(place(seq, len(seq_ids) - 1))
         for t in range(1, len(seq_ids)):
@@ -236,13 +266,25 @@ def shared_pair_collate(features: list[dict], pad_token_id: int, split_parts: bo
         causal = torch.ones(width, width, dtype=torch.bool).tril()
         gq, gk = group[:, :, None], group[:, None, :]
         mask = causal & (gk >= 0) & ((gk == 0) | (gk == gq))
-        mask |= torch.eye(width, dtype=torch.bool) & (gq < 0)  # padding rows see themselves (no empty softmax)
+        mask |= torch.eye(width, dtype=torch.bool) & (
+            gq < 0
+        )  # padding rows see themselves (no empty softmax)
         # sequence j of the part: 2k chosen, 2k+1 rejected, for pair idx[k]
         order = [j for i in idx for j in (i, b_all + i)]
-        parts.append({"input_ids": ids, "position_ids": pos, "attention_mask": mask[:, None], "shared": True,
-                      "rows": torch.tensor(order), "last": torch.tensor(last), "src": torch.tensor(src, dtype=torch.long),
-                      "tokens": torch.tensor(tokens, dtype=torch.long), "seq": torch.tensor(seq, dtype=torch.long),
-                      "num_units": torch.tensor(b)})
+        parts.append(
+            {
+                "input_ids": ids,
+                "position_ids": pos,
+                "attention_mask": mask[:, None],
+                "shared": True,
+                "rows": torch.tensor(order),
+                "last": torch.tensor(last),
+                "src": torch.tensor(src, dtype=torch.long),
+                "tokens": torch.tensor(tokens, dtype=torch.long),
+                "seq": torch.tensor(seq, dtype=torch.long),
+                "num_units": torch.tensor(b),
+            }
+        )
     return _pair_batch(parts, features)  # num_tokens: both sequences in full, though the rows hold fewer
 
 
@@ -253,8 +295,12 @@ def can_share_prompt(model, inserts_tokens: bool, num_processes: int = 1) -> boo
     from deltatune.models.loading import is_encoder
 
     attention = getattr(model.config, "_attn_implementation", "sdpa")
-    return (not is_encoder(model.config) and not inserts_tokens and num_processes == 1
-            and attention in ("sdpa", "eager"))
+    return (
+        not is_encoder(model.config)
+        and not inserts_tokens
+        and num_processes == 1
+        and attention in ("sdpa", "eager")
+    )
 
 
 def training_collate(d: PreferenceData, model, method, pad_token_id: int, num_processes: int):
@@ -263,19 +309,29 @@ def training_collate(d: PreferenceData, model, method, pad_token_id: int, num_pr
     :func:`pair_collate`."""
     from functools import partial
 
-    from deltatune.models.loading import is_encoder
     from deltatune.log import log
+    from deltatune.models.loading import is_encoder
 
     if d.share_prompt and can_share_prompt(model, method.inserts_tokens, num_processes):
-        log("data.share_prompt: one row per pair, its prompt read once (a 4-D attention mask keeps the answers apart)")
+        log(
+            "data.share_prompt: one row per pair, its prompt read once "
+            "(a 4-D attention mask keeps the answers apart)"
+        )
         return partial(shared_pair_collate, pad_token_id=pad_token_id)
-    return partial(pair_collate, pad_token_id=pad_token_id,
-                   attention_mask=method.inserts_tokens or is_encoder(model.config), split_parts=num_processes == 1)
+    return partial(
+        pair_collate,
+        pad_token_id=pad_token_id,
+        attention_mask=method.inserts_tokens or is_encoder(model.config),
+        split_parts=num_processes == 1,
+    )
 
 
 def describe_stats(stats: dict[str, PairStats], template_name: str, max_length: int | None) -> str:
     """One log line per split: pairs kept, skipped, truncated, dropped."""
-    return "\n".join(f"{split}: {s.kept} of {s.rows} pairs ({template_name} template); "
-                     f"{s.skipped_prompt_mismatch} without a shared prompt skipped, {s.prompt_truncated} "
-                     f"prompts and {s.answer_truncated} answers truncated, {s.dropped_too_long} dropped "
-                     f"at max_length {max_length}" for split, s in stats.items())
+    return "\n".join(
+        f"{split}: {s.kept} of {s.rows} pairs ({template_name} template); "
+        f"{s.skipped_prompt_mismatch} without a shared prompt skipped, {s.prompt_truncated} "
+        f"prompts and {s.answer_truncated} answers truncated, {s.dropped_too_long} dropped "
+        f"at max_length {max_length}"
+        for split, s in stats.items()
+    )

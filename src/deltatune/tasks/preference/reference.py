@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from deltatune.tasks.preference.evaluate import pair_logps
 from deltatune.io import load_safetensors, save_safetensors_atomic
 from deltatune.losses.preference import answer_logps
+from deltatune.tasks.preference.evaluate import pair_logps
 
 CACHE = "reference_logps.safetensors"
 
@@ -26,7 +26,9 @@ CACHE = "reference_logps.safetensors"
 class Reference:
     """Reference answer log-probs, (N, 2) per split (chosen, rejected), for pair features."""
 
-    def __init__(self, model, pad_id: int, feats: dict[str, list[dict]], model_name: str, share: bool = False):
+    def __init__(
+        self, model, pad_id: int, feats: dict[str, list[dict]], model_name: str, share: bool = False
+    ):
         """``share``: read each pair's prompt once where the model allows (``data.share_prompt``)."""
         self.model, self.pad_id, self.feats, self.model_name = model, pad_id, feats, model_name
         self.share = share
@@ -62,8 +64,9 @@ class Reference:
         if split not in self.cached:
             model, off = self._model()
             with off:
-                self.cached[split] = pair_logps(model, self.feats[split], self.pad_id, self.inserts_tokens,
-                                                share=self.share)[:, :2]
+                self.cached[split] = pair_logps(
+                    model, self.feats[split], self.pad_id, self.inserts_tokens, share=self.share
+                )[:, :2]
         return self.cached[split]
 
     def for_batch(self, model, batch: dict, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,8 +75,11 @@ class Reference:
             ref = self.cached[split].to(batch["index"].device)[batch["index"]]
             return ref[:, 0], ref[:, 1]
         inner = getattr(model, "module", model)  # no gradient, so DDP's wrapper is not needed
-        ref_model, off = (self.frozen, contextlib.nullcontext()) if self.frozen is not None \
+        ref_model, off = (
+            (self.frozen, contextlib.nullcontext())
+            if self.frozen is not None
             else (inner, self.method.switch_off(inner))
+        )
         with torch.no_grad(), off:
             logps, _ = answer_logps(ref_model, batch)
         n = logps.shape[0] // 2
@@ -96,6 +102,9 @@ class Reference:
         h = hashlib.sha256(self.model_name.encode())
         for split in sorted(self.feats):
             for f in self.feats[split]:
-                h.update(repr((split, f["chosen_ids"], f["chosen_labels"], f["rejected_ids"],
-                               f["rejected_labels"])).encode())
+                h.update(
+                    repr(
+                        (split, f["chosen_ids"], f["chosen_labels"], f["rejected_ids"], f["rejected_labels"])
+                    ).encode()
+                )
         return h.hexdigest()

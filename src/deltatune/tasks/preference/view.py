@@ -4,16 +4,15 @@ longer answer's length (see :mod:`deltatune.data.views`)."""
 from __future__ import annotations
 
 from deltatune.data.views import DataView, Item, data_files, message_text, model_positions, view_tokenizer
-
 from deltatune.losses.lm import IGNORE_INDEX
 
 
 def pairs_view(cfg) -> DataView:
     """Preference pairs: prompt + both answers as text; length of the longer sequence; scored tokens
     of the shorter-scored answer."""
-    from deltatune.tasks.preference.pairs import encode_pairs
     from deltatune.data.pairs import load_pair_splits
     from deltatune.data.templates import template_for
+    from deltatune.tasks.preference.pairs import encode_pairs
 
     d = cfg.data
     splits, _ = load_pair_splits(d, cfg.train.seed)
@@ -27,8 +26,19 @@ def pairs_view(cfg) -> DataView:
         items = []
         for f in full:
             kept = cut.get(f["line"])
-            trained = 0 if kept is None else min(sum(x != IGNORE_INDEX for x in kept[f"{s}_labels"])
-                                                 for s in ("chosen", "rejected"))
-            items.append(Item(texts[f["line"]], f["line"], None, max(len(f["chosen_ids"]), len(f["rejected_ids"])), trained))
+            trained = (
+                0
+                if kept is None
+                else min(sum(x != IGNORE_INDEX for x in kept[f"{s}_labels"]) for s in ("chosen", "rejected"))
+            )
+            items.append(
+                Item(
+                    texts[f["line"]],
+                    f["line"],
+                    None,
+                    max(len(f["chosen_ids"]), len(f["rejected_ids"])),
+                    trained,
+                )
+            )
         out[split] = items
     return DataView(out, d.max_length, data_files(d), d.truncation, model_positions(cfg))

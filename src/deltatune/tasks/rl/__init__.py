@@ -7,20 +7,23 @@ from deltatune.registry import lazy
 from deltatune.tasks import TaskSpec, register_task
 from deltatune.tasks.rl.options import PpoOptions, PromptData, check
 
-PPO = register_task(TaskSpec(
-    name="ppo",
-    description="RLHF of a causal LM: PPO (value head, per-token KL, GAE) or GRPO, against a reward model or function",
-    data_options=PromptData,
-    options=PpoOptions,
-    prepare=lazy("deltatune.tasks.rl.job:PpoJob"),
-    load_model=lazy("deltatune.tasks.rl.job:load_model"),
-    model_kind="causal_lm",
-    peft_task_type="CAUSAL_LM",
-    default_max_length=1024,
-    default_metric="score",
-    best_metrics=("score", "win_rate"),
-    lower_is_better=(),
-    format_report=lazy("deltatune.reports.writers:scalar_line"),
-    check=check,
-    summary_keys=("base_score", "tuned_score", "tuned_win_rate"),
-))
+PPO = register_task(
+    TaskSpec(
+        name="ppo",
+        description="RLHF of a causal LM: PPO (value head, per-token KL, GAE) or GRPO, "
+        "against a reward model or function",
+        data_options=PromptData,
+        options=PpoOptions,
+        prepare=lazy("deltatune.tasks.rl.job:PpoJob"),
+        load_model=lazy("deltatune.tasks.rl.job:load_model"),
+        model_kind="causal_lm",
+        peft_task_type="CAUSAL_LM",
+        default_max_length=1024,
+        default_metric="score",
+        best_metrics=("score", "win_rate"),
+        lower_is_better=(),
+        format_report=lazy("deltatune.reports.writers:scalar_line"),
+        check=check,
+        summary_keys=("base_score", "tuned_score", "tuned_win_rate"),
+    )
+)

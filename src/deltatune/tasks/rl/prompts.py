@@ -3,13 +3,12 @@ preference layout (the answers in the file, if any, are not used), as chat messa
 
 from __future__ import annotations
 
-
-
 from deltatune.data.conversations import FieldMap, rows_to_conversations
 from deltatune.data.pairs import rows_to_pairs
 from deltatune.data.readers import read_rows, read_splits
 from deltatune.errors import DataError
 from deltatune.tasks.rl.options import PAIR_LAYOUTS
+
 
 def read_prompts(path: str, data) -> list[list[dict]]:
     """The prompts (chat messages) of one file."""
@@ -30,5 +29,10 @@ def read_prompts(path: str, data) -> list[list[dict]]:
 
 def load_prompt_splits(data, seed: int) -> dict[str, list[list[dict]]]:
     """train / validation prompts (validation from a seeded split when asked)."""
-    return read_splits(lambda path: read_prompts(path, data), data, seed,
-                       "prompts (any instruction or preference layout)", test=False)
+    return read_splits(
+        lambda path: read_prompts(path, data),
+        data,
+        seed,
+        "prompts (any instruction or preference layout)",
+        test=False,
+    )

@@ -32,8 +32,10 @@ def load_reward(spec: str, key: str = "ppo.reward") -> RewardFn:
     if path.is_dir():
         return _from_run(path, key)
     if ":" not in spec:
-        raise ConfigError(f"{key}: '{spec}' is neither a directory nor module:function (e.g. "
-                          "my_rewards:length_penalty, or rewards.py:score)")
+        raise ConfigError(
+            f"{key}: '{spec}' is neither a directory nor module:function (e.g. "
+            "my_rewards:length_penalty, or rewards.py:score)"
+        )
     return _from_function(spec, key)
 
 
@@ -61,8 +63,10 @@ def _from_function(spec: str, key: str) -> RewardFn:
         else:
             module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"{key}: cannot import '{module_name}' ({exc}); put it on PYTHONPATH or give "
-                          "a path/to/file.py:function") from None
+        raise ConfigError(
+            f"{key}: cannot import '{module_name}' ({exc}); put it on PYTHONPATH or give "
+            "a path/to/file.py:function"
+        ) from None
     fn = getattr(module, function_name, None)
     if not callable(fn):
         raise ConfigError(f"{key}: '{module_name}' has no function '{function_name}'")
@@ -70,10 +74,13 @@ def _from_function(spec: str, key: str) -> RewardFn:
     def reward(prompts: list[list[dict]], responses: list[str]) -> list[float]:
         texts = [next((m["content"] for m in reversed(p) if m["role"] == "user"), "") for p in prompts]
         scores = list(fn(texts, responses))
-        if len(scores) != len(responses) or not all(isinstance(s, (int, float)) and math.isfinite(s)
-                                                    for s in scores):
-            raise UserError(f"{key}: {spec} must return one finite number per response "
-                            f"(got {len(scores)} values for {len(responses)} responses)")
+        if len(scores) != len(responses) or not all(
+            isinstance(s, (int, float)) and math.isfinite(s) for s in scores
+        ):
+            raise UserError(
+                f"{key}: {spec} must return one finite number per response "
+                f"(got {len(scores)} values for {len(responses)} responses)"
+            )
         return [float(s) for s in scores]
 
     return reward

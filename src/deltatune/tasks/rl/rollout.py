@@ -22,17 +22,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from deltatune.inference.generation import end_token_ids, left_pad
-from deltatune.losses.rl import (KL_ESTIMATORS, entropy_from_logits, explained_variance, gae, group_advantages,
-                                 per_token_rewards, whiten)
+from deltatune.losses.rl import (
+    KL_ESTIMATORS,
+    entropy_from_logits,
+    explained_variance,
+    gae,
+    group_advantages,
+    per_token_rewards,
+    whiten,
+)
 
 
 @dataclass
 class RolloutSettings:
-    algorithm: str            # "ppo" or "grpo"
+    algorithm: str  # "ppo" or "grpo"
     prompts_per_rollout: int
-    group_size: int           # answers per prompt (GRPO > 1; PPO usually 1)
-    epochs: int               # passes over each rollout
-    minibatch: int            # sequences per minibatch
+    group_size: int  # answers per prompt (GRPO > 1; PPO usually 1)
+    epochs: int  # passes over each rollout
+    minibatch: int  # sequences per minibatch
     max_new_tokens: int
     temperature: float
     top_p: float
@@ -40,7 +47,7 @@ class RolloutSettings:
     lam: float
     kl_estimator: str
     whiten_advantages: bool
-    top_k: int = 0            # 0: no top-k cut (the log-probs use the whole softmax)
+    top_k: int = 0  # 0: no top-k cut (the log-probs use the whole softmax)
 
 
 def on_policy_top_p(generate_options) -> float:
@@ -64,14 +71,23 @@ class ValueModel(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Values (B, T), aligned like the log-probs: the value at t is read from the hidden state at t − 1."""
-        hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        """Values (B, T), aligned like the log-probs: the value at t is read from the hidden state at
+        t − 1."""
+        hidden = self.trunk(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
         return F.pad(self.head(hidden[:, :-1].to(self.head.weight.dtype)).squeeze(-1).float(), (1, 0))
 
 
-def forward(model, value_head: nn.Module | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-            temperature: float = 1.0, positions: torch.Tensor | None = None,
-            entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def forward(
+    model,
+    value_head: nn.Module | None,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    temperature: float = 1.0,
+    positions: torch.Tensor | None = None,
+    entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Log-probs (B, T) of the rows' own tokens, values (B, T) or None, and entropies (B, T) (None
     unless asked), from one forward of the policy trunk (a value head shares it; a :class:`ValueModel`
     runs its own forward).
@@ -80,7 +96,9 @@ def forward(model, value_head: nn.Module | None, input_ids: torch.Tensor, attent
     response mask), from the hidden state one position earlier; elsewhere log-probs and entropies are 0.
     Prompts are often several times longer than responses, and the head with its vocabulary-wide
     softmax is a large share of a small model's forward."""
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    hidden = model.base_model(
+        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+    ).last_hidden_state
     need = (attention_mask if positions is None else positions)[:, 1:].bool()
     logits = model.get_output_embeddings()(hidden[:, :-1][need]).float()  # (N, V): one row per wanted token
     if temperature != 1.0:
@@ -101,8 +119,9 @@ def forward(model, value_head: nn.Module | None, input_ids: torch.Tensor, attent
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[list[int]], settings: RolloutSettings,
-             seed: int | None = None) -> list[list[int]]:
+def generate(
+    model, tokenizer, prompts: list[list[int]], settings: RolloutSettings, seed: int | None = None
+) -> list[list[int]]:
     """One sampled response (token ids, ending with its end token when it has one) per prompt."""
     ends = set(end_token_ids(tokenizer))
     pad = tokenizer.pad_token_id
@@ -112,12 +131,19 @@ def generate(model, tokenizer, prompts: list[list[int]], settings: RolloutSettin
     with context:
         if seed is not None:
             torch.manual_seed(seed)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
-                             temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
-                             max_new_tokens=settings.max_new_tokens, pad_token_id=pad,
-                             eos_token_id=list(ends) or None)
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            do_sample=True,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            top_k=settings.top_k,
+            max_new_tokens=settings.max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=list(ends) or None,
+        )
     responses = []
-    for row in out[:, ids.shape[1]:].tolist():
+    for row in out[:, ids.shape[1] :].tolist():
         cut = next((n + 1 for n, t in enumerate(row) if t in ends), len(row))
         responses.append(row[:cut])
     return responses
@@ -130,17 +156,25 @@ def pad_rows(prompts: list[list[int]], responses: list[list[int]], pad_id: int) 
     ids = torch.full((b, width), pad_id, dtype=torch.long)
     attention, mask = torch.zeros((b, width), dtype=torch.long), torch.zeros((b, width))
     for i, (p, r) in enumerate(zip(prompts, responses)):
-        ids[i, :len(p) + len(r)] = torch.tensor(p + r)
-        attention[i, :len(p) + len(r)] = 1
-        mask[i, len(p):len(p) + len(r)] = 1
+        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+        attention[i, : len(p) + len(r)] = 1
+        mask[i, len(p) : len(p) + len(r)] = 1
     return {"input_ids": ids, "attention_mask": attention, "mask": mask}
 
 
 class Rollouts:
     """Makes rollouts: sample, score, then log-probs of policy and reference, values, advantages."""
 
-    def __init__(self, model, tokenizer, value_head: nn.Module | None, reference: Callable,
-                 reward: Callable[[list[list[dict]], list[str]], list[float]], settings: RolloutSettings, kl):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        value_head: nn.Module | None,
+        reference: Callable,
+        reward: Callable[[list[list[dict]], list[str]], list[float]],
+        settings: RolloutSettings,
+        kl,
+    ):
         """``reference()`` -> (model, context): the untuned model to run inside the context (the
         policy with its method switched off, or a frozen copy); ``kl``: a KL controller (``value``,
         ``update``)."""
@@ -160,12 +194,14 @@ class Rollouts:
         scores = torch.tensor(self.reward(messages, texts), dtype=torch.float32)
         generated = time.perf_counter()
         batch = pad_rows(prompts, responses, self.tokenizer.pad_token_id)
-        logps, values, _ = forward(model, self.value_head, batch["input_ids"], batch["attention_mask"], s.temperature,
-                                   batch["mask"])
+        logps, values, _ = forward(
+            model, self.value_head, batch["input_ids"], batch["attention_mask"], s.temperature, batch["mask"]
+        )
         ref_model, off = self.reference()
         with off:
-            ref_logps, _, _ = forward(ref_model, None, batch["input_ids"], batch["attention_mask"], s.temperature,
-                                      batch["mask"])
+            ref_logps, _, _ = forward(
+                ref_model, None, batch["input_ids"], batch["attention_mask"], s.temperature, batch["mask"]
+            )
         model.train(was_training)
         batch.update(old_logps=logps, ref_logps=ref_logps, scores=scores)
         kl = KL_ESTIMATORS[s.kl_estimator](logps, ref_logps) * batch["mask"]
@@ -181,19 +217,30 @@ class Rollouts:
             return
         rewards = per_token_rewards(batch["scores"], kl, self.kl.value, mask)
         advantages, returns = gae(rewards, values, mask, s.gamma, s.lam)
-        batch.update(advantages=whiten(advantages, mask) if s.whiten_advantages else advantages,
-                     returns=returns, old_values=values)
+        batch.update(
+            advantages=whiten(advantages, mask) if s.whiten_advantages else advantages,
+            returns=returns,
+            old_values=values,
+        )
         batch["explained_variance"] = explained_variance(values, returns, mask)
 
     def _stats(self, batch: dict, kl: torch.Tensor, responses: list, start: float, generated: float) -> dict:
         lengths = torch.tensor([len(r) for r in responses], dtype=torch.float32)
         done = time.perf_counter()
-        return {"score_mean": float(batch["scores"].mean()), "score_std": float(batch["scores"].std(correction=0)),
-                "kl": float((kl.sum(1)).mean()), "kl_coef": float(self.kl.value),
-                "response_length": float(lengths.mean()),
-                "rollout_tokens_per_s": float(lengths.sum() / max(generated - start, 1e-9)),
-                "rollout_seconds": done - start,
-                **({"explained_variance": ev} if math.isfinite(ev := batch.get("explained_variance", math.nan)) else {})}
+        return {
+            "score_mean": float(batch["scores"].mean()),
+            "score_std": float(batch["scores"].std(correction=0)),
+            "kl": float((kl.sum(1)).mean()),
+            "kl_coef": float(self.kl.value),
+            "response_length": float(lengths.mean()),
+            "rollout_tokens_per_s": float(lengths.sum() / max(generated - start, 1e-9)),
+            "rollout_seconds": done - start,
+            **(
+                {"explained_variance": ev}
+                if math.isfinite(ev := batch.get("explained_variance", math.nan))
+                else {}
+            ),
+        }
 
 
 class RolloutStream:
@@ -226,9 +273,12 @@ class RolloutStream:
             if skip >= self.per_rollout:
                 skip -= self.per_rollout
                 continue
-            chunk = order[k * s.prompts_per_rollout:(k + 1) * s.prompts_per_rollout]
-            rollout = self.rollouts.make([self.prompts[i] for i in chunk], [self.messages[i] for i in chunk],
-                                         seed=self.seed + 7919 * (self.epoch * self.rollouts_per_pass + k))
+            chunk = order[k * s.prompts_per_rollout : (k + 1) * s.prompts_per_rollout]
+            rollout = self.rollouts.make(
+                [self.prompts[i] for i in chunk],
+                [self.messages[i] for i in chunk],
+                seed=self.seed + 7919 * (self.epoch * self.rollouts_per_pass + k),
+            )
             for n, minibatch in enumerate(self._minibatches(rollout, k)):
                 if n >= skip:
                     yield minibatch
@@ -237,12 +287,21 @@ class RolloutStream:
     def _minibatches(self, rollout: dict, k: int):
         s, n = self.rollouts.settings, len(rollout["scores"])
         rng = random.Random(self.seed + 31 * k + self.epoch)
-        keys = ("input_ids", "attention_mask", "mask", "old_logps", "ref_logps", "advantages", "returns", "old_values")
+        keys = (
+            "input_ids",
+            "attention_mask",
+            "mask",
+            "old_logps",
+            "ref_logps",
+            "advantages",
+            "returns",
+            "old_values",
+        )
         for _ in range(s.epochs):
             order = list(range(n))
             rng.shuffle(order)
             for start in range(0, n, s.minibatch):
-                idx = torch.tensor(order[start:start + s.minibatch])
+                idx = torch.tensor(order[start : start + s.minibatch])
                 mb = {key: rollout[key][idx] for key in keys if rollout.get(key) is not None}
                 width = int(mb["attention_mask"].sum(1).max())  # trim padding shared by the minibatch
                 mb = {key: v[:, :width] for key, v in mb.items()}
@@ -276,9 +335,9 @@ def separate_value_model(policy, cfg, method) -> ValueModel:
     """``ppo.value_model: separate``: a second copy of the run's checkpoint, adapted by the run's
     method (its own adapter init, seed + 1), whose backbone with a new head becomes the value model
     (the copy's LM head is dropped), attached to ``policy``."""
+    from deltatune.log import log
     from deltatune.methods.registry import ModelContext
     from deltatune.models import load_for_causal_lm
-    from deltatune.log import log
 
     copy_lm, _, path = load_for_causal_lm(cfg.model.name, dtype=cfg.model.dtype, seed=cfg.train.seed)
     with torch.random.fork_rng(devices=[]):
@@ -300,8 +359,11 @@ def detach_value(model) -> tuple[str, dict] | None:
         del model.ppo_value_head
         return "value_head.safetensors", state
     if hasattr(model, "ppo_value_model"):
-        state = {f"value_model.{n}": p.detach().cpu().contiguous()
-                 for n, p in model.ppo_value_model.named_parameters() if p.requires_grad}
+        state = {
+            f"value_model.{n}": p.detach().cpu().contiguous()
+            for n, p in model.ppo_value_model.named_parameters()
+            if p.requires_grad
+        }
         del model.ppo_value_model
         return "value_model.safetensors", state
     return None
@@ -316,29 +378,69 @@ def update_loss(model, value_head: nn.Module | None, batch: dict, options, tempe
 
     stats = batch["stats"]
     if not math.isfinite(stats["kl"]) or stats["kl"] > options.max_kl:
-        raise UserError(f"the policy drifted from the reference: rollout KL {stats['kl']:.3g} > ppo.max_kl "
-                        f"{options.max_kl}; the last good checkpoint is kept. Lower train.learning_rate or raise ppo.kl_coef")
-    logps, values, entropy = forward(model, value_head, batch["input_ids"], batch["attention_mask"], temperature,
-                                     batch["mask"], entropy=True)
+        raise UserError(
+            f"the policy drifted from the reference: rollout KL {stats['kl']:.3g} > ppo.max_kl "
+            f"{options.max_kl}; the last good checkpoint is kept. "
+            "Lower train.learning_rate or raise ppo.kl_coef"
+        )
+    logps, values, entropy = forward(
+        model,
+        value_head,
+        batch["input_ids"],
+        batch["attention_mask"],
+        temperature,
+        batch["mask"],
+        entropy=True,
+    )
     mask = batch["mask"]
     if options.algorithm == "ppo":
-        loss, clipped, approx_kl = ppo_policy_loss(logps, batch["old_logps"], batch["advantages"], mask, options.clip)
-        value_loss, _ = ppo_value_loss(values, batch["old_values"], batch["returns"], mask, options.value_clip)
+        loss, clipped, approx_kl = ppo_policy_loss(
+            logps, batch["old_logps"], batch["advantages"], mask, options.clip
+        )
+        value_loss, _ = ppo_value_loss(
+            values, batch["old_values"], batch["returns"], mask, options.value_clip
+        )
         loss = loss + options.vf_coef * value_loss
     else:
-        loss, clipped, approx_kl = grpo_loss(logps, batch["old_logps"], batch["ref_logps"], batch["advantages"],
-                                             mask, options.clip, options.kl_coef)
+        loss, clipped, approx_kl = grpo_loss(
+            logps,
+            batch["old_logps"],
+            batch["ref_logps"],
+            batch["advantages"],
+            mask,
+            options.clip,
+            options.kl_coef,
+        )
         value_loss = torch.zeros(())
     loss = loss - options.entropy_coef * (entropy * mask).sum()
     if not torch.isfinite(loss):
-        raise UserError("the PPO ratio or loss became NaN/inf; the last good checkpoint is kept. Lower "
-                        "train.learning_rate")
+        raise UserError(
+            "the PPO ratio or loss became NaN/inf; the last good checkpoint is kept. Lower "
+            "train.learning_rate"
+        )
     units, tokens = float(batch["num_units"]), max(float(mask.sum()), 1.0)
-    extras = {"clip_fraction": float(clipped) * units, "approx_kl": float(approx_kl) * units,
-              "entropy": float((entropy.detach() * mask).sum()) / tokens * units,
-              "value_loss": float(value_loss.detach()) / tokens * units, **{k: stats[k] * units for k in (*STAT_KEYS, "explained_variance") if k in stats}}
+    extras = {
+        "clip_fraction": float(clipped) * units,
+        "approx_kl": float(approx_kl) * units,
+        "entropy": float((entropy.detach() * mask).sum()) / tokens * units,
+        "value_loss": float(value_loss.detach()) / tokens * units,
+        **{k: stats[k] * units for k in (*STAT_KEYS, "explained_variance") if k in stats},
+    }
     return loss, extras
 
 
-__all__ = ["RolloutSettings", "Rollouts", "RolloutStream", "ValueModel", "attach_value_head", "attach_value_model",
-           "detach_value", "forward", "generate", "on_policy_top_p", "pad_rows", "separate_value_model", "update_loss"]
+__all__ = [
+    "RolloutSettings",
+    "Rollouts",
+    "RolloutStream",
+    "ValueModel",
+    "attach_value_head",
+    "attach_value_model",
+    "detach_value",
+    "forward",
+    "generate",
+    "on_policy_top_p",
+    "pad_rows",
+    "separate_value_model",
+    "update_loss",
+]

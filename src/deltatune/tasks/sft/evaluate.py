@@ -7,10 +7,10 @@ import math
 
 import torch
 
-from deltatune.data.conversations import Conversation, read_conversations
-from deltatune.data.templates import Template
-from deltatune.data.masks import encode_conversations, prompt_ids
 from deltatune.data.batching import sft_collate
+from deltatune.data.conversations import Conversation, read_conversations
+from deltatune.data.masks import encode_conversations, prompt_ids
+from deltatune.data.templates import Template
 from deltatune.losses.lm import causal_lm_batch_loss
 
 
@@ -23,7 +23,7 @@ def heldout_loss(model, feats: list[dict], pad_id: int, batch_size: int = 8) -> 
     order = sorted(feats, key=lambda f: len(f["input_ids"]))
     total, units = 0.0, 0
     for start in range(0, len(order), batch_size):
-        batch = {k: v.to(device) for k, v in sft_collate(order[start:start + batch_size], pad_id).items()}
+        batch = {k: v.to(device) for k, v in sft_collate(order[start : start + batch_size], pad_id).items()}
         out = causal_lm_batch_loss(model, batch)
         total, units = total + float(out.loss), units + out.units
     model.train(was_training)
@@ -36,8 +36,9 @@ def generation_samples(convs: list[Conversation], n: int) -> list[Conversation]:
     return [c for c in convs if c.prompt_messages][:n]
 
 
-def generate_answers(model, tokenizer, template: Template, convs: list[Conversation],
-                     settings, seed: int = 0) -> list[str]:
+def generate_answers(
+    model, tokenizer, template: Template, convs: list[Conversation], settings, seed: int = 0
+) -> list[str]:
     from deltatune.inference.generation import generate_texts
 
     ids = [prompt_ids(tokenizer, template, c.prompt_messages) for c in convs]
@@ -60,10 +61,18 @@ def evaluate_file(run, data_path: str, samples: int | None = None) -> dict:
     """Held-out loss, perplexity and generation metrics of a trained run on a file."""
     convs = read_conversations(data_path, run.cfg.data)
     template = run.template()
-    feats, _ = encode_conversations(convs, template, run.tokenizer, run.cfg.data.max_length,
-                                    run.cfg.data.truncation)
+    feats, _ = encode_conversations(
+        convs, template, run.tokenizer, run.cfg.data.max_length, run.cfg.data.truncation
+    )
     n = run.cfg.generate.eval_samples if samples is None else samples
-    out = evaluate_model(run.model, run.tokenizer, template, feats, generation_samples(convs, n),
-                         run.cfg.generate, run.cfg.train.seed)
+    out = evaluate_model(
+        run.model,
+        run.tokenizer,
+        template,
+        feats,
+        generation_samples(convs, n),
+        run.cfg.generate,
+        run.cfg.train.seed,
+    )
     out.pop("answers", None)
     return out

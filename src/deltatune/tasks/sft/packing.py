@@ -1,4 +1,5 @@
-"""Packing several SFT examples into one row (``data.packing``), and the length statistics the preview prints."""
+"""Packing several SFT examples into one row (``data.packing``), and the length statistics the preview
+prints."""
 
 from __future__ import annotations
 
@@ -35,5 +36,11 @@ def length_stats(lengths: Sequence[int]) -> dict:
         return {"count": 0}
     s = sorted(lengths)
     pick = lambda q: s[min(len(s) - 1, int(q * len(s)))]  # noqa: E731
-    return {"count": len(s), "min": s[0], "mean": round(sum(s) / len(s), 1), "median": pick(0.5),
-            "p95": pick(0.95), "max": s[-1]}
+    return {
+        "count": len(s),
+        "min": s[0],
+        "mean": round(sum(s) / len(s), 1),
+        "median": pick(0.5),
+        "p95": pick(0.95),
+        "max": s[-1],
+    }

@@ -27,11 +27,19 @@ import numpy as np
 
 from deltatune.data.conversations import FieldMap, detect_layout, rows_to_conversations
 from deltatune.data.masks import EncodeStats, encode_segments_many
-from deltatune.data.token_cache import (AUTO_CACHE_BYTES, ListColumn, TableRows, TokenCache, cache_key, data_size,
-                                        row_chunks, tokenizer_fingerprint)
+from deltatune.data.token_cache import (
+    AUTO_CACHE_BYTES,
+    ListColumn,
+    TableRows,
+    TokenCache,
+    cache_key,
+    data_size,
+    row_chunks,
+    tokenizer_fingerprint,
+)
 from deltatune.errors import ConfigError, DataError
-from deltatune.losses.lm import IGNORE_INDEX
 from deltatune.log import log
+from deltatune.losses.lm import IGNORE_INDEX
 
 KEPT, TOO_LONG, NO_TARGET = 0, 1, 2
 
@@ -53,8 +61,9 @@ def first_is_raw(d) -> bool:
     """Whether the training file's first row is plain text / prompt+completion (``Conversation.raw``),
     which decides the ``auto`` template, read without reading the rest."""
     for chunk in row_chunks(str(d.train), d.format, size=1):
-        convs = rows_to_conversations(chunk, d.layout, FieldMap(d.fields), d.system_prompt,
-                                      allow_empty_answer=d.empty_answers == "drop")
+        convs = rows_to_conversations(
+            chunk, d.layout, FieldMap(d.fields), d.system_prompt, allow_empty_answer=d.empty_answers == "drop"
+        )
         return bool(convs) and convs[0].raw
     return False
 
@@ -80,21 +89,33 @@ def sft_tables(d, seed: int, tokenizer, template, cache: TokenCache | None = Non
     fingerprint = tokenizer_fingerprint(tokenizer)
     if fingerprint is None:
         raise ConfigError("a slow tokenizer cannot use the token cache")
-    encode = (fingerprint, getattr(tokenizer, "chat_template", None), template.name,
-              getattr(template, "source", None), d.format, d.layout, d.fields, d.system_prompt, d.empty_answers,
-              d.max_length, d.truncation)
+    encode = (
+        fingerprint,
+        getattr(tokenizer, "chat_template", None),
+        template.name,
+        getattr(template, "source", None),
+        d.format,
+        d.layout,
+        d.fields,
+        d.system_prompt,
+        d.empty_answers,
+        d.max_length,
+        d.truncation,
+    )
     train = _file_table(cache, d, str(d.train), tokenizer, template, encode)
     n = len(train)
     out = {}
     rows = np.arange(n)
     if d.validation:
-        out["validation"] = (validation := _file_table(cache, d, str(d.validation), tokenizer, template, encode),
-                             np.arange(len(validation)))
+        out["validation"] = (
+            validation := _file_table(cache, d, str(d.validation), tokenizer, template, encode),
+            np.arange(len(validation)),
+        )
     elif d.validation_split:
         order = list(range(n))
         random.Random(seed + 1).shuffle(order)
         held = np.zeros(n, dtype=bool)
-        held[order[:max(1, round(n * d.validation_split))]] = True
+        held[order[: max(1, round(n * d.validation_split))]] = True
         out["validation"] = (train, np.flatnonzero(held))
         rows = np.flatnonzero(~held)
     if d.max_train_samples and d.max_train_samples < len(rows):
@@ -114,9 +135,12 @@ def sft_features(tables: dict) -> tuple[dict, dict]:
         status = table.column("status").to_numpy()[pos]
         truncated = table.column("truncated").to_numpy(zero_copy_only=False)[pos]
         feats[split] = SftRows(table, pos[status == KEPT])
-        stats[split] = EncodeStats(examples=len(pos), truncated=int(truncated.sum()),
-                                   dropped_too_long=int((status == TOO_LONG).sum()),
-                                   dropped_no_target=int((status == NO_TARGET).sum()))
+        stats[split] = EncodeStats(
+            examples=len(pos),
+            truncated=int(truncated.sum()),
+            dropped_too_long=int((status == TOO_LONG).sum()),
+            dropped_no_target=int((status == NO_TARGET).sum()),
+        )
     return feats, stats
 
 
@@ -131,8 +155,17 @@ def sample_conversations(d, table, positions, n: int) -> list:
         layout = layout or _layout(d, chunk)  # the file's first row decides, as in training
         picked = [r for k, r in enumerate(chunk, index) if k in wanted]
         index += len(chunk)
-        out += [c for c in rows_to_conversations(picked, layout, FieldMap(d.fields), d.system_prompt,
-                                                 allow_empty_answer=d.empty_answers == "drop") if c.prompt_messages]
+        out += [
+            c
+            for c in rows_to_conversations(
+                picked,
+                layout,
+                FieldMap(d.fields),
+                d.system_prompt,
+                allow_empty_answer=d.empty_answers == "drop",
+            )
+            if c.prompt_messages
+        ]
         if len(out) >= n or index > last:
             break
     return out[:n]
@@ -146,8 +179,9 @@ def _file_table(cache: TokenCache, d, path: str, tokenizer, template, encode: tu
     from deltatune.io import file_fingerprint
 
     key = cache_key("sft", file_fingerprint(path), *encode)
-    table, _ = cache.get_or_build("sft", key, lambda: _batches(d, path, tokenizer, template), _features(),
-                                  {"file": path})
+    table, _ = cache.get_or_build(
+        "sft", key, lambda: _batches(d, path, tokenizer, template), _features(), {"file": path}
+    )
     return table.replace_schema_metadata({**(table.schema.metadata or {}), b"deltatune_file": path.encode()})
 
 
@@ -157,26 +191,54 @@ def _batches(d, path: str, tokenizer, template):
     layout = None
     for chunk in row_chunks(path, d.format):
         layout = layout or _layout(d, chunk)  # the file's first row decides, as in memory
-        convs = rows_to_conversations(chunk, layout, FieldMap(d.fields), d.system_prompt,
-                                      allow_empty_answer=d.empty_answers == "drop")
+        convs = rows_to_conversations(
+            chunk, layout, FieldMap(d.fields), d.system_prompt, allow_empty_answer=d.empty_answers == "drop"
+        )
         encoded = encode_segments_many(tokenizer, [template.segments(c) for c in convs])
-        cols = {k: [] for k in ("input_ids", "labels", "length", "status", "truncated", "line", "key", "tokens",
-                                "trained", "text")}
+        cols = {
+            k: []
+            for k in (
+                "input_ids",
+                "labels",
+                "length",
+                "status",
+                "truncated",
+                "line",
+                "key",
+                "tokens",
+                "trained",
+                "text",
+            )
+        }
         for conv, (ids, labels) in zip(convs, encoded):
             content = "\n".join(str(m.get("content", "")) for m in conv.messages)
             long = len(ids) > d.max_length
-            kept = labels[:d.max_length] if d.truncation == "truncate" or not long else []
+            kept = labels[: d.max_length] if d.truncation == "truncate" or not long else []
             trained = sum(x != IGNORE_INDEX for x in kept)
             answered = any(m["role"] == "assistant" and m["content"].strip() for m in conv.messages)
             # what encode_conversations + apply_max_length decide (an unanswered row encodes as nothing)
-            status = (NO_TARGET if not answered else TOO_LONG if long and d.truncation == "drop" else
-                      KEPT if trained else NO_TARGET)
-            cols["input_ids"].append(ids[:d.max_length] if status == KEPT else [])
+            status = (
+                NO_TARGET
+                if not answered
+                else TOO_LONG
+                if long and d.truncation == "drop"
+                else KEPT
+                if trained
+                else NO_TARGET
+            )
+            cols["input_ids"].append(ids[: d.max_length] if status == KEPT else [])
             cols["labels"].append(kept if status == KEPT else [])
             cols["length"].append(min(len(ids), d.max_length) if status == KEPT else 0)
             cut = answered and long and d.truncation == "truncate"
-            for k, v in (("status", status), ("truncated", cut), ("line", conv.line), ("key", text_key(content)),
-                         ("tokens", len(ids)), ("trained", trained), ("text", content)):
+            for k, v in (
+                ("status", status),
+                ("truncated", cut),
+                ("line", conv.line),
+                ("key", text_key(content)),
+                ("tokens", len(ids)),
+                ("trained", trained),
+                ("text", content),
+            ):
                 cols[k].append(v)
         yield cols
 
@@ -185,11 +247,20 @@ def _features():
     import datasets
 
     ints = datasets.List(datasets.Value("int32"))
-    return datasets.Features({"input_ids": ints, "labels": ints, "length": datasets.Value("int32"),
-                              "status": datasets.Value("int8"), "truncated": datasets.Value("bool"),
-                              "line": datasets.Value("int64"), "key": datasets.Value("int64"),
-                              "tokens": datasets.Value("int64"), "trained": datasets.Value("int64"),
-                              "text": datasets.Value("string")})
+    return datasets.Features(
+        {
+            "input_ids": ints,
+            "labels": ints,
+            "length": datasets.Value("int32"),
+            "status": datasets.Value("int8"),
+            "truncated": datasets.Value("bool"),
+            "line": datasets.Value("int64"),
+            "key": datasets.Value("int64"),
+            "tokens": datasets.Value("int64"),
+            "trained": datasets.Value("int64"),
+            "text": datasets.Value("string"),
+        }
+    )
 
 
 def load_sft_data(d, seed: int, tokenizer, samples: int):
@@ -203,12 +274,17 @@ def load_sft_data(d, seed: int, tokenizer, samples: int):
         template = make_template(d.template, tokenizer, raw_data=first_is_raw(d))
         tables = sft_tables(d, seed, tokenizer, template, cache)
     except (DataError, ConfigError, OSError) as exc:
-        log(f"token cache: the streamed read stopped ({str(exc).splitlines()[0][:200]}); the data is read in memory")
+        log(
+            f"token cache: the streamed read stopped ({str(exc).splitlines()[0][:200]}); "
+            "the data is read in memory"
+        )
         return None
     feats, stats = sft_features(tables)
     conversations = sample_conversations(d, *tables["validation"], samples) if "validation" in tables else []
-    log(f"token cache {cache.root}: {cache.built} entries built, the rest reused; "
-        f"data read and tokenized in {time.perf_counter() - start:.1f} s")
+    log(
+        f"token cache {cache.root}: {cache.built} entries built, the rest reused; "
+        f"data read and tokenized in {time.perf_counter() - start:.1f} s"
+    )
     return template, feats, stats, conversations
 
 
@@ -226,5 +302,7 @@ def sft_data(d, seed: int, tokenizer, samples: int, streamed: bool, splits: dict
     template = template_for(d, tokenizer, splits["train"])
     feats, stats = {}, {}
     for split, convs in splits.items():
-        feats[split], stats[split] = encode_conversations(convs, template, tokenizer, d.max_length, d.truncation)
+        feats[split], stats[split] = encode_conversations(
+            convs, template, tokenizer, d.max_length, d.truncation
+        )
     return template, feats, stats, [c for c in splits.get("validation", []) if c.prompt_messages][:samples]
